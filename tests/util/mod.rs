@@ -1,0 +1,211 @@
+//! Shared helpers for the integration tests: start the real `upecho` binary on loopback port 0,
+//! read its `listening` lines back, and make sure it is gone when the test ends.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything a test waits on: tests run in parallel on a loaded 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_upecho")
+}
+
+/// A running `upecho serve`, killed on drop.
+pub struct ServerProc {
+    pub child: Child,
+    pub tcp: Option<SocketAddr>,
+    pub udp: Option<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ServerProc {
+    /// Starts `upecho serve --listen 127.0.0.1:0 ARGS...` and waits for its listening lines.
+    pub fn start(args: &[&str]) -> ServerProc {
+        let mut full = vec!["serve", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        Self::start_raw(&full, None)
+    }
+
+    /// Starts the binary with exactly `args` (optionally through `sh -c 'PREFIX; exec ...'`,
+    /// e.g. `ulimit -n 64`) and waits until every socket it binds is reported.
+    pub fn start_raw(args: &[&str], shell_prefix: Option<&str>) -> ServerProc {
+        let mut cmd = match shell_prefix {
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" \"$@\""))
+                    .arg(bin())
+                    .args(args);
+                c
+            }
+            None => {
+                let mut c = Command::new(bin());
+                c.args(args);
+                c
+            }
+        };
+        let mut child = cmd
+            .env("RUST_LOG", std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn upecho");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let expect_tcp = !args.contains(&"--udp-only");
+        let expect_udp = !args.contains(&"--tcp-only");
+        let mut server = ServerProc { child, tcp: None, udp: None, stderr };
+        let deadline = Instant::now() + WAIT;
+        while (expect_tcp && server.tcp.is_none()) || (expect_udp && server.udp.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no listening line from upecho; stderr:\n{}", server.stderr())
+            });
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("listening"), Some("tcp"), Some(a)) => server.tcp = Some(a.parse().unwrap()),
+                (Some("listening"), Some("udp"), Some(a)) => server.udp = Some(a.parse().unwrap()),
+                _ => panic!("unexpected stdout line from upecho: {line:?}"),
+            }
+        }
+        server
+    }
+
+    /// The TCP address, for servers that serve TCP.
+    pub fn tcp(&self) -> SocketAddr {
+        self.tcp.expect("server has no TCP listener")
+    }
+
+    /// The UDP address, for servers that serve UDP.
+    pub fn udp(&self) -> SocketAddr {
+        self.udp.expect("server has no UDP socket")
+    }
+
+    /// Everything the server has logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for the server to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                panic!("upecho did not exit within {within:?}; stderr:\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A TCP client connection with read and write timeouts set.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.tcp())
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects to `addr` with generous read/write timeouts so a broken server fails the test
+/// instead of hanging it.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes or panics (timeouts come from the socket).
+pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    s.read_exact(&mut v).expect("read_exact");
+    v
+}
+
+/// Writes `data`, reads back `data.len()` bytes.
+pub fn roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).unwrap();
+    read_n(s, data.len())
+}
+
+/// Python's `bytes.upper()`.
+pub fn upper(data: &[u8]) -> Vec<u8> {
+    data.to_ascii_uppercase()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure can be reproduced.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Resident set size of a process in bytes, from `/proc/PID/status`.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
