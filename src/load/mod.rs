@@ -1,19 +1,366 @@
 //! `upecho load`: the verifying load generator.
+//!
+//! - [`config`]: the command line and its checks (`LoadArgs` → `Config`).
+//! - [`payload`]: what is sent, and how every reply byte is checked.
+//! - [`schedule`]: the open-loop (`--rate`) clock and the in-flight latency origins.
+//! - `tcp` / `udp`: one worker each — a mio event loop on its own thread over its share of the
+//!   connections (`--threads` runs several, independently).
+//! - [`stats`]: counting, the progress line, the report, `.hgrm` output.
+//!
+//! The main thread owns the clock: it starts the workers, lets them warm up, opens the
+//! measurement window by switching the shared [`Phase`], samples CPU time (its own process and,
+//! with `--server-pid`, the server's) at both ends of the window, closes it, and merges what the
+//! workers counted. Workers read the phase once per loop turn, so the window they count in and the
+//! window the CPU time is sampled over line up to within one loop turn. Every worker also has its
+//! own hard deadline, so nothing runs on if the main thread's plan goes wrong.
 
+pub mod config;
+pub mod payload;
+pub mod schedule;
+pub mod stats;
+mod tcp;
+mod udp;
+
+use std::io::{self, Write as _};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use clap::Args;
+pub use config::{Config, LoadArgs, Limits, Mode, UsageError};
+use payload::Pattern;
+use stats::{CpuUse, Latency, Progress, Report, ServerUse, Stats};
 
-/// Options of `upecho load`.
-#[derive(Debug, Args)]
-pub struct LoadArgs {
-    /// Server address (host:port).
-    #[arg(default_value = "127.0.0.1:8005")]
-    pub addr: String,
+/// What the workers are doing, set by the main thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting and running, not yet counting (hold: opening the connections).
+    Warmup = 0,
+    /// Counting (hold: holding the connections open).
+    Measure = 1,
+    /// hold only: one message on every connection, then each worker ends by itself.
+    Check = 2,
+    /// Close everything and return.
+    Stop = 3,
 }
 
-/// Runs `upecho load`.
+/// State shared by the main thread and the workers.
+pub struct Shared {
+    phase: AtomicU8,
+    progress: Vec<Progress>,
+}
+
+impl Shared {
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Warmup,
+            1 => Phase::Measure,
+            2 => Phase::Check,
+            _ => Phase::Stop,
+        }
+    }
+
+    fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+    }
+}
+
+/// What one worker is given.
+pub struct Ctx<'a> {
+    cfg: &'a Config,
+    pattern: &'a Pattern,
+    shared: &'a Shared,
+    thread: usize,
+    /// Global index of this worker's first connection, and how many it runs.
+    first_conn: usize,
+    nconns: usize,
+}
+
+impl Ctx<'_> {
+    fn progress(&self) -> &Progress {
+        &self.shared.progress[self.thread]
+    }
+
+    /// The longest a worker may run whatever the main thread does: every phase at its longest,
+    /// plus slack.
+    fn hard_limit(&self) -> Duration {
+        let c = self.cfg;
+        c.warmup + c.duration + 2 * c.connect_timeout + c.timeout + Duration::from_secs(30)
+    }
+}
+
+/// Runs `upecho load`: exit 0 when every byte was right and work got done, 1 when not, 2 on a
+/// usage error.
 pub fn run(args: LoadArgs) -> ExitCode {
-    eprintln!("upecho load {}: not implemented yet", args.addr);
-    ExitCode::FAILURE
+    let cfg = match Config::from_args(args, Limits::probe()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}\n\nFor more information, try '--help'.");
+            return ExitCode::from(2);
+        }
+    };
+    let (report, hist) = execute(&cfg);
+    if let Some(path) = &cfg.histogram
+        && let Err(e) = std::fs::write(path, stats::hgrm(&hist))
+    {
+        eprintln!("upecho load: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let text = report.text();
+    if cfg.json {
+        eprint!("{text}");
+        let json = serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
+    } else {
+        print!("{text}");
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the load described by `cfg` and returns the report and the merged latency histogram.
+pub fn execute(cfg: &Config) -> (Report, hdrhistogram::Histogram<u64>) {
+    let pattern = Pattern::new(PATTERN_SEED, cfg.expect);
+    let shared = Shared {
+        phase: AtomicU8::new(Phase::Warmup as u8),
+        progress: (0..cfg.threads).map(|_| Progress::default()).collect(),
+    };
+    // Ctrl-C (or SIGTERM) ends the run early but still reports what was measured.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let sig_ids: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
+        .into_iter()
+        .filter_map(|s| signal_hook::flag::register(s, interrupted.clone()).ok())
+        .collect();
+
+    let mut merged = Stats::new();
+    let mut window = Window::default();
+    thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(cfg.threads);
+        let mut first = 0;
+        for t in 0..cfg.threads {
+            let n = cfg.conns_of_thread(t);
+            let ctx = Ctx {
+                cfg,
+                pattern: &pattern,
+                shared: &shared,
+                thread: t,
+                first_conn: first,
+                nconns: n,
+            };
+            first += n;
+            let h = thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn_scoped(scope, move || {
+                    if ctx.cfg.udp {
+                        udp::run(&ctx)
+                    } else {
+                        tcp::run(&ctx)
+                    }
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    merged
+                        .errors
+                        .count(stats::ErrorClass::Other, || format!("cannot start a thread: {e}"));
+                }
+            }
+        }
+        window = drive(cfg, &shared, &interrupted, &handles);
+        for h in handles {
+            match h.join() {
+                Ok(s) => merged.merge(&s),
+                Err(_) => merged
+                    .errors
+                    .count(stats::ErrorClass::Other, || "a worker panicked".into()),
+            }
+        }
+    });
+    for id in sig_ids {
+        signal_hook::low_level::unregister(id);
+    }
+    let report = build_report(cfg, &merged, &window);
+    (report, merged.hist)
+}
+
+/// The pattern seed: fixed, so a mismatch report can be reproduced.
+const PATTERN_SEED: u64 = 0x5eed_0fec_40a1;
+
+/// What the main thread sampled at the two ends of the measurement window.
+#[derive(Debug, Default)]
+struct Window {
+    secs: f64,
+    client_cpu: Duration,
+    server_cpu: Option<Duration>,
+    server_rss: Option<u64>,
+}
+
+/// The main thread's part: warm-up, window, progress lines, stop.
+fn drive(
+    cfg: &Config,
+    shared: &Shared,
+    interrupted: &AtomicBool,
+    handles: &[thread::ScopedJoinHandle<'_, Stats>],
+) -> Window {
+    let started = Instant::now();
+    let mut line = ProgressLine::new(cfg, started);
+    let all_done = || handles.iter().all(|h| h.is_finished());
+    // Phase 1: warm-up, or for hold, until every worker has opened what it can.
+    let warm_end = if cfg.mode == Mode::Hold {
+        started + cfg.connect_timeout + Duration::from_secs(5)
+    } else {
+        started + cfg.warmup
+    };
+    while Instant::now() < warm_end && !interrupted.load(Ordering::Relaxed) && !all_done() {
+        if cfg.mode == Mode::Hold {
+            let s = Progress::sum(&shared.progress);
+            if s[5] == cfg.threads as u64 {
+                break;
+            }
+        }
+        line.tick(shared, "warmup");
+        sleep_until_next(warm_end, &line);
+    }
+    // Phase 2: the window.
+    let t0 = Instant::now();
+    let cpu0 = stats::own_cpu();
+    let srv0 = cfg.server_pid.and_then(stats::proc_cpu);
+    shared.set_phase(Phase::Measure);
+    let end = t0 + cfg.duration;
+    while Instant::now() < end && !interrupted.load(Ordering::Relaxed) && !all_done() {
+        line.tick(shared, if cfg.mode == Mode::Hold { "hold" } else { "run" });
+        sleep_until_next(end, &line);
+    }
+    let t1 = Instant::now();
+    let cpu1 = stats::own_cpu();
+    let srv1 = cfg.server_pid.and_then(stats::proc_cpu);
+    let rss = cfg.server_pid.and_then(stats::proc_rss);
+    if cfg.mode == Mode::Hold && !interrupted.load(Ordering::Relaxed) {
+        // Phase 3 (hold): every worker sends its one message per connection and ends itself.
+        shared.set_phase(Phase::Check);
+        let check_end = Instant::now() + cfg.timeout + Duration::from_secs(1);
+        while Instant::now() < check_end && !all_done() && !interrupted.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    shared.set_phase(Phase::Stop);
+    Window {
+        secs: (t1 - t0).as_secs_f64(),
+        client_cpu: cpu1.saturating_sub(cpu0),
+        server_cpu: match (srv0, srv1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        server_rss: rss,
+    }
+}
+
+/// Sleeps until the next progress line is due or `end`, whichever is first (in short slices, so
+/// Ctrl-C and finished workers are noticed promptly).
+fn sleep_until_next(end: Instant, line: &ProgressLine) {
+    let now = Instant::now();
+    let until = end.min(line.next);
+    thread::sleep(until.saturating_duration_since(now).min(Duration::from_millis(50)));
+}
+
+/// The once-a-second progress line on stderr.
+struct ProgressLine {
+    quiet: bool,
+    started: Instant,
+    next: Instant,
+    last: [u64; 6],
+    last_at: Instant,
+}
+
+impl ProgressLine {
+    fn new(cfg: &Config, started: Instant) -> ProgressLine {
+        ProgressLine {
+            quiet: cfg.quiet,
+            started,
+            next: started + Duration::from_secs(1),
+            last: [0; 6],
+            last_at: started,
+        }
+    }
+
+    fn tick(&mut self, shared: &Shared, what: &str) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next += Duration::from_secs(1);
+        let s = Progress::sum(&shared.progress);
+        let dt = (now - self.last_at).as_secs_f64().max(1e-9);
+        if !self.quiet {
+            eprintln!(
+                "[{:6.1}s] {what:6} {:>10.0} msg/s {:>9.2} MB/s  open {:>6}  errors {}  mismatches {}",
+                (now - self.started).as_secs_f64(),
+                (s[0] - self.last[0]) as f64 / dt,
+                (s[1] - self.last[1]) as f64 / dt / 1e6,
+                s[4],
+                s[2],
+                s[3]
+            );
+        }
+        self.last = s;
+        self.last_at = now;
+    }
+}
+
+fn build_report(cfg: &Config, s: &Stats, w: &Window) -> Report {
+    let secs = w.secs.max(1e-9);
+    let per_msg = |d: Duration| (s.msgs > 0).then(|| d.as_secs_f64() * 1e6 / s.msgs as f64);
+    let hold = cfg.mode == Mode::Hold;
+    let mismatches = s.mismatch_events;
+    let ok = mismatches == 0
+        && if hold {
+            s.held == cfg.conns as u64 && s.answered == s.held
+        } else {
+            s.msgs > 0
+        };
+    Report {
+        mode: config::mode_name(cfg.mode),
+        proto: if cfg.udp { "udp" } else { "tcp" },
+        addr: cfg.addr.to_string(),
+        connections: cfg.conns,
+        size: cfg.size,
+        depth: cfg.depth,
+        threads: cfg.threads,
+        rate: cfg.rate,
+        expect: cfg.expect.name(),
+        window_s: w.secs,
+        messages: s.msgs,
+        msgs_per_s: s.msgs as f64 / secs,
+        bytes: s.bytes,
+        mb_per_s: s.bytes as f64 / secs / 1e6,
+        connects: s.connects,
+        connects_per_s: s.connects as f64 / secs,
+        latency_us: Latency::of(&s.hist),
+        errors: s.errors.clone(),
+        mismatches,
+        mismatched_bytes: s.mismatched_bytes,
+        first_mismatch: s.first_mismatch.clone(),
+        losses: s.losses,
+        late_replies: s.late,
+        held: hold.then_some(s.held),
+        answered: hold.then_some(s.answered),
+        client: CpuUse {
+            cpu_s: w.client_cpu.as_secs_f64(),
+            cpu_us_per_msg: per_msg(w.client_cpu),
+        },
+        server: cfg.server_pid.map(|pid| ServerUse {
+            pid,
+            cpu_s: w.server_cpu.unwrap_or_default().as_secs_f64(),
+            cpu_us_per_msg: w.server_cpu.and_then(per_msg),
+            rss_bytes: w.server_rss.unwrap_or(0),
+        }),
+        ok,
+    }
 }

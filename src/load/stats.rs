@@ -1,0 +1,522 @@
+//! Counting: what each worker measures, how workers publish progress, and the final report.
+//!
+//! A worker owns its [`Stats`] outright (no sharing on the hot path) and hands it back when it
+//! ends; the main thread merges them. For the once-a-second progress line a worker also stores a
+//! few running totals into its [`Progress`] atomics once per loop turn, not per message.
+
+use std::fmt::Write as _;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::payload::Mismatch;
+
+/// Longest latency the histogram tells apart (longer ones are recorded as this): one minute.
+const HIST_MAX_NS: u64 = 60_000_000_000;
+
+/// How an I/O error is counted: a small set of outcomes, decided in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Refused,
+    Reset,
+    Timeout,
+    /// The server closed a connection that still owed replies.
+    Closed,
+    /// No local port or address left (EADDRNOTAVAIL): spread over more `--source` addresses.
+    NoPorts,
+    Other,
+}
+
+impl ErrorClass {
+    /// Classifies an I/O error from connect, read, write, send or recv.
+    pub fn of(e: &io::Error) -> ErrorClass {
+        use io::ErrorKind as K;
+        match e.kind() {
+            K::ConnectionRefused => ErrorClass::Refused,
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => ErrorClass::Reset,
+            K::TimedOut => ErrorClass::Timeout,
+            K::AddrNotAvailable | K::AddrInUse => ErrorClass::NoPorts,
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+/// Error counts by class.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Errors {
+    pub total: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub closed: u64,
+    pub no_ports: u64,
+    pub other: u64,
+    /// The first error seen, as text, so a summary can say what went wrong.
+    pub first: Option<String>,
+}
+
+impl Errors {
+    pub fn count(&mut self, class: ErrorClass, what: impl FnOnce() -> String) {
+        self.total += 1;
+        *match class {
+            ErrorClass::Refused => &mut self.refused,
+            ErrorClass::Reset => &mut self.reset,
+            ErrorClass::Timeout => &mut self.timeout,
+            ErrorClass::Closed => &mut self.closed,
+            ErrorClass::NoPorts => &mut self.no_ports,
+            ErrorClass::Other => &mut self.other,
+        } += 1;
+        if self.first.is_none() {
+            self.first = Some(what());
+        }
+    }
+
+    fn merge(&mut self, o: &Errors) {
+        self.total += o.total;
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.timeout += o.timeout;
+        self.closed += o.closed;
+        self.no_ports += o.no_ports;
+        self.other += o.other;
+        if self.first.is_none() {
+            self.first.clone_from(&o.first);
+        }
+    }
+}
+
+/// What one worker measured inside the measurement window (errors and mismatches: always, since
+/// a wrong byte during warm-up is just as wrong).
+pub struct Stats {
+    pub msgs: u64,
+    pub bytes: u64,
+    pub hist: Histogram<u64>,
+    pub errors: Errors,
+    pub mismatched_bytes: u64,
+    pub mismatch_events: u64,
+    pub first_mismatch: Option<String>,
+    /// UDP datagrams with no reply within `--timeout`.
+    pub losses: u64,
+    /// UDP replies that came after their datagram was counted lost (or were duplicated).
+    pub late: u64,
+    /// Connections that completed their handshake (all modes; churn's unit of work).
+    pub connects: u64,
+    /// hold: connections open when the hold ended, and how many of them answered.
+    pub held: u64,
+    pub answered: u64,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            msgs: 0,
+            bytes: 0,
+            // Three significant figures from 1 ns to a minute: ~0.3 MiB, once per worker.
+            hist: Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds"),
+            errors: Errors::default(),
+            mismatched_bytes: 0,
+            mismatch_events: 0,
+            first_mismatch: None,
+            losses: 0,
+            late: 0,
+            connects: 0,
+            held: 0,
+            answered: 0,
+        }
+    }
+
+    /// Records one latency.
+    #[inline]
+    pub fn latency(&mut self, d: Duration) {
+        self.hist
+            .saturating_record((d.as_nanos() as u64).clamp(1, HIST_MAX_NS));
+    }
+
+    /// Records a wrong reply; `what` names the connection or socket.
+    pub fn mismatch(&mut self, m: Mismatch, what: impl FnOnce() -> String) {
+        self.mismatch_events += 1;
+        self.mismatched_bytes += m.wrong_bytes;
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(format!(
+                "{}: reply byte {} is {:#04x} {}, expected {:#04x} {} ({} wrong bytes in that read)",
+                what(),
+                m.offset,
+                m.got,
+                show(m.got),
+                m.expected,
+                show(m.expected),
+                m.wrong_bytes
+            ));
+        }
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
+        self.msgs += o.msgs;
+        self.bytes += o.bytes;
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.hist.add(&o.hist);
+        self.errors.merge(&o.errors);
+        self.mismatched_bytes += o.mismatched_bytes;
+        self.mismatch_events += o.mismatch_events;
+        if self.first_mismatch.is_none() {
+            self.first_mismatch.clone_from(&o.first_mismatch);
+        }
+        self.losses += o.losses;
+        self.late += o.late;
+        self.connects += o.connects;
+        self.held += o.held;
+        self.answered += o.answered;
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// A byte as it would be typed, for messages.
+fn show(b: u8) -> String {
+    format!("{:?}", b as char)
+}
+
+/// Running totals a worker publishes for the progress line (all time, warm-up included).
+#[derive(Default)]
+pub struct Progress {
+    pub msgs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub mismatches: AtomicU64,
+    pub open: AtomicU64,
+    /// hold: set to 1 when the worker has stopped opening connections.
+    pub connected: AtomicU64,
+}
+
+impl Progress {
+    pub fn sum(all: &[Progress]) -> [u64; 6] {
+        let mut s = [0u64; 6];
+        for p in all {
+            s[0] += p.msgs.load(Relaxed);
+            s[1] += p.bytes.load(Relaxed);
+            s[2] += p.errors.load(Relaxed);
+            s[3] += p.mismatches.load(Relaxed);
+            s[4] += p.open.load(Relaxed);
+            s[5] += p.connected.load(Relaxed);
+        }
+        s
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct Latency {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Some(Latency {
+            count: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        })
+    }
+}
+
+/// CPU time of a process over the window, and per message.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct CpuUse {
+    pub cpu_s: f64,
+    pub cpu_us_per_msg: Option<f64>,
+}
+
+/// The server's side, when `--server-pid` was given.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct ServerUse {
+    pub pid: u32,
+    pub cpu_s: f64,
+    pub cpu_us_per_msg: Option<f64>,
+    /// RSS at the end of the window (hold: with every connection still open).
+    pub rss_bytes: u64,
+}
+
+/// The final report: printed as text, or as one JSON object with `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: &'static str,
+    pub proto: &'static str,
+    pub addr: String,
+    pub connections: usize,
+    pub size: usize,
+    pub depth: usize,
+    pub threads: usize,
+    pub rate: Option<f64>,
+    pub expect: &'static str,
+    /// Length of the measurement window actually measured, in seconds.
+    pub window_s: f64,
+    pub messages: u64,
+    pub msgs_per_s: f64,
+    /// Reply bytes received and verified in the window.
+    pub bytes: u64,
+    /// Reply bytes per second, in 10^6 bytes.
+    pub mb_per_s: f64,
+    /// Connections completed per second (churn's figure; all modes count them).
+    pub connects: u64,
+    pub connects_per_s: f64,
+    pub latency_us: Option<Latency>,
+    pub errors: Errors,
+    pub mismatches: u64,
+    pub mismatched_bytes: u64,
+    pub first_mismatch: Option<String>,
+    pub losses: u64,
+    pub late_replies: u64,
+    pub held: Option<u64>,
+    pub answered: Option<u64>,
+    pub client: CpuUse,
+    pub server: Option<ServerUse>,
+    /// False when any byte was wrong, nothing got through, or (hold) a connection did not answer.
+    pub ok: bool,
+}
+
+impl Report {
+    /// The human summary.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "upecho load: {} {} to {}, {} connection(s), {} B, depth {}, {} thread(s){}, {:.2} s measured",
+            self.mode,
+            self.proto,
+            self.addr,
+            self.connections,
+            self.size,
+            self.depth,
+            self.threads,
+            self.rate.map(|r| format!(", rate {r}/s")).unwrap_or_default(),
+            self.window_s
+        );
+        if let (Some(h), Some(a)) = (self.held, self.answered) {
+            let _ = writeln!(s, "  held        {h} connections, {a} answered");
+        }
+        let _ = writeln!(
+            s,
+            "  throughput  {:.0} msg/s, {:.2} MB/s ({} messages, {} bytes)",
+            self.msgs_per_s, self.mb_per_s, self.messages, self.bytes
+        );
+        if self.mode == "churn" {
+            let _ = writeln!(s, "  connections {:.0}/s ({})", self.connects_per_s, self.connects);
+        }
+        match &self.latency_us {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, {} samples)",
+                    l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  latency     none recorded");
+            }
+        }
+        let e = &self.errors;
+        let _ = writeln!(
+            s,
+            "  errors      {} (refused {}, reset {}, timeout {}, closed {}, no ports {}, other {})",
+            e.total, e.refused, e.reset, e.timeout, e.closed, e.no_ports, e.other
+        );
+        if let Some(f) = &e.first {
+            let _ = writeln!(s, "              first: {f}");
+        }
+        let _ = writeln!(
+            s,
+            "  mismatches  {} ({} wrong bytes)",
+            self.mismatches, self.mismatched_bytes
+        );
+        if let Some(f) = &self.first_mismatch {
+            let _ = writeln!(s, "              first: {f}");
+        }
+        if self.proto == "udp" {
+            let _ = writeln!(s, "  losses      {} (late replies {})", self.losses, self.late_replies);
+        }
+        let per = |v: Option<f64>| v.map(|v| format!("{v:.2} µs/msg")).unwrap_or("-".into());
+        let _ = writeln!(
+            s,
+            "  client cpu  {:.2} s, {}",
+            self.client.cpu_s,
+            per(self.client.cpu_us_per_msg)
+        );
+        if let Some(sv) = &self.server {
+            let _ = writeln!(
+                s,
+                "  server cpu  {:.2} s, {} (pid {}, rss {} KiB)",
+                sv.cpu_s,
+                per(sv.cpu_us_per_msg),
+                sv.pid,
+                sv.rss_bytes / 1024
+            );
+        }
+        let _ = writeln!(s, "  result      {}", if self.ok { "ok" } else { "FAILED" });
+        s
+    }
+}
+
+/// The distribution in HdrHistogram's standard percentile text (`.hgrm`), values in
+/// milliseconds as wrk2 and HdrHistogram's plotter expect.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    const SCALE: f64 = 1e6; // ns per ms
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let value = v.value_iterated_to() as f64 / SCALE;
+        if q < 1.0 {
+            let _ = writeln!(s, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+        } else {
+            let _ = writeln!(s, "{value:12.3} {q:2.12} {total:10}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / SCALE,
+        h.stdev() / SCALE
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / SCALE,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    s
+}
+
+/// CPU time (user + system) of this whole process so far, all threads.
+pub fn own_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time (utime + stime) of another process from `/proc/PID/stat`, if it can be read.
+pub fn proc_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// Resident set size of a process from `/proc/PID/status`, if it can be read.
+pub fn proc_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_once() {
+        use io::ErrorKind as K;
+        let c = |k: K| ErrorClass::of(&io::Error::from(k));
+        assert_eq!(c(K::ConnectionRefused), ErrorClass::Refused);
+        assert_eq!(c(K::ConnectionReset), ErrorClass::Reset);
+        assert_eq!(c(K::BrokenPipe), ErrorClass::Reset);
+        assert_eq!(c(K::TimedOut), ErrorClass::Timeout);
+        assert_eq!(c(K::AddrNotAvailable), ErrorClass::NoPorts);
+        assert_eq!(c(K::PermissionDenied), ErrorClass::Other);
+        let mut e = Errors::default();
+        e.count(ErrorClass::Reset, || "first".into());
+        e.count(ErrorClass::Refused, || "second".into());
+        assert_eq!((e.total, e.reset, e.refused), (2, 1, 1));
+        assert_eq!(e.first.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn hgrm_has_the_standard_shape() {
+        let mut s = Stats::new();
+        for us in 1..=1000u64 {
+            s.latency(Duration::from_micros(us));
+        }
+        let text = hgrm(&s.hist);
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().contains("Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert_eq!(lines.next(), Some(""));
+        let rows = text.lines().skip(2).filter(|l| !l.starts_with('#')).count();
+        assert!(rows > 10, "{text}");
+        // The last data row reaches percentile 1 with every sample counted.
+        let last = text.lines().rfind(|l| !l.starts_with('#')).unwrap();
+        let f: Vec<&str> = last.split_whitespace().collect();
+        assert_eq!(f[1], "1.000000000000");
+        assert_eq!(f[2], "1000");
+        assert!((f[0].parse::<f64>().unwrap() - 1.0).abs() < 0.01, "{last}");
+        assert!(text.contains("#[Max     ="));
+        assert!(text.contains("Total count    =         1000]"));
+    }
+
+    #[test]
+    fn latency_percentiles_are_in_microseconds() {
+        let mut s = Stats::new();
+        for us in 1..=100u64 {
+            s.latency(Duration::from_micros(us));
+        }
+        let l = Latency::of(&s.hist).unwrap();
+        assert!((l.p50 - 50.0).abs() < 0.1, "{l:?}");
+        assert!((l.p99 - 99.0).abs() < 0.1, "{l:?}");
+        assert!((l.max - 100.0).abs() < 0.1, "{l:?}");
+        assert!(Latency::of(&Stats::new().hist).is_none());
+    }
+
+    #[test]
+    fn own_and_proc_cpu_agree_roughly() {
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(own_cpu() > Duration::ZERO);
+        assert!(proc_cpu(std::process::id()).is_some());
+        assert!(proc_rss(std::process::id()).unwrap() > 0);
+        assert!(proc_cpu(u32::MAX).is_none());
+    }
+}

@@ -1,0 +1,384 @@
+//! One UDP worker: datagram ping-pong over its share of the sockets.
+//!
+//! Each socket is connected to the server (so the kernel drops anything from elsewhere and
+//! `send`/`recv` need no address) and keeps `--depth` datagrams in flight. Slot `i` of a socket
+//! carries the sequence numbers `i, i + depth, i + 2 * depth, ...`, so a reply finds its slot by
+//! `seq % depth` with no search. A datagram with no reply within `--timeout` is counted lost and
+//! its slot moves on to the next sequence number; a reply that arrives after that is "late", not
+//! a mismatch. The body after the 8-byte sequence header is checked byte for byte.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+
+use super::config::{MAX_DATAGRAM, UDP_HEADER};
+use super::payload::{Mismatch, decode_seq, encode_seq, udp_body_pos};
+use super::schedule::RateSchedule;
+use super::stats::{ErrorClass, Stats};
+use super::{Ctx, Phase};
+
+/// How often timeouts and phase changes are looked at when idle.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Nothing in flight (open loop: waiting for a due message).
+    Free,
+    /// Should be sent, but the socket's send buffer was full: resent when writable.
+    Pending,
+    InFlight,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    seq: u32,
+    state: SlotState,
+    /// When this datagram's latency counts from (send time, or open loop: due time).
+    origin: Instant,
+    sent: Instant,
+}
+
+struct Sock {
+    /// Index within the worker: the mio token and the open-loop schedule lane.
+    lane: u64,
+    sock: UdpSocket,
+    /// Pattern position the bodies of this socket's datagrams are taken from.
+    start: u64,
+    slots: Box<[Slot]>,
+    due: u64,
+    taken: u64,
+}
+
+struct Env<'a> {
+    ctx: &'a Ctx<'a>,
+    stats: Stats,
+    measuring: bool,
+    sched: Option<RateSchedule>,
+    live_msgs: u64,
+    live_bytes: u64,
+    /// Sockets in this worker (open-loop lanes).
+    lanes: u64,
+    /// One datagram being built (sends) and one being received, reused for every datagram.
+    out: Box<[u8]>,
+}
+
+/// Runs one UDP worker until the main thread says stop (or its own hard deadline passes).
+pub fn run(ctx: &Ctx) -> Stats {
+    let cfg = ctx.cfg;
+    let mut env = Env {
+        ctx,
+        stats: Stats::new(),
+        measuring: false,
+        sched: None,
+        live_msgs: 0,
+        live_bytes: 0,
+        lanes: 0,
+        out: vec![0u8; cfg.size].into_boxed_slice(),
+    };
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            env.stats.errors.count(ErrorClass::of(&e), || format!("epoll: {e}"));
+            return env.stats;
+        }
+    };
+    let now = Instant::now();
+    let mut socks = Vec::with_capacity(ctx.nconns);
+    for i in 0..ctx.nconns {
+        let id = ctx.first_conn + i;
+        match open_socket(cfg.addr, cfg.source_of(id)) {
+            Ok(mut sock) => {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                let lane = socks.len();
+                if let Err(e) = poll.registry().register(&mut sock, Token(lane), interest) {
+                    env.stats.errors.count(ErrorClass::Other, || format!("register: {e}"));
+                    continue;
+                }
+                let slots = (0..cfg.depth)
+                    .map(|d| Slot {
+                        seq: d as u32,
+                        state: SlotState::Free,
+                        origin: now,
+                        sent: now,
+                    })
+                    .collect();
+                socks.push(Sock {
+                    lane: lane as u64,
+                    sock,
+                    start: (id as u64).wrapping_mul(7_919),
+                    slots,
+                    due: 0,
+                    taken: 0,
+                });
+            }
+            Err(e) => {
+                let addr = cfg.addr;
+                env.stats
+                    .errors
+                    .count(ErrorClass::of(&e), || format!("udp socket {id} to {addr}: {e}"));
+            }
+        }
+    }
+    env.progress_open(socks.len());
+    env.lanes = socks.len() as u64;
+    if socks.is_empty() {
+        return env.stats;
+    }
+    env.sched = cfg
+        .rate
+        .map(|r| RateSchedule::new(now, r * socks.len() as f64 / cfg.conns as f64));
+    if env.sched.is_none() {
+        for s in socks.iter_mut() {
+            for d in 0..s.slots.len() {
+                env.send(s, d, now);
+            }
+        }
+    }
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice();
+    let mut events = Events::with_capacity(1024);
+    let hard_end = now + ctx.hard_limit();
+    let mut next_tick = now;
+    loop {
+        let now = Instant::now();
+        let phase = ctx.shared.phase();
+        if phase == Phase::Stop || now >= hard_end {
+            break;
+        }
+        env.measuring = phase == Phase::Measure;
+        if now >= next_tick {
+            for s in socks.iter_mut() {
+                env.expire(s, now);
+            }
+            next_tick = now + TICK;
+        }
+        env.issue_scheduled(&mut socks, now);
+        env.publish();
+        let mut wake = next_tick;
+        if let Some(s) = &env.sched {
+            wake = wake.min(s.peek().1);
+        }
+        if let Err(e) = poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                env.stats.errors.count(ErrorClass::Other, || format!("epoll_wait: {e}"));
+                break;
+            }
+            continue;
+        }
+        for ev in events.iter() {
+            let Some(s) = socks.get_mut(ev.token().0) else { continue };
+            if ev.is_writable() {
+                env.resend_pending(s);
+            }
+            if ev.is_readable() || ev.is_error() {
+                env.receive(s, ev.token().0, &mut buf);
+            }
+        }
+    }
+    env.publish();
+    env.stats
+}
+
+impl Env<'_> {
+    /// Sends the current datagram of slot `d`, counting from `origin`.
+    fn send(&mut self, s: &mut Sock, d: usize, origin: Instant) {
+        let size = self.ctx.cfg.size;
+        let slot = &mut s.slots[d];
+        encode_seq(slot.seq, &mut self.out[..UDP_HEADER]);
+        let body = self
+            .ctx
+            .pattern
+            .send_window(udp_body_pos(slot.seq, s.start), size - UDP_HEADER);
+        self.out[UDP_HEADER..].copy_from_slice(body);
+        slot.origin = origin;
+        loop {
+            match s.sock.send(&self.out) {
+                Ok(_) => {
+                    slot.state = SlotState::InFlight;
+                    slot.sent = Instant::now();
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    slot.state = SlotState::Pending;
+                    return;
+                }
+                Err(e) => {
+                    // E.g. ECONNREFUSED from an earlier ICMP port unreachable: count it and try
+                    // this slot again on the next tick.
+                    slot.state = SlotState::Pending;
+                    let addr = self.ctx.cfg.addr;
+                    self.stats
+                        .errors
+                        .count(ErrorClass::of(&e), || format!("udp send to {addr}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resend_pending(&mut self, s: &mut Sock) {
+        for d in 0..s.slots.len() {
+            if s.slots[d].state == SlotState::Pending {
+                let origin = s.slots[d].origin;
+                self.send(s, d, origin);
+                if s.slots[d].state == SlotState::Pending {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Receives until `WouldBlock`, matching and checking each reply.
+    fn receive(&mut self, s: &mut Sock, i: usize, buf: &mut [u8]) {
+        let size = self.ctx.cfg.size;
+        let depth = s.slots.len() as u32;
+        loop {
+            let n = match s.sock.recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors surface here on a connected socket; the datagram itself is
+                    // accounted for by its timeout.
+                    let addr = self.ctx.cfg.addr;
+                    self.stats
+                        .errors
+                        .count(ErrorClass::of(&e), || format!("udp recv from {addr}: {e}"));
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            let id = self.ctx.first_conn + i;
+            let Some(seq) = decode_seq(&buf[..n]) else {
+                self.stats.mismatch(
+                    Mismatch {
+                        offset: 0,
+                        expected: b'A',
+                        got: buf.first().copied().unwrap_or(0),
+                        wrong_bytes: n.clamp(1, UDP_HEADER) as u64,
+                    },
+                    || format!("udp socket {id}: reply of {n} bytes without a valid sequence header"),
+                );
+                continue;
+            };
+            let d = (seq % depth) as usize;
+            let slot = s.slots[d];
+            if slot.state != SlotState::InFlight || slot.seq != seq {
+                self.stats.late += 1;
+                continue;
+            }
+            if n != size {
+                self.stats.mismatch(
+                    Mismatch {
+                        offset: n.min(size) as u64,
+                        expected: 0,
+                        got: 0,
+                        wrong_bytes: n.abs_diff(size) as u64,
+                    },
+                    || format!("udp socket {id}: reply of {n} bytes to a datagram of {size}"),
+                );
+            } else if let Err(m) =
+                self.ctx
+                    .pattern
+                    .check(udp_body_pos(seq, s.start), &buf[UDP_HEADER..n], UDP_HEADER as u64)
+            {
+                self.stats
+                    .mismatch(m, || format!("udp socket {id}, datagram {seq}"));
+            }
+            self.live_msgs += 1;
+            self.live_bytes += n as u64;
+            if self.measuring {
+                self.stats.msgs += 1;
+                self.stats.bytes += n as u64;
+                self.stats.latency(now.saturating_duration_since(slot.origin));
+            }
+            self.next_in_slot(s, d, now);
+        }
+    }
+
+    /// Moves slot `d` on to its next sequence number and sends it (closed loop) or frees it
+    /// for the schedule (open loop).
+    fn next_in_slot(&mut self, s: &mut Sock, d: usize, now: Instant) {
+        let depth = s.slots.len() as u32;
+        s.slots[d].seq = s.slots[d].seq.wrapping_add(depth);
+        s.slots[d].state = SlotState::Free;
+        match &self.sched {
+            None => self.send(s, d, now),
+            Some(_) => self.take_due(s),
+        }
+    }
+
+    /// Open loop: sends this socket's due messages into free slots.
+    fn take_due(&mut self, s: &mut Sock) {
+        // A copy of the clock (three words), so `send` may borrow `self`.
+        let Some(sched) = self.sched.clone() else { return };
+        let n = self.lanes;
+        let lane = s.lane;
+        while s.taken < s.due {
+            let Some(d) = s.slots.iter().position(|x| x.state == SlotState::Free) else {
+                return;
+            };
+            let origin = sched.due_time(lane + s.taken * n);
+            s.taken += 1;
+            self.send(s, d, origin);
+        }
+    }
+
+    fn issue_scheduled(&mut self, socks: &mut [Sock], now: Instant) {
+        let n = socks.len() as u64;
+        while let Some(k) = self.sched.as_mut().and_then(|s| s.pop_due(now)) {
+            let s = &mut socks[(k % n) as usize];
+            s.due += 1;
+            self.take_due(s);
+        }
+    }
+
+    /// Counts datagrams unanswered for `--timeout` as lost; retries sends that could not go out.
+    fn expire(&mut self, s: &mut Sock, now: Instant) {
+        let timeout = self.ctx.cfg.timeout;
+        for d in 0..s.slots.len() {
+            match s.slots[d].state {
+                SlotState::InFlight if now.duration_since(s.slots[d].sent) > timeout => {
+                    self.stats.losses += 1;
+                    self.next_in_slot(s, d, now);
+                }
+                SlotState::Pending => {
+                    let origin = s.slots[d].origin;
+                    self.send(s, d, origin);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn progress_open(&self, n: usize) {
+        self.ctx
+            .progress()
+            .open
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = self.ctx.progress();
+        p.msgs.store(self.live_msgs, Relaxed);
+        p.bytes.store(self.live_bytes, Relaxed);
+        p.errors.store(self.stats.errors.total, Relaxed);
+        p.mismatches.store(self.stats.mismatch_events, Relaxed);
+    }
+}
+
+/// A non-blocking UDP socket bound to `source` (or any local address) and connected to `addr`.
+fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
+    let local = match (source, addr) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        (None, SocketAddr::V6(_)) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    };
+    let sock = UdpSocket::bind(local)?;
+    sock.connect(addr)?;
+    Ok(sock)
+}
