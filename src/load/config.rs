@@ -49,6 +49,16 @@ pub enum ProtoArg {
     Udp,
 }
 
+/// How churn closes each connection once answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Close {
+    /// Orderly close (FIN): the usual way, but the load generator keeps every connection in
+    /// TIME_WAIT for a minute, which the kernel has to search at every connect.
+    Fin,
+    /// Abortive close (RST, SO_LINGER 0): no TIME_WAIT anywhere; the server sees a reset.
+    Rst,
+}
+
 /// One or more source addresses to bind before connecting, from `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sources(pub Vec<IpAddr>);
@@ -136,6 +146,9 @@ pub struct LoadArgs {
     /// The transform every reply must show; any other byte is a mismatch and fails the run.
     #[arg(long, value_enum, default_value_t = Transform::Upper)]
     pub expect: Transform,
+    /// churn: how each connection is closed after its reply.
+    #[arg(long, value_enum, default_value_t = Close::Fin)]
+    pub close: Close,
     /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9 (about 28k
     /// connections fit per source address and server address).
     #[arg(long, value_name = "ADDRS")]
@@ -166,7 +179,9 @@ pub struct LoadArgs {
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 86400")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
     }
 }
 
@@ -201,6 +216,7 @@ pub struct Config {
     pub rate: Option<f64>,
     pub expect: Transform,
     pub sources: Vec<IpAddr>,
+    pub close: Close,
     pub threads: usize,
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -256,11 +272,17 @@ impl Config {
             ));
         }
         if a.rate.is_some() && a.mode != Mode::Pingpong {
-            return err(format!("--rate applies to --mode pingpong only, not {}", mode_name(a.mode)));
+            return err(format!(
+                "--rate applies to --mode pingpong only, not {}",
+                mode_name(a.mode)
+            ));
         }
         let sources = a.source.map(|s| s.0).unwrap_or_default();
         if let Some(bad) = sources.iter().find(|ip| ip.is_ipv4() != a.addr.is_ipv4()) {
-            return err(format!("source {bad} is not of the same IP family as {}", a.addr));
+            return err(format!(
+                "source {bad} is not of the same IP family as {}",
+                a.addr
+            ));
         }
         if a.duration <= 0.0 {
             return err("-t must be more than 0 seconds".into());
@@ -305,6 +327,7 @@ impl Config {
             rate: a.rate,
             expect: a.expect,
             sources,
+            close: a.close,
             threads,
             timeout: Duration::from_secs_f64(a.timeout),
             connect_timeout: Duration::from_secs_f64(a.connect_timeout),
@@ -408,11 +431,27 @@ mod tests {
 
     #[test]
     fn incompatible_options_are_usage_errors() {
-        assert!(parse(&["--proto", "udp", "--mode", "bulk"]).unwrap_err().contains("pingpong only"));
-        assert!(parse(&["--proto", "udp", "-s", "4"]).unwrap_err().contains("-s between"));
+        assert!(
+            parse(&["--proto", "udp", "--mode", "bulk"])
+                .unwrap_err()
+                .contains("pingpong only")
+        );
+        assert!(
+            parse(&["--proto", "udp", "-s", "4"])
+                .unwrap_err()
+                .contains("-s between")
+        );
         assert!(parse(&["--proto", "udp", "-s", "70000"]).is_err());
-        assert!(parse(&["--mode", "churn", "--rate", "10"]).unwrap_err().contains("--rate"));
-        assert!(parse(&["[::1]:9", "--source", "127.0.0.2"]).unwrap_err().contains("family"));
+        assert!(
+            parse(&["--mode", "churn", "--rate", "10"])
+                .unwrap_err()
+                .contains("--rate")
+        );
+        assert!(
+            parse(&["[::1]:9", "--source", "127.0.0.2"])
+                .unwrap_err()
+                .contains("family")
+        );
         assert!(parse(&["-t", "0"]).is_err());
         assert!(parse(&["-c", "0"]).is_err());
         assert!(parse(&["--rate", "-1"]).is_err());
@@ -431,8 +470,8 @@ mod tests {
         let cli = Cli::try_parse_from(["load", "-c", "30000"]).unwrap();
         let e = Config::from_args(cli.args, lim).unwrap_err().0;
         assert!(e.contains("cannot fit") && e.contains("--source"), "{e}");
-        let cli =
-            Cli::try_parse_from(["load", "-c", "30000", "--source", "127.0.0.2-127.0.0.3"]).unwrap();
+        let cli = Cli::try_parse_from(["load", "-c", "30000", "--source", "127.0.0.2-127.0.0.3"])
+            .unwrap();
         assert!(Config::from_args(cli.args, lim).is_ok());
     }
 

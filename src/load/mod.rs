@@ -19,6 +19,7 @@ pub mod payload;
 pub mod schedule;
 pub mod stats;
 mod tcp;
+mod timer;
 mod udp;
 
 use std::io::{self, Write as _};
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use config::{Config, LoadArgs, Limits, Mode, UsageError};
+pub use config::{Config, Limits, LoadArgs, Mode, UsageError};
 use payload::Pattern;
 use stats::{CpuUse, Latency, Progress, Report, ServerUse, Stats};
 
@@ -111,7 +112,8 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let text = report.text();
     if cfg.json {
         eprint!("{text}");
-        let json = serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let json =
+            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "{json}");
         let _ = out.flush();
@@ -167,9 +169,9 @@ pub fn execute(cfg: &Config) -> (Report, hdrhistogram::Histogram<u64>) {
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    merged
-                        .errors
-                        .count(stats::ErrorClass::Other, || format!("cannot start a thread: {e}"));
+                    merged.errors.count(stats::ErrorClass::Other, || {
+                        format!("cannot start a thread: {e}")
+                    });
                 }
             }
         }
@@ -235,7 +237,14 @@ fn drive(
     shared.set_phase(Phase::Measure);
     let end = t0 + cfg.duration;
     while Instant::now() < end && !interrupted.load(Ordering::Relaxed) && !all_done() {
-        line.tick(shared, if cfg.mode == Mode::Hold { "hold" } else { "run" });
+        line.tick(
+            shared,
+            if cfg.mode == Mode::Hold {
+                "hold"
+            } else {
+                "run"
+            },
+        );
         sleep_until_next(end, &line);
     }
     let t1 = Instant::now();
@@ -267,7 +276,11 @@ fn drive(
 fn sleep_until_next(end: Instant, line: &ProgressLine) {
     let now = Instant::now();
     let until = end.min(line.next);
-    thread::sleep(until.saturating_duration_since(now).min(Duration::from_millis(50)));
+    thread::sleep(
+        until
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(50)),
+    );
 }
 
 /// The once-a-second progress line on stderr.

@@ -160,7 +160,12 @@ mod tests {
     #[test]
     fn correct_reply_passes_at_any_position_and_length() {
         let p = Pattern::new(1, Transform::Upper);
-        for (pos, len) in [(0u64, 1usize), (5, 64), (PERIOD as u64 - 3, 10), (1 << 40, 3 * PERIOD)] {
+        for (pos, len) in [
+            (0u64, 1usize),
+            (5, 64),
+            (PERIOD as u64 - 3, 10),
+            (1 << 40, 3 * PERIOD),
+        ] {
             let mut sent = Vec::new();
             while sent.len() < len {
                 let w = p.send_window(pos + sent.len() as u64, len - sent.len());

@@ -140,7 +140,10 @@ mod tests {
         let t0 = Instant::now();
         let s = RateSchedule::new(t0, 3.0);
         let d = s.due_time(3 * 86_400 * 30) - t0;
-        assert!(d.abs_diff(Duration::from_secs(86_400 * 30)) < Duration::from_micros(1), "{d:?}");
+        assert!(
+            d.abs_diff(Duration::from_secs(86_400 * 30)) < Duration::from_micros(1),
+            "{d:?}"
+        );
     }
 
     #[test]

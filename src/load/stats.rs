@@ -309,7 +309,9 @@ impl Report {
             self.size,
             self.depth,
             self.threads,
-            self.rate.map(|r| format!(", rate {r}/s")).unwrap_or_default(),
+            self.rate
+                .map(|r| format!(", rate {r}/s"))
+                .unwrap_or_default(),
             self.window_s
         );
         if let (Some(h), Some(a)) = (self.held, self.answered) {
@@ -321,7 +323,11 @@ impl Report {
             self.msgs_per_s, self.mb_per_s, self.messages, self.bytes
         );
         if self.mode == "churn" {
-            let _ = writeln!(s, "  connections {:.0}/s ({})", self.connects_per_s, self.connects);
+            let _ = writeln!(
+                s,
+                "  connections {:.0}/s ({})",
+                self.connects_per_s, self.connects
+            );
         }
         match &self.latency_us {
             Some(l) => {
@@ -353,7 +359,11 @@ impl Report {
             let _ = writeln!(s, "              first: {f}");
         }
         if self.proto == "udp" {
-            let _ = writeln!(s, "  losses      {} (late replies {})", self.losses, self.late_replies);
+            let _ = writeln!(
+                s,
+                "  losses      {} (late replies {})",
+                self.losses, self.late_replies
+            );
         }
         let per = |v: Option<f64>| v.map(|v| format!("{v:.2} µs/msg")).unwrap_or("-".into());
         let _ = writeln!(
@@ -393,7 +403,11 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         let q = v.quantile_iterated_to();
         let value = v.value_iterated_to() as f64 / SCALE;
         if q < 1.0 {
-            let _ = writeln!(s, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+            let _ = writeln!(
+                s,
+                "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                1.0 / (1.0 - q)
+            );
         } else {
             let _ = writeln!(s, "{value:12.3} {q:2.12} {total:10}");
         }
@@ -479,7 +493,12 @@ mod tests {
         }
         let text = hgrm(&s.hist);
         let mut lines = text.lines();
-        assert!(lines.next().unwrap().contains("Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .contains("Value     Percentile TotalCount 1/(1-Percentile)")
+        );
         assert_eq!(lines.next(), Some(""));
         let rows = text.lines().skip(2).filter(|l| !l.starts_with('#')).count();
         assert!(rows > 10, "{text}");

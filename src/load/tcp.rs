@@ -29,10 +29,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::config::Mode;
+use super::config::{Close, Mode};
 use super::payload::{Mismatch, PERIOD};
 use super::schedule::{InFlight, RateSchedule};
 use super::stats::{ErrorClass, Stats};
+use super::timer::Timer;
 use super::{Ctx, Phase};
 
 /// Largest read: 64 KiB takes a whole loopback segment train in one system call.
@@ -42,6 +43,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Connection attempts in progress at once per worker: enough to open 15,000 connections in a
 /// few seconds without overflowing the server's accept backlog (a dropped SYN costs a second).
 const MAX_CONNECTING: usize = 256;
+/// The open-loop timer's token: beyond any connection slot.
+const TIMER: Token = Token(usize::MAX);
 /// Pause before reconnecting a slot whose connection failed, so a refusing server is not
 /// hammered in a tight loop.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
@@ -110,7 +113,9 @@ pub fn run(ctx: &Ctx) -> Stats {
     let poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
-            stats.errors.count(ErrorClass::of(&e), || format!("epoll: {e}"));
+            stats
+                .errors
+                .count(ErrorClass::of(&e), || format!("epoll: {e}"));
             return stats;
         }
     };
@@ -157,6 +162,20 @@ pub fn run(ctx: &Ctx) -> Stats {
             .rate
             .map(|r| RateSchedule::new(now, r * n as f64 / cfg.conns as f64)),
     };
+    let mut timer = match env
+        .sched
+        .is_some()
+        .then(|| Timer::new(env.poll.registry(), TIMER))
+    {
+        Some(Err(e)) => {
+            env.stats
+                .errors
+                .count(ErrorClass::Other, || format!("timerfd: {e}"));
+            return env.stats;
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
     let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
     let mut events = Events::with_capacity(1024);
     let hard_end = now + ctx.hard_limit();
@@ -183,7 +202,9 @@ pub fn run(ctx: &Ctx) -> Stats {
         }
         if cfg.mode == Mode::Hold {
             let settled = env.ready.is_empty() && env.retry.is_empty() && env.connecting == 0;
-            ctx.progress().connected.store(u64::from(settled), std::sync::atomic::Ordering::Relaxed);
+            ctx.progress()
+                .connected
+                .store(u64::from(settled), std::sync::atomic::Ordering::Relaxed);
             if phase == Phase::Check
                 && (check_until.is_some_and(|t| now >= t) || env.check_finished(&conns))
             {
@@ -195,8 +216,13 @@ pub fn run(ctx: &Ctx) -> Stats {
         env.publish();
 
         let mut wake = next_tick;
-        if let Some(s) = &env.sched {
-            wake = wake.min(s.peek().1);
+        if let (Some(s), Some(t)) = (&env.sched, &mut timer)
+            && let Err(e) = t.arm(s.peek().1, now)
+        {
+            env.stats
+                .errors
+                .count(ErrorClass::Other, || format!("timerfd: {e}"));
+            break;
         }
         if let Some(&(at, _)) = env.retry.front() {
             wake = wake.min(at);
@@ -204,14 +230,25 @@ pub fn run(ctx: &Ctx) -> Stats {
         if !env.ready.is_empty() && env.connecting < MAX_CONNECTING && env.may_connect() {
             wake = now;
         }
-        if let Err(e) = env.poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
+        if let Err(e) = env
+            .poll
+            .poll(&mut events, Some(wake.saturating_duration_since(now)))
+        {
             if e.kind() != io::ErrorKind::Interrupted {
-                env.stats.errors.count(ErrorClass::Other, || format!("epoll_wait: {e}"));
+                env.stats
+                    .errors
+                    .count(ErrorClass::Other, || format!("epoll_wait: {e}"));
                 break;
             }
             continue;
         }
         for ev in events.iter() {
+            if ev.token() == TIMER {
+                if let Some(t) = &mut timer {
+                    t.clear();
+                }
+                continue;
+            }
             let i = ev.token().0;
             // A token that names no slot would be a spurious event: ignore it.
             let Some(c) = conns.get_mut(i) else { continue };
@@ -247,7 +284,9 @@ impl Env<'_> {
             return;
         }
         while self.connecting < MAX_CONNECTING {
-            let Some(i) = self.ready.pop_front() else { break };
+            let Some(i) = self.ready.pop_front() else {
+                break;
+            };
             self.connect(&mut conns[i], i, now);
         }
     }
@@ -257,7 +296,7 @@ impl Env<'_> {
         let source = cfg.source_of(self.ctx.first_conn + i);
         c.began = now;
         c.last = now;
-        match open_stream(cfg.addr, source) {
+        match open_stream(cfg.addr, source, cfg.mode != Mode::Churn) {
             Ok(mut s) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if let Err(e) = self.poll.registry().register(&mut s, Token(i), interest) {
@@ -281,9 +320,9 @@ impl Env<'_> {
         let addr = self.ctx.cfg.addr;
         let id = self.ctx.first_conn + i;
         let phase = c.state;
-        self.stats
-            .errors
-            .count(class, || format!("connection {id} to {addr} ({phase:?}): {e}"));
+        self.stats.errors.count(class, || {
+            format!("connection {id} to {addr} ({phase:?}): {e}")
+        });
         self.close(c);
         if self.ctx.cfg.mode == Mode::Hold {
             c.state = State::Done;
@@ -442,11 +481,17 @@ impl Env<'_> {
                 Err(e) => return self.fail(c, i, ErrorClass::of(&e), &e),
             }
         }
-        // Everything written: stop waking up for write space (bulk never gets here).
+        // Everything written: stop waking up for write space (bulk never gets here). A churn
+        // connection lives for one message: changing its interest would cost more than it saves.
         if c.want_write
+            && self.ctx.cfg.mode != Mode::Churn
             && let Some(s) = &mut c.stream
         {
-            if let Err(e) = self.poll.registry().reregister(s, Token(i), Interest::READABLE) {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(s, Token(i), Interest::READABLE)
+            {
                 return self.fail(c, i, ErrorClass::Other, &e);
             }
             c.want_write = false;
@@ -519,8 +564,15 @@ impl Env<'_> {
                         match cfg.mode {
                             Mode::Pingpong => self.refill(c, now),
                             Mode::Churn => {
-                                // Answered: close (our FIN first, so TIME_WAIT stays on our side,
-                                // where the kernel reuses it for loopback) and go again.
+                                // Answered: close and go again. With FIN ours goes first, so
+                                // TIME_WAIT stays on our side (Linux reuses it for loopback
+                                // connects); with RST there is none.
+                                if cfg.close == Close::Rst
+                                    && let Some(s) = &c.stream
+                                {
+                                    let _ =
+                                        socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                                }
                                 self.close(c);
                                 self.ready.push_back(i);
                                 return false;
@@ -599,14 +651,17 @@ impl Env<'_> {
 }
 
 /// A non-blocking socket connecting to `addr`, bound first to `source` if given.
-fn open_stream(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+fn open_stream(addr: SocketAddr, source: Option<IpAddr>, nodelay: bool) -> io::Result<TcpStream> {
     let sock = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    // Ping-pong latency must not wait for Nagle's timer.
-    sock.set_tcp_nodelay(true)?;
+    // Ping-pong latency must not wait for Nagle's timer. (Churn sends one message per
+    // connection, which Nagle never delays, so it saves the system call.)
+    if nodelay {
+        sock.set_tcp_nodelay(true)?;
+    }
     if let Some(ip) = source {
         if ip.is_ipv4() {
             // Let connect() pick the port for the full 4-tuple, so each source address has the

@@ -18,10 +18,13 @@ use super::config::{MAX_DATAGRAM, UDP_HEADER};
 use super::payload::{Mismatch, decode_seq, encode_seq, udp_body_pos};
 use super::schedule::RateSchedule;
 use super::stats::{ErrorClass, Stats};
+use super::timer::Timer;
 use super::{Ctx, Phase};
 
 /// How often timeouts and phase changes are looked at when idle.
 const TICK: Duration = Duration::from_millis(100);
+/// The open-loop timer's token: beyond any socket.
+const TIMER: Token = Token(usize::MAX);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -81,7 +84,9 @@ pub fn run(ctx: &Ctx) -> Stats {
     let mut poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
-            env.stats.errors.count(ErrorClass::of(&e), || format!("epoll: {e}"));
+            env.stats
+                .errors
+                .count(ErrorClass::of(&e), || format!("epoll: {e}"));
             return env.stats;
         }
     };
@@ -94,7 +99,9 @@ pub fn run(ctx: &Ctx) -> Stats {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 let lane = socks.len();
                 if let Err(e) = poll.registry().register(&mut sock, Token(lane), interest) {
-                    env.stats.errors.count(ErrorClass::Other, || format!("register: {e}"));
+                    env.stats
+                        .errors
+                        .count(ErrorClass::Other, || format!("register: {e}"));
                     continue;
                 }
                 let slots = (0..cfg.depth)
@@ -116,9 +123,9 @@ pub fn run(ctx: &Ctx) -> Stats {
             }
             Err(e) => {
                 let addr = cfg.addr;
-                env.stats
-                    .errors
-                    .count(ErrorClass::of(&e), || format!("udp socket {id} to {addr}: {e}"));
+                env.stats.errors.count(ErrorClass::of(&e), || {
+                    format!("udp socket {id} to {addr}: {e}")
+                });
             }
         }
     }
@@ -137,6 +144,20 @@ pub fn run(ctx: &Ctx) -> Stats {
             }
         }
     }
+    let mut timer = match env
+        .sched
+        .is_some()
+        .then(|| Timer::new(poll.registry(), TIMER))
+    {
+        Some(Err(e)) => {
+            env.stats
+                .errors
+                .count(ErrorClass::Other, || format!("timerfd: {e}"));
+            return env.stats;
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice();
     let mut events = Events::with_capacity(1024);
     let hard_end = now + ctx.hard_limit();
@@ -156,19 +177,34 @@ pub fn run(ctx: &Ctx) -> Stats {
         }
         env.issue_scheduled(&mut socks, now);
         env.publish();
-        let mut wake = next_tick;
-        if let Some(s) = &env.sched {
-            wake = wake.min(s.peek().1);
+        let wake = next_tick;
+        if let (Some(s), Some(t)) = (&env.sched, &mut timer)
+            && let Err(e) = t.arm(s.peek().1, now)
+        {
+            env.stats
+                .errors
+                .count(ErrorClass::Other, || format!("timerfd: {e}"));
+            break;
         }
         if let Err(e) = poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
             if e.kind() != io::ErrorKind::Interrupted {
-                env.stats.errors.count(ErrorClass::Other, || format!("epoll_wait: {e}"));
+                env.stats
+                    .errors
+                    .count(ErrorClass::Other, || format!("epoll_wait: {e}"));
                 break;
             }
             continue;
         }
         for ev in events.iter() {
-            let Some(s) = socks.get_mut(ev.token().0) else { continue };
+            if ev.token() == TIMER {
+                if let Some(t) = &mut timer {
+                    t.clear();
+                }
+                continue;
+            }
+            let Some(s) = socks.get_mut(ev.token().0) else {
+                continue;
+            };
             if ev.is_writable() {
                 env.resend_pending(s);
             }
@@ -260,7 +296,11 @@ impl Env<'_> {
                         got: buf.first().copied().unwrap_or(0),
                         wrong_bytes: n.clamp(1, UDP_HEADER) as u64,
                     },
-                    || format!("udp socket {id}: reply of {n} bytes without a valid sequence header"),
+                    || {
+                        format!(
+                            "udp socket {id}: reply of {n} bytes without a valid sequence header"
+                        )
+                    },
                 );
                 continue;
             };
@@ -280,11 +320,11 @@ impl Env<'_> {
                     },
                     || format!("udp socket {id}: reply of {n} bytes to a datagram of {size}"),
                 );
-            } else if let Err(m) =
-                self.ctx
-                    .pattern
-                    .check(udp_body_pos(seq, s.start), &buf[UDP_HEADER..n], UDP_HEADER as u64)
-            {
+            } else if let Err(m) = self.ctx.pattern.check(
+                udp_body_pos(seq, s.start),
+                &buf[UDP_HEADER..n],
+                UDP_HEADER as u64,
+            ) {
                 self.stats
                     .mismatch(m, || format!("udp socket {id}, datagram {seq}"));
             }
@@ -293,7 +333,8 @@ impl Env<'_> {
             if self.measuring {
                 self.stats.msgs += 1;
                 self.stats.bytes += n as u64;
-                self.stats.latency(now.saturating_duration_since(slot.origin));
+                self.stats
+                    .latency(now.saturating_duration_since(slot.origin));
             }
             self.next_in_slot(s, d, now);
         }
@@ -314,7 +355,9 @@ impl Env<'_> {
     /// Open loop: sends this socket's due messages into free slots.
     fn take_due(&mut self, s: &mut Sock) {
         // A copy of the clock (three words), so `send` may borrow `self`.
-        let Some(sched) = self.sched.clone() else { return };
+        let Some(sched) = self.sched.clone() else {
+            return;
+        };
         let n = self.lanes;
         let lane = s.lane;
         while s.taken < s.due {
