@@ -1,0 +1,309 @@
+//! `upecho load` against the real `upecho serve`: every mode briefly with verification on, a
+//! deliberately wrong server, the JSON and .hgrm outputs, errors that are counted rather than
+//! fatal, and usage errors.
+//!
+//! Runs are short and small (the suite shares two cores with other test binaries); no assertion
+//! depends on how fast anything is, only on what was counted.
+
+mod util;
+
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::{ServerProc, bin};
+
+/// Hard bound on any one `upecho load` run in these tests.
+const RUN_BOUND: Duration = Duration::from_secs(90);
+
+/// Runs `upecho load ARGS...` and returns its output; kills it (by PID) if it overruns.
+fn load(args: &[&str]) -> Output {
+    let mut child = Command::new(bin())
+        .arg("load")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upecho load");
+    let deadline = Instant::now() + RUN_BOUND;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "upecho load {args:?} ran past {RUN_BOUND:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a load with `--json` and returns the exit code and the parsed report.
+fn load_json(args: &[&str]) -> (i32, Value, String) {
+    let mut full = vec!["--json", "-q"];
+    full.extend_from_slice(args);
+    let out = load(&full);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    (out.status.code().expect("exit code"), v, stderr)
+}
+
+fn assert_clean_success(code: i32, v: &Value, stderr: &str) {
+    assert_eq!(code, 0, "report: {v:#}\nstderr:\n{stderr}");
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["mismatches"], 0, "{v:#}");
+    assert_eq!(v["errors"]["total"], 0, "{v:#}");
+}
+
+#[test]
+fn pingpong_pipelined_every_byte_verified() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "-c", "4", "--depth", "4", "-t", "1", "--warmup", "0.2",
+    ]);
+    assert_clean_success(code, &v, &err);
+    assert!(v["messages"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        64 * v["messages"].as_u64().unwrap()
+    );
+    let lat = &v["latency_us"];
+    assert_eq!(lat["count"], v["messages"]);
+    assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+    assert!(lat["p99"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
+}
+
+#[test]
+fn bulk_streams_and_checks_both_ways() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "--mode", "bulk", "-c", "2", "-s", "65536", "-t", "1", "--warmup", "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+    // Far more than one window's worth came back, all of it checked.
+    assert!(v["bytes"].as_u64().unwrap() > 1 << 20, "{v:#}");
+}
+
+#[test]
+fn churn_opens_a_connection_per_message() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    for close in ["fin", "rst"] {
+        let (code, v, err) = load_json(&[
+            &addr, "--mode", "churn", "-c", "2", "-t", "1", "--warmup", "0", "--close", close,
+        ]);
+        assert_clean_success(code, &v, &err);
+        let msgs = v["messages"].as_u64().unwrap();
+        assert!(msgs > 0);
+        // Each message had a connection of its own (a connection may straddle the window's
+        // edges, so allow one per slot either way).
+        assert!(v["connects"].as_u64().unwrap().abs_diff(msgs) <= 4, "{v:#}");
+    }
+}
+
+#[test]
+fn hold_keeps_every_connection_and_each_answers() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let pid = server.pid().to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "--mode",
+        "hold",
+        "-c",
+        "300",
+        "-t",
+        "1",
+        "--threads",
+        "2",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_clean_success(code, &v, &err);
+    assert_eq!(v["held"], 300, "{v:#}");
+    assert_eq!(v["answered"], 300, "{v:#}");
+    assert!(v["server"]["rss_bytes"].as_u64().unwrap() > 0, "{v:#}");
+}
+
+#[test]
+fn udp_pingpong_matches_every_datagram() {
+    let server = ServerProc::start(&[]);
+    let addr = server.udp().to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "--proto", "udp", "-c", "4", "--depth", "4", "-s", "200", "-t", "1", "--warmup", "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+    assert!(v["messages"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        200 * v["messages"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn open_loop_rate_is_held_to_the_schedule() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "-c", "2", "--rate", "200", "-t", "1", "--warmup", "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+    let msgs = v["messages"].as_u64().unwrap();
+    let window = v["window_s"].as_f64().unwrap();
+    // Never more than the schedule allows (plus what was due at the window's start).
+    assert!(
+        msgs > 0 && (msgs as f64) <= 200.0 * (window + 0.5) + 2.0,
+        "{v:#}"
+    );
+    assert_eq!(v["rate"], 200.0);
+}
+
+#[test]
+fn plain_echo_server_fails_an_upper_expectation() {
+    let server = ServerProc::start(&["--transform", "none"]);
+    let tcp = server.tcp().to_string();
+    let (code, v, _) = load_json(&[&tcp, "-c", "2", "-t", "0.5", "--warmup", "0"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["ok"], false);
+    assert!(v["mismatches"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(v["mismatched_bytes"].as_u64().unwrap() > 0, "{v:#}");
+    let first = v["first_mismatch"].as_str().unwrap();
+    assert!(first.contains("expected"), "{first}");
+
+    let udp = server.udp().to_string();
+    let (code, v, _) = load_json(&[
+        &udp, "--proto", "udp", "-c", "2", "-t", "0.5", "--warmup", "0",
+    ]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(v["mismatches"].as_u64().unwrap() > 0, "{v:#}");
+
+    // The human summary says so too.
+    let out = load(&[&tcp, "-q", "-c", "1", "-t", "0.3", "--warmup", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mismatches") && text.contains("FAILED"),
+        "{text}"
+    );
+
+    // And a plain echo is right when plain echo is what was asked for.
+    let (code, v, err) = load_json(&[
+        &tcp, "--expect", "none", "-c", "2", "-t", "0.5", "--warmup", "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+}
+
+#[test]
+fn refused_connections_are_counted_not_fatal() {
+    // A bound socket that never listens: every connection to it is refused, and the port cannot
+    // be taken by anything else while the test runs.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap().to_string();
+    let (code, v, _) = load_json(&[&addr, "-c", "3", "-t", "0.5", "--warmup", "0"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["messages"], 0);
+    assert!(v["errors"]["refused"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(
+        v["errors"]["first"].as_str().unwrap().contains(&addr),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn histogram_file_is_standard_hgrm() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let dir = std::env::temp_dir().join(format!("upecho-load-hgrm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lat.hgrm");
+    let out = load(&[
+        &addr,
+        "-q",
+        "-c",
+        "2",
+        "-t",
+        "0.5",
+        "--warmup",
+        "0",
+        "--histogram",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"),
+        "{text}"
+    );
+    assert!(text.contains("#[Mean    ="), "{text}");
+    let last = text.lines().rfind(|l| !l.starts_with('#')).unwrap();
+    assert!(
+        last.split_whitespace().nth(1) == Some("1.000000000000"),
+        "{last}"
+    );
+}
+
+#[test]
+fn source_addresses_are_bound_before_connect() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "6",
+        "--source",
+        "127.0.0.2-127.0.0.4",
+        "-t",
+        "0.5",
+        "--warmup",
+        "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    for args in [
+        &["--mode", "sideways"][..],
+        &["--proto", "udp", "--mode", "bulk"],
+        &["--proto", "udp", "-s", "4"],
+        &["-c", "0"],
+        &["--source", "127.0.0.9-127.0.0.2"],
+        &["--rate", "0"],
+        &["-c", "9000000"],
+        &["not-an-address"],
+    ] {
+        let out = load(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = load(&["-c", "9000000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open files"), "{err}");
+}
