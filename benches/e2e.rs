@@ -436,6 +436,7 @@ fn print_table(rows: &[(Scenario, Option<Measured>, Option<Measured>)], o: &Opts
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a / b < 0.1 => format!("{:.4}", a / b),
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     }

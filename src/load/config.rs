@@ -130,7 +130,8 @@ pub struct LoadArgs {
     #[arg(short = 's', long = "size", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_TCP_MESSAGE as u64))]
     pub size: u64,
-    /// Messages in flight per connection (pipelining).
+    /// Messages in flight per connection (pipelining); bulk: messages a connection may be
+    /// ahead of its replies (at least 2, so the stream never pauses).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub depth: u32,
     /// Seconds to measure (hold: seconds to hold the connections open).
