@@ -463,7 +463,7 @@ mod chart {
         let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
         let _ = writeln!(
             s,
-            r##"<text x="10" y="22" font-size="15" font-weight="bold">Server cost per message (hold: RSS per idle connection), lower is better</text>"##
+            r##"<text x="10" y="22" font-size="15" font-weight="bold">Server CPU time per message (hold: RSS per idle connection), lower is better</text>"##
         );
         let _ = writeln!(
             s,
@@ -502,7 +502,7 @@ mod chart {
                             r##"<rect x="{left}" y="{by}" width="{bw:.1}" height="18" fill="{color}"/><text x="{:.1}" y="{}">{} {unit}</text>"##,
                             left as f64 + bw + 6.0,
                             by + 14,
-                            if v >= 100.0 {
+                            if v >= 100.0 || sc.hold {
                                 format!("{v:.0}")
                             } else {
                                 format!("{v:.2}")
