@@ -23,6 +23,7 @@ pub struct ServerProc {
     pub tcp: Option<SocketAddr>,
     pub udp: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl ServerProc {
@@ -52,7 +53,10 @@ impl ServerProc {
             }
         };
         let mut child = cmd
-            .env("RUST_LOG", std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -61,13 +65,15 @@ impl ServerProc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, rx) = mpsc::channel();
@@ -82,12 +88,21 @@ impl ServerProc {
         });
         let expect_tcp = !args.contains(&"--udp-only");
         let expect_udp = !args.contains(&"--tcp-only");
-        let mut server = ServerProc { child, tcp: None, udp: None, stderr };
+        let mut server = ServerProc {
+            child,
+            tcp: None,
+            udp: None,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        };
         let deadline = Instant::now() + WAIT;
         while (expect_tcp && server.tcp.is_none()) || (expect_udp && server.udp.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no listening line from upecho; stderr:\n{}", server.stderr())
+                panic!(
+                    "no listening line from upecho; stderr:\n{}",
+                    server.stderr()
+                )
             });
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
@@ -114,6 +129,19 @@ impl ServerProc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (bounded) until the server's log contains `needle`; the log is read by another
+    /// thread, so a line the server has written may not have arrived yet.
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -129,10 +157,17 @@ impl ServerProc {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The process is gone, so its stderr ends: collect all of it.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             if Instant::now() >= deadline {
-                panic!("upecho did not exit within {within:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "upecho did not exit within {within:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -207,5 +242,10 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
