@@ -126,6 +126,10 @@ impl<S: Read + Write> Conn<S> {
         &self.sock
     }
 
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
     /// Marks the connection as on (or off) the reactor's run queue; returns the previous mark.
     pub fn set_queued(&mut self, queued: bool) -> bool {
         let was = self.flags.has(Flags::QUEUED);

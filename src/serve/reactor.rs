@@ -370,7 +370,10 @@ impl Server {
             return;
         };
         self.stats.active -= 1;
-        let peer = c.socket().peer_addr().ok();
+        // getpeername costs a syscall per close: only pay it when someone reads the line.
+        let peer = log::log_enabled!(log::Level::Debug)
+            .then(|| c.socket().peer_addr().ok())
+            .flatten();
         match why {
             Close::Done => debug!("conn {key} {peer:?}: closed"),
             Close::Idle => {
