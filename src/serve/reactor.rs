@@ -31,7 +31,7 @@ use slab::Slab;
 use super::conn::{Conn, Ctx, Progress};
 use super::stats::Stats;
 use super::timer::IdleWheel;
-use super::udp::{MAX_DATAGRAM, UdpEndpoint, UdpProgress};
+use super::udp::{Batch, UdpEndpoint, UdpProgress};
 use crate::Transform;
 
 // The token map. Fixed sources sit below `CONN_BASE`; a connection's token is its slab key plus
@@ -147,7 +147,7 @@ pub struct Server {
     run_queue: VecDeque<usize>,
     udp_owed: bool,
     scratch: Box<[u8]>,
-    datagram: Box<[u8]>,
+    datagrams: Batch,
     wheel: Option<IdleWheel>,
     now_tick: u32,
     expired: Vec<usize>,
@@ -217,7 +217,7 @@ impl Server {
             run_queue: VecDeque::new(),
             udp_owed: true,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            datagram: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            datagrams: Batch::new(),
             wheel,
             now_tick: 0,
             expired: Vec::new(),
@@ -519,7 +519,7 @@ impl Server {
         if std::mem::take(&mut self.udp_owed) {
             for ep in &mut self.udp {
                 let progress = ep.drive(
-                    &mut self.datagram,
+                    &mut self.datagrams,
                     self.config.transform,
                     self.config.udp_guard,
                     &mut self.stats,
