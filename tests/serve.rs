@@ -469,10 +469,18 @@ fn address_in_use_is_one_clear_line_and_exit_one() {
 
 #[test]
 fn a_socket_that_cannot_be_bound_leaves_nothing_announced() {
-    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The first address binds fine; the second is taken. Nothing may be announced.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--listen", &addr])
+        .args([
+            "serve",
+            "--tcp-only",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &addr,
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -482,5 +490,5 @@ fn a_socket_that_cannot_be_bound_leaves_nothing_announced() {
         String::from_utf8_lossy(&out.stdout)
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot bind udp {addr}")), "{err}");
+    assert!(err.contains(&format!("cannot bind tcp {addr}")), "{err}");
 }
