@@ -1,0 +1,505 @@
+//! One TCP connection's buffer state machine: the pure core of the server.
+//!
+//! It owns what a connection remembers between readiness events (its state, what the socket last
+//! said it was ready for, and the output it still owes) and knows nothing of mio, tokens or
+//! clocks: [`Conn::drive`] moves bytes through any `Read + Write`, so the property tests below can
+//! feed it every chunking, partial write, `WouldBlock` and `Interrupted` a socket may produce.
+//!
+//! ```text
+//!            read 0 (peer EOF)              owed output sent
+//!   Open ───────────────────────▶ ReadClosed ───────────────▶ (Done: the reactor closes)
+//!     │                                                     ▲
+//!     └──── drain requested, nothing owed, nothing unread ──┘
+//!   any I/O error other than WouldBlock/Interrupted ─▶ (Failed: the reactor closes)
+//! ```
+//!
+//! Memory: the transform runs in place in a reactor-wide scratch buffer and the result is written
+//! straight back; only what the socket does not take is copied into the connection's own
+//! [`Pending`] buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
+
+use std::io::{self, ErrorKind, Read, Write};
+
+use crate::Transform;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Reading input, echoing it back.
+    Open,
+    /// The peer has sent EOF: nothing more will be read; flushing what is owed, then done.
+    ReadClosed,
+}
+
+/// What a connection needs after [`Conn::drive`].
+#[derive(Debug)]
+pub enum Progress {
+    /// Nothing more can happen until the socket reports readiness again.
+    Wait,
+    /// Input is waiting but this turn's budget is spent: the reactor must call again by itself,
+    /// since an edge-triggered poll will not report data that is already there.
+    Yield,
+    /// Finished cleanly: every byte owed has been handed to the kernel; close the socket.
+    Done,
+    /// The socket failed (reset, broken pipe, ...): close it.
+    Failed(io::Error),
+}
+
+/// The per-turn environment the reactor lends a connection.
+pub struct Ctx<'a> {
+    /// Reactor-wide read buffer; its length is the largest single read.
+    pub scratch: &'a mut [u8],
+    pub transform: Transform,
+    /// Stop reading while this many bytes or more are owed (backpressure).
+    pub max_pending: usize,
+    /// Bytes that may be read this turn before yielding to other connections (fairness).
+    pub budget: usize,
+    /// The server is shutting down: finish as soon as nothing is owed and nothing is unread.
+    pub draining: bool,
+}
+
+/// Bytes moved during one [`Conn::drive`], for the counters and the idle clock.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub read: usize,
+    pub written: usize,
+}
+
+/// Output owed to the peer: `buf[off..]` has not been written yet.
+#[derive(Debug)]
+struct Pending {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+/// One connection's state. Small on purpose (it lives in the slab for every open connection).
+#[derive(Debug)]
+pub struct Conn {
+    pending: Option<Box<Pending>>,
+    state: State,
+    /// The socket said it was readable and no `WouldBlock` (or short read) has been seen since.
+    readable: bool,
+    /// The socket said it was writable and no `WouldBlock` has been seen since.
+    writable: bool,
+    /// The poller reported the peer's FIN. A read that stops short of it returns the data
+    /// before it, and the EOF itself raises no new edge, so short reads no longer clear
+    /// `readable`.
+    peer_fin: bool,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Conn {
+    /// A fresh connection. A new socket is assumed ready both ways: trying costs one syscall and
+    /// saves waiting for the first event.
+    pub fn new() -> Conn {
+        Conn {
+            pending: None,
+            state: State::Open,
+            readable: true,
+            writable: true,
+            peer_fin: false,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes owed to the peer and not yet accepted by the kernel.
+    pub fn owed(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.buf.len() - p.off)
+    }
+
+    /// Records readiness reported by the poller: `readable`, `writable`, and `read_closed` when
+    /// the peer's FIN has arrived. Errors are reported as readable and writable, so the next read
+    /// or write surfaces the actual error.
+    pub fn on_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
+        self.readable |= readable || read_closed;
+        self.writable |= writable;
+        self.peer_fin |= read_closed;
+    }
+
+    /// Whether reading is allowed now: open, and not holding back for a slow reader.
+    fn may_read(&self, max_pending: usize) -> bool {
+        self.state == State::Open && self.owed() < max_pending
+    }
+
+    /// Moves as many bytes as readiness, backpressure and the budget allow.
+    pub fn drive<S: Read + Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>) -> (Progress, Moved) {
+        let mut moved = Moved::default();
+        match self.pump(sock, ctx, &mut moved) {
+            Ok(p) => (p, moved),
+            Err(e) => (Progress::Failed(e), moved),
+        }
+    }
+
+    fn pump<S: Read + Write>(
+        &mut self,
+        sock: &mut S,
+        ctx: &mut Ctx<'_>,
+        moved: &mut Moved,
+    ) -> io::Result<Progress> {
+        let mut budget = ctx.budget;
+        loop {
+            // Owed output goes first: it precedes, in the stream, anything read from now on.
+            if self.writable && self.pending.is_some() {
+                match self.flush(sock) {
+                    Ok(n) => {
+                        moved.written += n;
+                        continue;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !(self.readable && self.may_read(ctx.max_pending)) {
+                break;
+            }
+            if budget == 0 {
+                return Ok(Progress::Yield);
+            }
+            match sock.read(ctx.scratch) {
+                Ok(0) => {
+                    self.state = State::ReadClosed;
+                    self.readable = false;
+                }
+                Ok(n) => {
+                    moved.read += n;
+                    budget = budget.saturating_sub(n);
+                    // A short read emptied the kernel buffer: anything arriving later raises a
+                    // fresh edge, so the `WouldBlock` read that would confirm it is skipped
+                    // (one syscall fewer per message). Not so for a FIN that is already in.
+                    if n < ctx.scratch.len() && !self.peer_fin {
+                        self.readable = false;
+                    }
+                    let out = &mut ctx.scratch[..n];
+                    ctx.transform.apply(out);
+                    moved.written += self.send(sock, out)?;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let idle = self.pending.is_none();
+        Ok(match self.state {
+            State::ReadClosed if idle => Progress::Done,
+            State::Open if idle && ctx.draining && !self.readable => Progress::Done,
+            _ => Progress::Wait,
+        })
+    }
+
+    /// Writes freshly transformed bytes straight to the socket when nothing is owed, and keeps
+    /// whatever the socket does not take. Returns the bytes written.
+    fn send<S: Write>(&mut self, sock: &mut S, out: &[u8]) -> io::Result<usize> {
+        let mut done = 0;
+        if self.pending.is_none() && self.writable {
+            loop {
+                match sock.write(&out[done..]) {
+                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        done += n;
+                        if done == out.len() {
+                            return Ok(done);
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let p = self.pending.get_or_insert_with(|| {
+            Box::new(Pending {
+                buf: Vec::new(),
+                off: 0,
+            })
+        });
+        p.buf.extend_from_slice(&out[done..]);
+        Ok(done)
+    }
+
+    /// One write of owed output; frees the buffer once it is all written.
+    fn flush<S: Write>(&mut self, sock: &mut S) -> io::Result<usize> {
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(0);
+        };
+        let n = sock.write(&p.buf[p.off..])?;
+        if n == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+        p.off += n;
+        if p.off == p.buf.len() {
+            self.pending = None;
+        } else if p.off >= p.buf.len() / 2 {
+            // Keep appends amortised without letting the consumed prefix grow without bound.
+            p.buf.drain(..p.off);
+            p.off = 0;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// A socket whose peer sends `input` in the given chunks and reads in the given sizes, with
+    /// `WouldBlock` and `Interrupted` injected. Readiness is modelled the way epoll's edge mode
+    /// reports it: the harness signals readable when new data arrives and writable when room
+    /// appears.
+    struct FakeSocket {
+        arrived: VecDeque<u8>,
+        eof_arrived: bool,
+        write_room: usize,
+        written: Vec<u8>,
+        interrupts: VecDeque<bool>,
+        fail_with: Option<ErrorKind>,
+    }
+
+    impl FakeSocket {
+        fn interrupted(&mut self) -> bool {
+            self.interrupts.pop_front().unwrap_or(false)
+        }
+    }
+
+    impl Read for FakeSocket {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.interrupted() {
+                return Err(ErrorKind::Interrupted.into());
+            }
+            if let Some(k) = self.fail_with {
+                return Err(k.into());
+            }
+            if self.arrived.is_empty() {
+                return if self.eof_arrived {
+                    Ok(0)
+                } else {
+                    Err(ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.arrived.len());
+            for (i, b) in self.arrived.drain(..n).enumerate() {
+                buf[i] = b;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for FakeSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.interrupted() {
+                return Err(ErrorKind::Interrupted.into());
+            }
+            if self.write_room == 0 {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.write_room);
+            self.write_room -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn arb_steps() -> impl Strategy<Value = Vec<(usize, usize, bool)>> {
+        // (bytes arriving, room the peer frees, interrupt next call)
+        proptest::collection::vec((0usize..3000, 0usize..4000, any::<bool>()), 1..80)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Whatever the chunking, partial writes and interruptions, the peer receives exactly the
+        /// transform of what it sent, the connection finishes after EOF, and owed output never
+        /// exceeds the cap by more than one read.
+        #[test]
+        fn output_is_exactly_the_transform_of_the_input(
+            input in proptest::collection::vec(any::<u8>(), 0..60_000),
+            steps in arb_steps(),
+            scratch_len in 1usize..5000,
+            max_pending in 1usize..9000,
+            budget in 1usize..20_000,
+        ) {
+            let mut sock = FakeSocket {
+                arrived: VecDeque::new(),
+                eof_arrived: false,
+                write_room: 0,
+                written: Vec::new(),
+                interrupts: VecDeque::new(),
+                fail_with: None,
+            };
+            let mut scratch = vec![0u8; scratch_len];
+            let mut conn = Conn::new();
+            let mut fed = 0;
+            let mut finished = false;
+            let mut step_iter = steps.iter().cycle();
+            // Bounded: every round feeds input or frees room, so it ends well within this count.
+            for _round in 0..100_000 {
+                let &(arrive, room, intr) = step_iter.next().unwrap();
+                // At least one byte arrives per round, so every run ends.
+                let n = arrive.max(1).min(input.len() - fed);
+                sock.arrived.extend(&input[fed..fed + n]);
+                fed += n;
+                let eof_now = fed == input.len() && !sock.eof_arrived;
+                sock.eof_arrived |= fed == input.len();
+                // Always free some room eventually, so the peer keeps reading.
+                let room = room.max(1);
+                sock.write_room += room;
+                sock.interrupts.push_back(intr);
+                conn.on_ready(n > 0, true, eof_now);
+                loop {
+                    let mut ctx = Ctx {
+                        scratch: &mut scratch,
+                        transform: Transform::Upper,
+                        max_pending,
+                        budget,
+                        draining: false,
+                    };
+                    let (progress, _) = conn.drive(&mut sock, &mut ctx);
+                    prop_assert!(conn.owed() < max_pending + scratch_len);
+                    match progress {
+                        Progress::Yield => continue,
+                        Progress::Wait => break,
+                        Progress::Done => { finished = true; break; }
+                        Progress::Failed(e) => prop_assert!(false, "failed: {e}"),
+                    }
+                }
+                if finished {
+                    break;
+                }
+            }
+            prop_assert!(finished, "connection never finished");
+            prop_assert_eq!(sock.written, input.to_ascii_uppercase());
+        }
+    }
+
+    fn ctx(scratch: &mut [u8]) -> Ctx<'_> {
+        Ctx {
+            scratch,
+            transform: Transform::Upper,
+            max_pending: 8,
+            budget: 1 << 20,
+            draining: false,
+        }
+    }
+
+    fn sock(input: &[u8], room: usize) -> FakeSocket {
+        FakeSocket {
+            arrived: input.iter().copied().collect(),
+            eof_arrived: false,
+            write_room: room,
+            written: Vec::new(),
+            interrupts: VecDeque::new(),
+            fail_with: None,
+        }
+    }
+
+    #[test]
+    fn open_slow_reader_stops_reading_at_the_cap_and_resumes_when_room_appears() {
+        let mut s = sock(b"abcdefghijklmnopqrstuvwxyz", 0);
+        let mut scratch = [0u8; 4];
+        let mut c = Conn::new();
+        let (p, m) = c.drive(&mut s, &mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Wait));
+        // Stopped at the cap (8) after whole reads of 4: the rest stays in the kernel.
+        assert_eq!((m.read, c.owed(), s.arrived.len()), (8, 8, 18));
+        s.write_room = 100;
+        c.on_ready(false, true, false);
+        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Wait));
+        assert_eq!(s.written, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        assert_eq!(c.owed(), 0);
+        assert!(
+            c.pending.is_none(),
+            "an idle connection owns no heap buffer"
+        );
+    }
+
+    #[test]
+    fn open_budget_spent_yields_and_resumes_without_a_new_event() {
+        let mut s = sock(&[b'x'; 100], 1000);
+        let mut scratch = [0u8; 10];
+        let mut c = Conn::new();
+        let mut cx = ctx(&mut scratch);
+        cx.budget = 30;
+        let (p, m) = c.drive(&mut s, &mut cx);
+        assert!(matches!(p, Progress::Yield));
+        assert_eq!(m.read, 30);
+        let mut yields = 1;
+        while let (Progress::Yield, _) = c.drive(&mut s, &mut cx) {
+            yields += 1;
+        }
+        assert_eq!(
+            yields, 3,
+            "30 + 30 + 30 bytes, then the last 10 and WouldBlock"
+        );
+        assert_eq!(s.written, vec![b'X'; 100]);
+    }
+
+    #[test]
+    fn read_closed_flushes_what_is_owed_then_finishes() {
+        let mut s = sock(b"hello", 2);
+        s.eof_arrived = true;
+        let mut scratch = [0u8; 64];
+        let mut c = Conn::new();
+        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        // Short read cleared readability; the EOF arrives as a fresh edge.
+        assert!(matches!(p, Progress::Wait));
+        c.on_ready(false, false, true);
+        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Wait));
+        assert_eq!(c.state(), State::ReadClosed);
+        s.write_room = 10;
+        c.on_ready(false, true, false);
+        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Done));
+        assert_eq!(s.written, b"HELLO");
+    }
+
+    #[test]
+    fn open_reset_fails_the_connection() {
+        let mut s = sock(b"", 10);
+        s.fail_with = Some(ErrorKind::ConnectionReset);
+        let mut scratch = [0u8; 64];
+        let (p, _) = Conn::new().drive(&mut s, &mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Failed(e) if e.kind() == ErrorKind::ConnectionReset));
+    }
+
+    #[test]
+    fn draining_finishes_once_nothing_is_owed_or_unread() {
+        let mut s = sock(b"abc", 1);
+        let mut scratch = [0u8; 64];
+        let mut c = Conn::new();
+        let mut cx = ctx(&mut scratch);
+        cx.draining = true;
+        let (p, _) = c.drive(&mut s, &mut cx);
+        assert!(matches!(p, Progress::Wait), "still owes two bytes");
+        s.write_room = 10;
+        c.on_ready(false, true, false);
+        let (p, _) = c.drive(&mut s, &mut cx);
+        assert!(matches!(p, Progress::Done));
+        assert_eq!(s.written, b"ABC");
+    }
+
+    #[test]
+    fn conn_stays_small() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 16,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+}
