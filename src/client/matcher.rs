@@ -72,8 +72,7 @@ impl History {
     fn push(&mut self, r: Request) {
         self.bytes += r.payload.len();
         self.items.push_back(r);
-        while self.items.len() > 1
-            && (self.items.len() > HISTORY_LEN || self.bytes > HISTORY_BYTES)
+        while self.items.len() > 1 && (self.items.len() > HISTORY_LEN || self.bytes > HISTORY_BYTES)
         {
             if let Some(old) = self.items.pop_front() {
                 self.bytes -= old.payload.len();
@@ -287,8 +286,12 @@ mod tests {
             let mut m = Tracker::new(T);
             let first = m.send(b"x", t0);
             let second = m.send(b"x", t0 + ms(10));
-            assert!(matches!(m.on_reply(b"X", t0 + ms(20)), Verdict::Answer { id, .. } if id == first));
-            assert!(matches!(m.on_reply(b"X", t0 + ms(20)), Verdict::Answer { id, .. } if id == second));
+            assert!(
+                matches!(m.on_reply(b"X", t0 + ms(20)), Verdict::Answer { id, .. } if id == first)
+            );
+            assert!(
+                matches!(m.on_reply(b"X", t0 + ms(20)), Verdict::Answer { id, .. } if id == second)
+            );
         }
 
         #[test]
@@ -338,7 +341,9 @@ mod tests {
             );
             assert!(m.is_waiting(b));
             // Once late-answered, a further copy is a duplicate.
-            assert!(matches!(m.on_reply(b"FIRST", t0 + ms(1400)), Verdict::Duplicate { id, .. } if id == a));
+            assert!(
+                matches!(m.on_reply(b"FIRST", t0 + ms(1400)), Verdict::Duplicate { id, .. } if id == a)
+            );
         }
 
         #[test]
@@ -351,7 +356,9 @@ mod tests {
             assert!(
                 matches!(m.on_reply(b"SAME", t0 + ms(1101)), Verdict::Answer { id, .. } if id == new)
             );
-            assert!(matches!(m.on_reply(b"SAME", t0 + ms(1102)), Verdict::Late { id, .. } if id == old));
+            assert!(
+                matches!(m.on_reply(b"SAME", t0 + ms(1102)), Verdict::Late { id, .. } if id == old)
+            );
         }
     }
 

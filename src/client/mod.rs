@@ -58,7 +58,8 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs > 0.0) {
+    // Written so that NaN fails too.
+    if secs.is_nan() || secs <= 0.0 {
         return Err(format!("{s:?}: the timeout must be more than 0 seconds"));
     }
     // An hour is far beyond any useful UDP reply wait, and keeps every deadline addition in range.

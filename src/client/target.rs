@@ -259,7 +259,10 @@ mod tests {
                 "{addr:?}: {msg}"
             );
             assert!(msg.contains(why), "{addr:?}: {msg:?} lacks {why:?}");
-            assert!(msg.contains(&format!("{addr:?}")), "{msg:?} names no address");
+            assert!(
+                msg.contains(&format!("{addr:?}")),
+                "{msg:?} names no address"
+            );
         }
     }
 

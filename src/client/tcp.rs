@@ -60,7 +60,9 @@ pub fn interactive(addr: &str) -> Result<(), Failure> {
     let setup = |what: &str, e: &dyn std::fmt::Display| {
         Failure::Error(format!("cannot set up the {what}: {e}"))
     };
-    stream.set_nonblocking(true).map_err(|e| setup("socket", &e))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| setup("socket", &e))?;
     let mut session = Session {
         addr,
         stream: mio::net::TcpStream::from_std(stream),
@@ -126,7 +128,12 @@ impl Session<'_> {
         let mut buf = [0u8; CHUNK];
         loop {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Err(Failure::Error(format!("{} closed the connection", self.addr))),
+                Ok(0) => {
+                    return Err(Failure::Error(format!(
+                        "{} closed the connection",
+                        self.addr
+                    )));
+                }
                 Ok(n) => eprintln!(
                     "{} sent {n} bytes nobody asked for: {}",
                     self.addr,
@@ -149,7 +156,9 @@ impl Session<'_> {
             // The socket is edge-triggered: both directions run until WouldBlock before polling.
             while written < data.len() {
                 match self.stream.write(&data[written..]) {
-                    Ok(0) => return Err(Failure::Error(format!("{} stopped taking data", self.addr))),
+                    Ok(0) => {
+                        return Err(Failure::Error(format!("{} stopped taking data", self.addr)));
+                    }
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -249,10 +258,9 @@ pub fn pipe(addr: &str) -> Result<(), Failure> {
             log::debug!("sent {sent} bytes, received {received}");
             Ok(())
         }
-        Ok(Err(PumpError::Stdin(e))) => Err(Failure::Error(format!(
-            "cannot read stdin: {}",
-            reason(&e)
-        ))),
+        Ok(Err(PumpError::Stdin(e))) => {
+            Err(Failure::Error(format!("cannot read stdin: {}", reason(&e))))
+        }
         Ok(Err(PumpError::Socket(e))) => Err(connection_error(addr, &e)),
         Err(_) => match end {
             Ok(()) => Err(Failure::Error(format!(

@@ -68,7 +68,11 @@ fn open(addr: &str, interest: Interest) -> Result<(UdpSocket, Poll), Failure> {
     Ok((socket, poll))
 }
 
-fn poll_until(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) -> Result<(), Failure> {
+fn poll_until(
+    poll: &mut Poll,
+    events: &mut Events,
+    deadline: Option<Instant>,
+) -> Result<(), Failure> {
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     match poll.poll(events, timeout) {
         Ok(()) => Ok(()),
@@ -196,7 +200,11 @@ impl Interactive<'_> {
                 // Abandoned: the server refused it, which `receive` has reported.
                 return Ok(true);
             }
-            poll_until(&mut self.poll, &mut self.events, self.tracker.next_deadline())?;
+            poll_until(
+                &mut self.poll,
+                &mut self.events,
+                self.tracker.next_deadline(),
+            )?;
             let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
             if signalled && self.signals.pending().any(|s| s == SIGINT) {
                 return Ok(false);
@@ -238,7 +246,9 @@ impl Interactive<'_> {
                 Verdict::Answer { rtt: t, .. } => {
                     eprintln!("reply after {}: {}", rtt(t), printable(reply));
                 }
-                Verdict::Late { rtt: t, request, .. } => eprintln!(
+                Verdict::Late {
+                    rtt: t, request, ..
+                } => eprintln!(
                     "late reply to {} after {}: {}",
                     quoted(&request, 40),
                     rtt(t),
@@ -250,7 +260,10 @@ impl Interactive<'_> {
                     printable(reply)
                 ),
                 Verdict::Unexpected => {
-                    eprintln!("unexpected reply, matching no line sent: {}", printable(reply));
+                    eprintln!(
+                        "unexpected reply, matching no line sent: {}",
+                        printable(reply)
+                    );
                 }
             }
         }
@@ -340,14 +353,14 @@ enum Input {
 /// with failure (after saying how many) if any line got no reply within the timeout.
 pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
     let (socket, poll) = open(addr, Interest::READABLE | Interest::WRITABLE)?;
-    let waker =
-        Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
     // A channel as deep as the window: the reader runs a little ahead, and blocks (rather than
     // buffering all of stdin) while the window is full.
     let (tx, rx) = mpsc::sync_channel(WINDOW);
+    let thread_waker = Arc::clone(&waker);
     thread::Builder::new()
         .name("stdin-lines".into())
-        .spawn(move || read_lines(tx, waker))
+        .spawn(move || read_lines(tx, thread_waker))
         .map_err(|e| Failure::Error(format!("cannot start the stdin thread: {e}")))?;
     let mut run = PipeRun {
         addr,
@@ -365,6 +378,7 @@ pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
         lines: 0,
         lost: 0,
         first_lost: None,
+        _waker: waker,
     };
     run.run()?;
     if run.lost > 0 {
@@ -398,6 +412,9 @@ struct PipeRun<'a> {
     lines: u64,
     lost: u64,
     first_lost: Option<Id>,
+    /// Held here too, not only by the stdin thread: dropping the last handle closes its eventfd,
+    /// which would discard a wake-up still pending when the thread exits right after its last line.
+    _waker: Arc<Waker>,
 }
 
 impl PipeRun<'_> {
@@ -469,10 +486,7 @@ impl PipeRun<'_> {
                     Ok(Input::TooLong(len)) => self.held = Some(Pending::TooLong(len)),
                     Ok(Input::End) => self.input_done = true,
                     Ok(Input::Failed(e)) => {
-                        return Err(Failure::Error(format!(
-                            "cannot read stdin: {}",
-                            reason(&e)
-                        )));
+                        return Err(Failure::Error(format!("cannot read stdin: {}", reason(&e))));
                     }
                     Err(TryRecvError::Empty) => {}
                     // The reader always ends with `End` or `Failed`; without one it died.

@@ -52,7 +52,10 @@ impl ServerProc {
             }
         };
         let mut child = cmd
-            .env("RUST_LOG", std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -67,7 +70,9 @@ impl ServerProc {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, rx) = mpsc::channel();
@@ -82,12 +87,20 @@ impl ServerProc {
         });
         let expect_tcp = !args.contains(&"--udp-only");
         let expect_udp = !args.contains(&"--tcp-only");
-        let mut server = ServerProc { child, tcp: None, udp: None, stderr };
+        let mut server = ServerProc {
+            child,
+            tcp: None,
+            udp: None,
+            stderr,
+        };
         let deadline = Instant::now() + WAIT;
         while (expect_tcp && server.tcp.is_none()) || (expect_udp && server.udp.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no listening line from upecho; stderr:\n{}", server.stderr())
+                panic!(
+                    "no listening line from upecho; stderr:\n{}",
+                    server.stderr()
+                )
             });
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
@@ -132,7 +145,10 @@ impl ServerProc {
                 return status.code();
             }
             if Instant::now() >= deadline {
-                panic!("upecho did not exit within {within:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "upecho did not exit within {within:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -207,5 +223,10 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
