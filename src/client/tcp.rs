@@ -45,6 +45,10 @@ fn connection_error(addr: &str, e: &io::Error) -> Failure {
     })
 }
 
+fn setup_error(what: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::Error(format!("cannot set up the {what}: {e}"))
+}
+
 fn stdout_error(e: &io::Error) -> Failure {
     Failure::Error(format!("cannot write to stdout: {}", reason(e)))
 }
@@ -57,31 +61,9 @@ pub fn interactive(addr: &str) -> Result<(), Failure> {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let setup = |what: &str, e: &dyn std::fmt::Display| {
-        Failure::Error(format!("cannot set up the {what}: {e}"))
-    };
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| setup("socket", &e))?;
-    let mut session = Session {
-        addr,
-        stream: mio::net::TcpStream::from_std(stream),
-        poll: Poll::new().map_err(|e| setup("poll", &e))?,
-        events: Events::with_capacity(8),
-        signals: Signals::new([SIGINT]).map_err(|e| setup("signal handler", &e))?,
-    };
-    let registry = session.poll.registry();
-    registry
-        .register(
-            &mut session.stream,
-            SOCKET,
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .map_err(|e| setup("poll", &e))?;
-    registry
-        .register(&mut session.signals, SIGNAL, Interest::READABLE)
-        .map_err(|e| setup("poll", &e))?;
-    let mut editor = DefaultEditor::new().map_err(|e| setup("line editor", &e))?;
+    let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
+    let mut session = Session::new(addr, stream, signals)?;
+    let mut editor = DefaultEditor::new().map_err(|e| setup_error("line editor", &e))?;
 
     eprintln!("connected to {peer}; type a line, Ctrl-D or Ctrl-C to quit");
     let prompt = if addr == DEFAULT_ADDR {
@@ -120,7 +102,30 @@ struct Session<'a> {
     signals: Signals,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// Takes over a connected stream; `signals` ends a wait when SIGINT is among them.
+    fn new(addr: &'a str, stream: TcpStream, mut signals: Signals) -> Result<Self, Failure> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| setup_error("socket", &e))?;
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
+        let registry = poll.registry();
+        registry
+            .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| setup_error("poll", &e))?;
+        registry
+            .register(&mut signals, SIGNAL, Interest::READABLE)
+            .map_err(|e| setup_error("poll", &e))?;
+        Ok(Session {
+            addr,
+            stream,
+            poll,
+            events: Events::with_capacity(8),
+            signals,
+        })
+    }
+
     /// Reads whatever the server sent while the user was typing. Normally nothing; but a server
     /// that has closed is found here, before a line is sent into the void, and bytes nobody asked
     /// for are reported and dropped, so they cannot shift every later reply.
@@ -301,5 +306,73 @@ fn copy_stdin(socket: &mut TcpStream) -> Result<u64, PumpError> {
         };
         socket.write_all(&buf[..n]).map_err(PumpError::Socket)?;
         sent += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A blocking echo server for one connection that upper-cases in small pieces, as slowly as
+    /// the kernel lets it: the reply comes back split, not as one read.
+    fn echo_server() -> (String, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut buf = [0u8; 1000];
+            loop {
+                let n = match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf[..n].make_ascii_uppercase();
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, handle)
+    }
+
+    fn session(addr: &str) -> Session<'_> {
+        let stream = TcpStream::connect(addr).unwrap();
+        // Not SIGINT: the test process keeps its own Ctrl-C.
+        let signals = Signals::new([signal_hook::consts::SIGUSR2]).unwrap();
+        Session::new(addr, stream, signals).unwrap()
+    }
+
+    /// A line far larger than the socket buffers on both sides: written and read together, it
+    /// cannot deadlock, and exactly its length comes back.
+    #[test]
+    fn exchange_of_a_huge_line_reads_back_exactly_its_length() {
+        let (addr, server) = echo_server();
+        let mut s = session(&addr);
+        let line: Vec<u8> = (0..8_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let reply = s.exchange(&line).unwrap().unwrap();
+        assert_eq!(reply.len(), line.len());
+        assert!(reply == line.to_ascii_uppercase());
+        // Back to back, replies stay apart: the next one is exactly the next line's.
+        assert_eq!(s.exchange(b"next").unwrap().unwrap(), b"NEXT");
+        s.check_idle().unwrap();
+        drop(s);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_connection_is_reported_by_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = thread::spawn(move || drop(listener.accept().unwrap()));
+        let mut s = session(&addr);
+        server.join().unwrap();
+        let Err(Failure::Error(msg)) = s.exchange(b"hello") else {
+            panic!("a closed connection was not reported");
+        };
+        assert_eq!(msg, format!("{addr} closed the connection"));
     }
 }

@@ -82,7 +82,7 @@ fn poll_until(
 }
 
 fn refused_message(addr: &str) -> String {
-    format!("{addr} refused the datagram (ICMP port unreachable): is the server running?")
+    format!("{addr} refused the datagram (ICMP port unreachable): nothing is listening there")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,10 +112,7 @@ pub fn interactive(addr: &str, timeout: Duration) -> Result<(), Failure> {
         buf: vec![0u8; MAX_DATAGRAM],
     };
 
-    eprintln!(
-        "sending to {peer} over UDP: one datagram per line (an empty line too); \
-         Ctrl-D or Ctrl-C to quit"
-    );
+    eprintln!("talking UDP to {peer}: one datagram per line; Ctrl-D or Ctrl-C to quit");
     let prompt = if addr == DEFAULT_ADDR {
         "udp> ".to_string()
     } else {
@@ -555,7 +552,7 @@ impl PipeRun<'_> {
         let _ = self.print_ready();
         let _ = self.flush();
         Failure::Error(format!(
-            "{}; gave up after {} of the lines read",
+            "{}; stopped after {} line(s)",
             refused_message(self.addr),
             self.lines
         ))
