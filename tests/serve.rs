@@ -466,3 +466,21 @@ fn address_in_use_is_one_clear_line_and_exit_one() {
     assert!(err.contains("in use"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn a_socket_that_cannot_be_bound_leaves_nothing_announced() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot bind udp {addr}")), "{err}");
+}
