@@ -329,13 +329,21 @@ fn tcp_pipe_reports_a_server_that_closes_before_the_end_of_input() {
 
 #[test]
 fn tcp_pipe_reports_a_reset_in_one_line() {
-    let (addr, server) = one_shot_tcp(|conn| {
+    let (addr, server) = one_shot_tcp(|mut conn| {
+        // Reading first makes sure the client is past connect(): a reset that raced it would be
+        // reported as a failed connection instead.
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).unwrap();
         // SO_LINGER with a zero timeout turns close into a reset.
         socket2::SockRef::from(&conn)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
     });
-    let run = run_client(&["tcp", &addr.to_string()], Stdin::HeldOpen, WAIT);
+    let run = run_client(
+        &["tcp", &addr.to_string()],
+        Stdin::Bytes(b"x".to_vec()),
+        WAIT,
+    );
     server.join().unwrap();
     assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
     run.assert_no_panic();
@@ -511,10 +519,11 @@ fn udp_pipe_against_a_silent_port_reports_the_loss_and_exits_1() {
 
 #[test]
 fn udp_pipe_against_a_closed_port_fails_with_exit_1() {
-    let addr = {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().to_string()
-    };
+    // A socket connected elsewhere keeps the port from every other test, yet takes no datagram
+    // from the client, so to the client the port is closed and the kernel answers with ICMP.
+    let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+    closed.connect("127.0.0.1:9").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
     let run = run_client(
         &["udp", &addr, "--timeout", "0.5"],
         Stdin::Bytes(b"anyone?\n".to_vec()),
