@@ -496,6 +496,34 @@ fn udp_pipe_carries_large_datagrams_whole() {
     assert!(run.stdout == upper(input.as_bytes()), "replies differ");
 }
 
+/// 65,520 bytes fits the client's buffer but not an IPv4 datagram (65,507 at most); 70,000 fits
+/// neither. Both are reported and counted, and the lines around them still go through.
+#[test]
+fn udp_pipe_reports_lines_too_long_for_a_datagram() {
+    let server = ServerProc::start(&["--udp-only"]);
+    let input = format!("ok\n{}\nfine\n{}\n", "a".repeat(65_520), "b".repeat(70_000));
+    let run = run_client(
+        &["udp", &server.udp().to_string()],
+        Stdin::Bytes(input.into_bytes()),
+        WAIT,
+    );
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout_str(), "OK\nFINE\n");
+    assert!(
+        run.stderr
+            .contains("line 2: 65520 bytes is too long for one UDP datagram"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("line 4: 70000 bytes is too long for one UDP datagram"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("2 of 4 datagrams"), "{}", run.stderr);
+}
+
 #[test]
 fn udp_pipe_against_a_silent_port_reports_the_loss_and_exits_1() {
     // Bound, so nothing else can answer and no ICMP error comes back; never read.

@@ -130,11 +130,6 @@ impl Tracker {
         id
     }
 
-    /// The id the next [`send`](Self::send) will return.
-    pub fn next_id(&self) -> Id {
-        self.next_id
-    }
-
     /// Uses up an id for a request that could not be sent, so ids stay equal to line numbers.
     pub fn skip(&mut self) -> Id {
         let id = self.next_id;
