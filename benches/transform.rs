@@ -3,9 +3,7 @@
 //! - `transform`: `Transform::Upper.apply` over buffers of the sizes the server sees (a 64-byte
 //!   message, a 4 KiB read, the reactor's 32 KiB scratch buffer, a 64 KiB bulk read), on
 //!   lowercase-heavy input like the load generator's.
-//! - The connection state machine per chunk belongs here too; it is added with the state
-//!   machine's own API (see `src/serve`), as a second group in this file or a
-//!   `benches/conn.rs` with its own `[[bench]]` entry.
+//! - The connection state machine per chunk is `benches/conn.rs`, beside this one.
 //!
 //! Run: `cargo bench --bench transform`.
 

@@ -1,9 +1,10 @@
 //! One TCP connection's buffer state machine: the pure core of the server.
 //!
-//! It owns what a connection remembers between readiness events (its state, what the socket last
-//! said it was ready for, and the output it still owes) and knows nothing of mio, tokens or
-//! clocks: [`Conn::drive`] moves bytes through any `Read + Write`, so the property tests below can
-//! feed it every chunking, partial write, `WouldBlock` and `Interrupted` a socket may produce.
+//! It owns the socket and what a connection remembers between readiness events (its state, what
+//! the socket last said it was ready for, and the output it still owes), and knows nothing of mio,
+//! tokens or clocks: [`Conn::drive`] moves bytes through any `Read + Write`, so the property tests
+//! below can feed it every chunking, partial write, `WouldBlock` and `Interrupted` a socket may
+//! produce.
 //!
 //! ```text
 //!            read 0 (peer EOF)              owed output sent
@@ -71,38 +72,69 @@ struct Pending {
     off: usize,
 }
 
-/// One connection's state. Small on purpose (it lives in the slab for every open connection).
-#[derive(Debug)]
-pub struct Conn {
-    pending: Option<Box<Pending>>,
-    state: State,
-    /// The socket said it was readable and no `WouldBlock` (or short read) has been seen since.
-    readable: bool,
-    /// The socket said it was writable and no `WouldBlock` has been seen since.
-    writable: bool,
-    /// The poller reported the peer's FIN. A read that stops short of it returns the data
-    /// before it, and the EOF itself raises no new edge, so short reads no longer clear
-    /// `readable`.
-    peer_fin: bool,
-}
+/// Readiness and scheduling bits, packed so that a connection with a mio socket is 16 bytes: it
+/// lives in the slab for every open connection, and idle connections should cost next to nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flags(u8);
 
-impl Default for Conn {
-    fn default() -> Self {
-        Self::new()
+impl Flags {
+    /// The socket said it was readable and no `WouldBlock` (or short read) has been seen since.
+    const READABLE: u8 = 1;
+    /// The socket said it was writable and no `WouldBlock` has been seen since.
+    const WRITABLE: u8 = 2;
+    /// The poller reported the peer's FIN. A read that stops short of it returns the data before
+    /// it, and the EOF itself raises no new edge, so short reads no longer clear `READABLE`.
+    const PEER_FIN: u8 = 4;
+    /// The reactor has this connection on its run queue.
+    const QUEUED: u8 = 8;
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
     }
 }
 
-impl Conn {
+/// One connection: its socket, its state and what it owes.
+#[derive(Debug)]
+pub struct Conn<S> {
+    pending: Option<Box<Pending>>,
+    sock: S,
+    state: State,
+    flags: Flags,
+}
+
+impl<S: Read + Write> Conn<S> {
     /// A fresh connection. A new socket is assumed ready both ways: trying costs one syscall and
     /// saves waiting for the first event.
-    pub fn new() -> Conn {
+    pub fn new(sock: S) -> Conn<S> {
         Conn {
             pending: None,
+            sock,
             state: State::Open,
-            readable: true,
-            writable: true,
-            peer_fin: false,
+            flags: Flags(Flags::READABLE | Flags::WRITABLE),
         }
+    }
+
+    pub fn socket(&self) -> &S {
+        &self.sock
+    }
+
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
+    /// Marks the connection as on (or off) the reactor's run queue; returns the previous mark.
+    pub fn set_queued(&mut self, queued: bool) -> bool {
+        let was = self.flags.has(Flags::QUEUED);
+        self.flags.set(Flags::QUEUED, queued);
+        was
     }
 
     pub fn state(&self) -> State {
@@ -118,9 +150,10 @@ impl Conn {
     /// the peer's FIN has arrived. Errors are reported as readable and writable, so the next read
     /// or write surfaces the actual error.
     pub fn on_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
-        self.readable |= readable || read_closed;
-        self.writable |= writable;
-        self.peer_fin |= read_closed;
+        let f = &mut self.flags;
+        f.0 |= (u8::from(readable || read_closed) * Flags::READABLE)
+            | (u8::from(writable) * Flags::WRITABLE)
+            | (u8::from(read_closed) * Flags::PEER_FIN);
     }
 
     /// Whether reading is allowed now: open, and not holding back for a slow reader.
@@ -129,44 +162,41 @@ impl Conn {
     }
 
     /// Moves as many bytes as readiness, backpressure and the budget allow.
-    pub fn drive<S: Read + Write>(&mut self, sock: &mut S, ctx: &mut Ctx<'_>) -> (Progress, Moved) {
+    pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> (Progress, Moved) {
         let mut moved = Moved::default();
-        match self.pump(sock, ctx, &mut moved) {
+        match self.pump(ctx, &mut moved) {
             Ok(p) => (p, moved),
             Err(e) => (Progress::Failed(e), moved),
         }
     }
 
-    fn pump<S: Read + Write>(
-        &mut self,
-        sock: &mut S,
-        ctx: &mut Ctx<'_>,
-        moved: &mut Moved,
-    ) -> io::Result<Progress> {
+    fn pump(&mut self, ctx: &mut Ctx<'_>, moved: &mut Moved) -> io::Result<Progress> {
         let mut budget = ctx.budget;
         loop {
             // Owed output goes first: it precedes, in the stream, anything read from now on.
-            if self.writable && self.pending.is_some() {
-                match self.flush(sock) {
+            if self.flags.has(Flags::WRITABLE) && self.pending.is_some() {
+                match self.flush() {
                     Ok(n) => {
                         moved.written += n;
                         continue;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.flags.set(Flags::WRITABLE, false)
+                    }
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
             }
-            if !(self.readable && self.may_read(ctx.max_pending)) {
+            if !(self.flags.has(Flags::READABLE) && self.may_read(ctx.max_pending)) {
                 break;
             }
             if budget == 0 {
                 return Ok(Progress::Yield);
             }
-            match sock.read(ctx.scratch) {
+            match self.sock.read(ctx.scratch) {
                 Ok(0) => {
                     self.state = State::ReadClosed;
-                    self.readable = false;
+                    self.flags.set(Flags::READABLE, false);
                 }
                 Ok(n) => {
                     moved.read += n;
@@ -174,14 +204,16 @@ impl Conn {
                     // A short read emptied the kernel buffer: anything arriving later raises a
                     // fresh edge, so the `WouldBlock` read that would confirm it is skipped
                     // (one syscall fewer per message). Not so for a FIN that is already in.
-                    if n < ctx.scratch.len() && !self.peer_fin {
-                        self.readable = false;
+                    if n < ctx.scratch.len() && !self.flags.has(Flags::PEER_FIN) {
+                        self.flags.set(Flags::READABLE, false);
                     }
                     let out = &mut ctx.scratch[..n];
                     ctx.transform.apply(out);
-                    moved.written += self.send(sock, out)?;
+                    moved.written += self.send(out)?;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.flags.set(Flags::READABLE, false)
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -189,18 +221,20 @@ impl Conn {
         let idle = self.pending.is_none();
         Ok(match self.state {
             State::ReadClosed if idle => Progress::Done,
-            State::Open if idle && ctx.draining && !self.readable => Progress::Done,
+            State::Open if idle && ctx.draining && !self.flags.has(Flags::READABLE) => {
+                Progress::Done
+            }
             _ => Progress::Wait,
         })
     }
 
     /// Writes freshly transformed bytes straight to the socket when nothing is owed, and keeps
     /// whatever the socket does not take. Returns the bytes written.
-    fn send<S: Write>(&mut self, sock: &mut S, out: &[u8]) -> io::Result<usize> {
+    fn send(&mut self, out: &[u8]) -> io::Result<usize> {
         let mut done = 0;
-        if self.pending.is_none() && self.writable {
+        if self.pending.is_none() && self.flags.has(Flags::WRITABLE) {
             loop {
-                match sock.write(&out[done..]) {
+                match self.sock.write(&out[done..]) {
                     Ok(0) => return Err(ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         done += n;
@@ -209,7 +243,7 @@ impl Conn {
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        self.writable = false;
+                        self.flags.set(Flags::WRITABLE, false);
                         break;
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -228,11 +262,11 @@ impl Conn {
     }
 
     /// One write of owed output; frees the buffer once it is all written.
-    fn flush<S: Write>(&mut self, sock: &mut S) -> io::Result<usize> {
+    fn flush(&mut self) -> io::Result<usize> {
         let Some(p) = self.pending.as_mut() else {
             return Ok(0);
         };
-        let n = sock.write(&p.buf[p.off..])?;
+        let n = self.sock.write(&p.buf[p.off..])?;
         if n == 0 {
             return Err(ErrorKind::WriteZero.into());
         }
@@ -333,7 +367,7 @@ mod tests {
             max_pending in 1usize..9000,
             budget in 1usize..20_000,
         ) {
-            let mut sock = FakeSocket {
+            let sock = FakeSocket {
                 arrived: VecDeque::new(),
                 eof_arrived: false,
                 write_room: 0,
@@ -342,7 +376,7 @@ mod tests {
                 fail_with: None,
             };
             let mut scratch = vec![0u8; scratch_len];
-            let mut conn = Conn::new();
+            let mut conn = Conn::new(sock);
             let mut fed = 0;
             let mut finished = false;
             let mut step_iter = steps.iter().cycle();
@@ -351,6 +385,7 @@ mod tests {
                 let &(arrive, room, intr) = step_iter.next().unwrap();
                 // At least one byte arrives per round, so every run ends.
                 let n = arrive.max(1).min(input.len() - fed);
+                let sock = &mut conn.sock;
                 sock.arrived.extend(&input[fed..fed + n]);
                 fed += n;
                 let eof_now = fed == input.len() && !sock.eof_arrived;
@@ -368,7 +403,7 @@ mod tests {
                         budget,
                         draining: false,
                     };
-                    let (progress, _) = conn.drive(&mut sock, &mut ctx);
+                    let (progress, _) = conn.drive(&mut ctx);
                     prop_assert!(conn.owed() < max_pending + scratch_len);
                     match progress {
                         Progress::Yield => continue,
@@ -382,7 +417,7 @@ mod tests {
                 }
             }
             prop_assert!(finished, "connection never finished");
-            prop_assert_eq!(sock.written, input.to_ascii_uppercase());
+            prop_assert_eq!(&conn.sock.written, &input.to_ascii_uppercase());
         }
     }
 
@@ -409,18 +444,18 @@ mod tests {
 
     #[test]
     fn open_slow_reader_stops_reading_at_the_cap_and_resumes_when_room_appears() {
-        let mut s = sock(b"abcdefghijklmnopqrstuvwxyz", 0);
+        let s = sock(b"abcdefghijklmnopqrstuvwxyz", 0);
         let mut scratch = [0u8; 4];
-        let mut c = Conn::new();
-        let (p, m) = c.drive(&mut s, &mut ctx(&mut scratch));
+        let mut c = Conn::new(s);
+        let (p, m) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Wait));
         // Stopped at the cap (8) after whole reads of 4: the rest stays in the kernel.
-        assert_eq!((m.read, c.owed(), s.arrived.len()), (8, 8, 18));
-        s.write_room = 100;
+        assert_eq!((m.read, c.owed(), c.sock.arrived.len()), (8, 8, 18));
+        c.sock.write_room = 100;
         c.on_ready(false, true, false);
-        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Wait));
-        assert_eq!(s.written, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        assert_eq!(c.sock.written, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
         assert_eq!(c.owed(), 0);
         assert!(
             c.pending.is_none(),
@@ -430,23 +465,23 @@ mod tests {
 
     #[test]
     fn open_budget_spent_yields_and_resumes_without_a_new_event() {
-        let mut s = sock(&[b'x'; 100], 1000);
+        let s = sock(&[b'x'; 100], 1000);
         let mut scratch = [0u8; 10];
-        let mut c = Conn::new();
+        let mut c = Conn::new(s);
         let mut cx = ctx(&mut scratch);
         cx.budget = 30;
-        let (p, m) = c.drive(&mut s, &mut cx);
+        let (p, m) = c.drive(&mut cx);
         assert!(matches!(p, Progress::Yield));
         assert_eq!(m.read, 30);
         let mut yields = 1;
-        while let (Progress::Yield, _) = c.drive(&mut s, &mut cx) {
+        while let (Progress::Yield, _) = c.drive(&mut cx) {
             yields += 1;
         }
         assert_eq!(
             yields, 3,
             "30 + 30 + 30 bytes, then the last 10 and WouldBlock"
         );
-        assert_eq!(s.written, vec![b'X'; 100]);
+        assert_eq!(c.sock.written, vec![b'X'; 100]);
     }
 
     #[test]
@@ -454,19 +489,19 @@ mod tests {
         let mut s = sock(b"hello", 2);
         s.eof_arrived = true;
         let mut scratch = [0u8; 64];
-        let mut c = Conn::new();
-        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        let mut c = Conn::new(s);
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
         // Short read cleared readability; the EOF arrives as a fresh edge.
         assert!(matches!(p, Progress::Wait));
         c.on_ready(false, false, true);
-        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Wait));
         assert_eq!(c.state(), State::ReadClosed);
-        s.write_room = 10;
+        c.sock.write_room = 10;
         c.on_ready(false, true, false);
-        let (p, _) = c.drive(&mut s, &mut ctx(&mut scratch));
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Done));
-        assert_eq!(s.written, b"HELLO");
+        assert_eq!(c.sock.written, b"HELLO");
     }
 
     #[test]
@@ -474,32 +509,31 @@ mod tests {
         let mut s = sock(b"", 10);
         s.fail_with = Some(ErrorKind::ConnectionReset);
         let mut scratch = [0u8; 64];
-        let (p, _) = Conn::new().drive(&mut s, &mut ctx(&mut scratch));
+        let (p, _) = Conn::new(s).drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Failed(e) if e.kind() == ErrorKind::ConnectionReset));
     }
 
     #[test]
     fn draining_finishes_once_nothing_is_owed_or_unread() {
-        let mut s = sock(b"abc", 1);
+        let s = sock(b"abc", 1);
         let mut scratch = [0u8; 64];
-        let mut c = Conn::new();
+        let mut c = Conn::new(s);
         let mut cx = ctx(&mut scratch);
         cx.draining = true;
-        let (p, _) = c.drive(&mut s, &mut cx);
+        let (p, _) = c.drive(&mut cx);
         assert!(matches!(p, Progress::Wait), "still owes two bytes");
-        s.write_room = 10;
+        c.sock.write_room = 10;
         c.on_ready(false, true, false);
-        let (p, _) = c.drive(&mut s, &mut cx);
+        let (p, _) = c.drive(&mut cx);
         assert!(matches!(p, Progress::Done));
-        assert_eq!(s.written, b"ABC");
+        assert_eq!(c.sock.written, b"ABC");
     }
 
     #[test]
-    fn conn_stays_small() {
-        assert!(
-            std::mem::size_of::<Conn>() <= 16,
-            "{}",
-            std::mem::size_of::<Conn>()
-        );
+    fn a_connection_with_a_bare_descriptor_is_16_bytes() {
+        // What an idle connection costs the server (measured: ~15 B of RSS each at 15,000).
+        // mio's TcpStream is a bare descriptor like std's in release builds; debug builds add
+        // a registration check to it, so std's stands in here.
+        assert_eq!(std::mem::size_of::<Conn<std::net::TcpStream>>(), 16);
     }
 }

@@ -159,19 +159,20 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Err(format!("at most {} --listen addresses", reactor::MAX_LISTENERS).into());
     }
     let (want_tcp, want_udp) = (!args.udp_only, !args.tcp_only);
+    // Bind everything before announcing anything: a failure leaves no half-announced server.
     let mut listeners = Vec::new();
     let mut udp = Vec::new();
-    let mut out = io::stdout().lock();
     for &addr in &args.listen {
         let bound = bind_pair(addr, want_tcp, want_udp, args.backlog)?;
-        if let Some(l) = bound.tcp {
-            writeln!(out, "listening tcp {}", l.local_addr()?)?;
-            listeners.push(l);
-        }
-        if let Some(s) = bound.udp {
-            writeln!(out, "listening udp {}", s.local_addr()?)?;
-            udp.push(s);
-        }
+        listeners.extend(bound.tcp);
+        udp.extend(bound.udp);
+    }
+    let mut out = io::stdout().lock();
+    for l in &listeners {
+        writeln!(out, "listening tcp {}", l.local_addr()?)?;
+    }
+    for s in &udp {
+        writeln!(out, "listening udp {}", s.local_addr()?)?;
     }
     out.flush()?;
     drop(out);

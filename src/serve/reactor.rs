@@ -31,7 +31,7 @@ use slab::Slab;
 use super::conn::{Conn, Ctx, Progress};
 use super::stats::Stats;
 use super::timer::IdleWheel;
-use super::udp::{MAX_DATAGRAM, UdpEndpoint, UdpProgress};
+use super::udp::{Batch, UdpEndpoint, UdpProgress};
 use crate::Transform;
 
 // The token map. Fixed sources sit below `CONN_BASE`; a connection's token is its slab key plus
@@ -118,16 +118,14 @@ pub struct Summary {
     pub drain_timed_out: bool,
 }
 
-/// One accepted connection as the reactor keeps it.
-struct Client {
-    stream: TcpStream,
-    conn: Conn,
+/// What the idle timeout needs to know of a connection, kept beside the slab (indexed by slab
+/// key) and only when a timeout is set, so that without one a connection costs 16 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdleMeta {
     /// Tells this connection apart from a later one at the same slab key (idle wheel entries).
     id: u32,
     /// Idle-wheel tick of the last byte moved.
     last_active: u32,
-    /// Already on the run queue.
-    queued: bool,
 }
 
 /// Why a connection is being closed, for the counters and the log.
@@ -143,11 +141,13 @@ pub struct Server {
     config: Config,
     listeners: Vec<TcpListener>,
     udp: Vec<UdpEndpoint>,
-    clients: Slab<Client>,
+    clients: Slab<Conn<TcpStream>>,
+    /// Per slab key, when an idle timeout is set (empty otherwise).
+    idle: Vec<IdleMeta>,
     run_queue: VecDeque<usize>,
     udp_owed: bool,
     scratch: Box<[u8]>,
-    datagram: Box<[u8]>,
+    datagrams: Batch,
     wheel: Option<IdleWheel>,
     now_tick: u32,
     expired: Vec<usize>,
@@ -213,10 +213,11 @@ impl Server {
             // The slab's storage is reserved, not touched: pages become resident only as
             // connections arrive, and the slab never moves while growing.
             clients: Slab::with_capacity(config.max_connections.min(1 << 20)),
+            idle: Vec::new(),
             run_queue: VecDeque::new(),
             udp_owed: true,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            datagram: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            datagrams: Batch::new(),
             wheel,
             now_tick: 0,
             expired: Vec::new(),
@@ -274,7 +275,7 @@ impl Server {
                         // A token with no live connection is a stale event: ignore it.
                         if let Some(c) = self.clients.get_mut(key) {
                             let failed = event.is_error();
-                            c.conn.on_ready(
+                            c.on_ready(
                                 event.is_readable() || failed,
                                 event.is_writable() || event.is_write_closed() || failed,
                                 event.is_read_closed(),
@@ -344,17 +345,18 @@ impl Server {
             budget: FAIR_BUDGET,
             draining: self.drain_deadline.is_some(),
         };
-        let (progress, moved) = c.conn.drive(&mut c.stream, &mut ctx);
+        let (progress, moved) = c.drive(&mut ctx);
         self.stats.bytes_in += moved.read as u64;
         self.stats.bytes_out += moved.written as u64;
         if moved.read + moved.written > 0 {
-            c.last_active = self.now_tick;
+            if let Some(m) = self.idle.get_mut(key) {
+                m.last_active = self.now_tick;
+            }
         }
         match progress {
             Progress::Wait => {}
             Progress::Yield => {
-                if !c.queued {
-                    c.queued = true;
+                if !c.set_queued(true) {
                     self.run_queue.push_back(key);
                 }
             }
@@ -368,7 +370,10 @@ impl Server {
             return;
         };
         self.stats.active -= 1;
-        let peer = c.stream.peer_addr().ok();
+        // getpeername costs a syscall per close: only pay it when someone reads the line.
+        let peer = log::log_enabled!(log::Level::Debug)
+            .then(|| c.socket().peer_addr().ok())
+            .flatten();
         match why {
             Close::Done => debug!("conn {key} {peer:?}: closed"),
             Close::Idle => {
@@ -462,16 +467,17 @@ impl Server {
                 warn!("register connection from {peer}: {e}");
                 continue;
             }
-            let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1);
-            entry.insert(Client {
-                stream,
-                conn: Conn::new(),
-                id,
-                last_active: self.now_tick,
-                queued: false,
-            });
+            entry.insert(Conn::new(stream));
             if let Some(w) = &mut self.wheel {
+                let id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1);
+                if self.idle.len() <= key {
+                    self.idle.resize(key + 1, IdleMeta::default());
+                }
+                self.idle[key] = IdleMeta {
+                    id,
+                    last_active: self.now_tick,
+                };
                 w.arm((key as u32, id), w.deadline(self.now_tick));
             }
             self.stats.accepted += 1;
@@ -506,14 +512,14 @@ impl Server {
                 break;
             };
             if let Some(c) = self.clients.get_mut(key) {
-                c.queued = false;
+                c.set_queued(false);
                 self.drive(key);
             }
         }
         if std::mem::take(&mut self.udp_owed) {
             for ep in &mut self.udp {
                 let progress = ep.drive(
-                    &mut self.datagram,
+                    &mut self.datagrams,
                     self.config.transform,
                     self.config.udp_guard,
                     &mut self.stats,
@@ -527,13 +533,16 @@ impl Server {
 
     fn on_timers(&mut self, now: Instant) {
         if let Some(w) = &mut self.wheel {
-            let (clients, expired) = (&self.clients, &mut self.expired);
+            let (clients, idle, expired) = (&self.clients, &self.idle, &mut self.expired);
             let timeout = w.deadline(0);
             w.expire(self.now_tick, |(key, id), t| {
-                let c = clients.get(key as usize).filter(|c| c.id == id)?;
-                let due = c.last_active.saturating_add(timeout);
+                let key = key as usize;
+                let m = idle
+                    .get(key)
+                    .filter(|m| m.id == id && clients.contains(key))?;
+                let due = m.last_active.saturating_add(timeout);
                 if due <= t {
-                    expired.push(key as usize);
+                    expired.push(key);
                     None
                 } else {
                     Some(due)
@@ -604,9 +613,8 @@ impl Server {
         // Every connection gets a turn in drain mode: those that owe nothing and have nothing
         // unread finish at once, the others as soon as they have caught up.
         for (key, c) in self.clients.iter_mut() {
-            c.conn.on_ready(true, true, false);
-            if !c.queued {
-                c.queued = true;
+            c.on_ready(true, true, false);
+            if !c.set_queued(true) {
                 self.run_queue.push_back(key);
             }
         }

@@ -1,6 +1,10 @@
 //! One UDP socket of the server: receive, transform, reply to the source, and a bounded queue for
 //! replies the kernel cannot take yet.
 //!
+//! Datagrams are received and answered in batches of up to [`BATCH`] with `recvmmsg`/`sendmmsg`
+//! (one syscall each way per batch instead of per datagram), into reactor-wide buffers
+//! ([`Batch`]) large enough that no datagram is ever truncated.
+//!
 //! UDP may lose datagrams; the server must not grow. When `send_to` would block, replies wait in a
 //! queue bounded by count and bytes, in order; past the bound they are dropped and counted. The
 //! reflection guard (as inetd's echo service has it) refuses to answer sources that could turn
@@ -9,7 +13,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
-use std::net::{IpAddr, SocketAddr};
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
 
 use log::debug;
 use mio::net::UdpSocket;
@@ -22,9 +28,137 @@ pub const UDP_BUDGET: usize = 64;
 /// Largest reply queue, in datagrams and in bytes.
 const QUEUE_MAX_DATAGRAMS: usize = 1024;
 const QUEUE_MAX_BYTES: usize = 4 << 20;
-/// Largest datagram payload (IPv6 jumbograms aside); the receive buffer is this large so nothing
+/// Largest datagram payload (IPv6 jumbograms aside); each receive buffer is this large so nothing
 /// is ever truncated.
 pub const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams per `recvmmsg`/`sendmmsg`. The buffers are reserved at full size but only the pages
+/// datagrams actually land in become resident.
+pub const BATCH: usize = 16;
+
+/// Reactor-wide buffers for one batch of datagrams, shared by every UDP endpoint.
+pub struct Batch {
+    bufs: Box<[u8]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    addr_lens: [libc::socklen_t; BATCH],
+    lens: [usize; BATCH],
+    srcs: [Option<SocketAddr>; BATCH],
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch {
+            bufs: vec![0u8; BATCH * MAX_DATAGRAM].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid (empty) value.
+            addrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            addr_lens: [0; BATCH],
+            lens: [0; BATCH],
+            srcs: [None; BATCH],
+        }
+    }
+
+    fn buf(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + self.lens[i]]
+    }
+
+    /// One `recvmmsg`: fills slots `0..n` and returns `n` (at least 1).
+    fn recv(&mut self, fd: i32) -> io::Result<usize> {
+        // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below points into `self`,
+        // which outlives the call, with the lengths of the buffers it points to.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &raw mut iovs[i];
+            h.msg_iovlen = 1;
+        }
+        // SAFETY: see above; BATCH headers are initialised.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, h) in hdrs.iter().enumerate().take(n) {
+            self.lens[i] = h.msg_len as usize;
+            self.addr_lens[i] = h.msg_hdr.msg_namelen;
+            self.srcs[i] = to_socket_addr(&self.addrs[i]);
+        }
+        Ok(n)
+    }
+
+    /// One `sendmmsg` of the slots in `which`, each to its source; returns how many were sent.
+    fn send(&mut self, fd: i32, which: &[usize]) -> io::Result<usize> {
+        // SAFETY: as in `recv`; only the first `which.len()` headers are passed.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        let base = self.bufs.as_mut_ptr();
+        for (j, &i) in which.iter().enumerate() {
+            iovs[j] = libc::iovec {
+                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
+                iov_len: self.lens[i],
+            };
+            let h = &mut hdrs[j].msg_hdr;
+            h.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_namelen = self.addr_lens[i];
+            h.msg_iov = &raw mut iovs[j];
+            h.msg_iovlen = 1;
+        }
+        // SAFETY: see above.
+        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), which.len() as libc::c_uint, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// The address the kernel wrote into `ss`, if it is IPv4 or IPv6.
+fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // enough and aligned for.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
 
 /// Whether the guard lets the server answer `src`.
 pub fn reply_allowed(src: SocketAddr) -> bool {
@@ -72,21 +206,23 @@ impl UdpEndpoint {
         self.writable |= writable;
     }
 
-    /// Flushes queued replies, then answers up to [`UDP_BUDGET`] datagrams.
+    /// Flushes queued replies, then answers up to about [`UDP_BUDGET`] datagrams.
     pub fn drive(
         &mut self,
-        buf: &mut [u8],
+        batch: &mut Batch,
         transform: Transform,
         guard: bool,
         stats: &mut Stats,
     ) -> UdpProgress {
         self.flush(stats);
-        for _ in 0..UDP_BUDGET {
+        let fd = self.socket.as_raw_fd();
+        let mut handled = 0;
+        while handled < UDP_BUDGET {
             if !self.readable {
                 return UdpProgress::Wait;
             }
-            let (n, src) = match self.socket.recv_from(buf) {
-                Ok(r) => r,
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     return UdpProgress::Wait;
@@ -95,45 +231,67 @@ impl UdpEndpoint {
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they concern no one now.
                     debug!("udp recv: {e}");
+                    handled += 1;
                     continue;
                 }
             };
-            stats.datagrams_in += 1;
-            if guard && !reply_allowed(src) {
-                stats.datagrams_ignored += 1;
-                debug!("udp: not answering {src} (reflection guard)");
-                continue;
+            // A short batch emptied the receive queue: a later datagram raises a fresh edge.
+            if n < BATCH {
+                self.readable = false;
             }
-            let reply = &mut buf[..n];
-            transform.apply(reply);
-            self.reply(src, reply, stats);
+            handled += n;
+            stats.datagrams_in += n as u64;
+            let mut answer = [0usize; BATCH];
+            let mut m = 0;
+            for i in 0..n {
+                match batch.srcs[i] {
+                    Some(src) if !guard || reply_allowed(src) => {
+                        transform.apply(batch.buf(i));
+                        answer[m] = i;
+                        m += 1;
+                    }
+                    src => {
+                        stats.datagrams_ignored += 1;
+                        debug!("udp: not answering {src:?} (reflection guard)");
+                    }
+                }
+            }
+            self.reply(batch, &answer[..m], stats);
         }
         UdpProgress::Yield
     }
 
-    fn reply(&mut self, dst: SocketAddr, data: &[u8], stats: &mut Stats) {
-        if self.queue.is_empty() && self.writable {
-            match send(&self.socket, data, dst) {
-                Ok(()) => {
-                    stats.datagrams_out += 1;
-                    return;
+    /// Answers the batch slots in `which`, in order: straight to the kernel when nothing is
+    /// queued, else (and for whatever the kernel does not take) into the bounded queue.
+    fn reply(&mut self, batch: &mut Batch, mut which: &[usize], stats: &mut Stats) {
+        let fd = self.socket.as_raw_fd();
+        while !which.is_empty() && self.queue.is_empty() && self.writable {
+            match batch.send(fd, which) {
+                Ok(k) => {
+                    stats.datagrams_out += k as u64;
+                    which = &which[k..];
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // The first datagram failed alone (sendmmsg reports an error only then).
                     stats.datagrams_dropped += 1;
-                    debug!("udp send to {dst}: {e}");
-                    return;
+                    debug!("udp send to {:?}: {e}", batch.srcs[which[0]]);
+                    which = &which[1..];
                 }
             }
         }
-        if self.queue.len() >= QUEUE_MAX_DATAGRAMS
-            || self.queued_bytes + data.len() > QUEUE_MAX_BYTES
-        {
-            stats.datagrams_dropped += 1;
-            return;
+        for &i in which {
+            let Some(dst) = batch.srcs[i] else { continue };
+            let len = batch.lens[i];
+            if self.queue.len() >= QUEUE_MAX_DATAGRAMS || self.queued_bytes + len > QUEUE_MAX_BYTES
+            {
+                stats.datagrams_dropped += 1;
+                continue;
+            }
+            self.queued_bytes += len;
+            self.queue.push_back((dst, batch.buf(i).into()));
         }
-        self.queued_bytes += data.len();
-        self.queue.push_back((dst, data.into()));
     }
 
     fn flush(&mut self, stats: &mut Stats) {

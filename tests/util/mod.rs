@@ -23,6 +23,7 @@ pub struct ServerProc {
     pub tcp: Option<SocketAddr>,
     pub udp: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl ServerProc {
@@ -64,7 +65,7 @@ impl ServerProc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
@@ -92,6 +93,7 @@ impl ServerProc {
             tcp: None,
             udp: None,
             stderr,
+            stderr_reader: Some(stderr_reader),
         };
         let deadline = Instant::now() + WAIT;
         while (expect_tcp && server.tcp.is_none()) || (expect_udp && server.udp.is_none()) {
@@ -127,6 +129,19 @@ impl ServerProc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (bounded) until the server's log contains `needle`; the log is read by another
+    /// thread, so a line the server has written may not have arrived yet.
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -142,6 +157,10 @@ impl ServerProc {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The process is gone, so its stderr ends: collect all of it.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             if Instant::now() >= deadline {

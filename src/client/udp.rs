@@ -1,0 +1,769 @@
+//! `upecho udp`: the UDP client.
+//!
+//! Every line is one datagram (an empty line is a valid empty datagram), every reply is received
+//! into a buffer of the largest datagram size so it is never truncated, and every reply is matched
+//! to the request it answers by the [`Tracker`], so a late or duplicated reply is named as such
+//! instead of being shown as the answer to the next line.
+//!
+//! - **Interactive** ([`interactive`]): one request at a time; a reply that does not come within
+//!   the timeout is reported ("UDP does not retransmit") and the session goes on.
+//! - **Pipe** ([`pipe`]): a sliding window. A thread reads stdin lines into a bounded channel; the
+//!   main thread runs a mio loop that sends while the window has room, receives, expires requests
+//!   at their deadlines (the poll timeout is the nearest deadline) and prints replies in line
+//!   order. The window is what keeps a long input from being fired at the server all at once, which
+//!   would overflow the socket buffers on either side and turn a fast sender into lost datagrams.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+use signal_hook::consts::SIGINT;
+use signal_hook_mio::v1_0::Signals;
+
+use super::display::{printable, quoted, rtt, secs};
+use super::matcher::{Id, Tracker, Verdict};
+use super::target::{connect_udp, reason};
+use super::{DEFAULT_ADDR, Failure};
+
+/// Receive buffer: the largest UDP payload there can be, so no reply is ever cut short (the
+/// tutorial's `recvfrom(1024)` truncates).
+const MAX_DATAGRAM: usize = 65535;
+
+/// Pipe mode: at most this many lines between the oldest one not yet printed and the newest one
+/// sent. A real client bounds its requests in flight; 32 keeps a loopback server busy without
+/// letting a burst outrun its socket buffer.
+pub const WINDOW: usize = 32;
+
+/// Pipe mode: at most this many payload bytes waiting for replies (a single larger datagram is
+/// still sent alone). Linux's default socket receive buffer is about 208 KiB, and each datagram
+/// costs more than its payload there, so 64 KiB in flight always fits.
+pub const WINDOW_BYTES: usize = 64 * 1024;
+
+const SOCKET: Token = Token(0);
+const SIGNAL: Token = Token(1);
+const WAKE: Token = Token(2);
+
+fn setup_error(what: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::Error(format!("cannot set up the {what}: {e}"))
+}
+
+/// A connected, non-blocking UDP socket registered with a new poll.
+fn open(addr: &str, interest: Interest) -> Result<(UdpSocket, Poll), Failure> {
+    let socket = connect_udp(addr)?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| setup_error("socket", &e))?;
+    let mut socket = UdpSocket::from_std(socket);
+    let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
+    poll.registry()
+        .register(&mut socket, SOCKET, interest)
+        .map_err(|e| setup_error("poll", &e))?;
+    Ok((socket, poll))
+}
+
+fn poll_until(
+    poll: &mut Poll,
+    events: &mut Events,
+    deadline: Option<Instant>,
+) -> Result<(), Failure> {
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match poll.poll(events, timeout) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(Failure::Error(format!("poll failed: {e}"))),
+    }
+}
+
+fn refused_message(addr: &str) -> String {
+    format!("{addr} refused the datagram (ICMP port unreachable): nothing is listening there")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive mode
+// ---------------------------------------------------------------------------------------------
+
+/// The interactive session: prompt, send the line as one datagram, wait up to `timeout` for its
+/// reply, print it with its round-trip time, repeat.
+pub fn interactive(addr: &str, timeout: Duration) -> Result<(), Failure> {
+    let (socket, poll) = open(addr, Interest::READABLE)?;
+    let mut signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
+    poll.registry()
+        .register(&mut signals, SIGNAL, Interest::READABLE)
+        .map_err(|e| setup_error("poll", &e))?;
+    let peer = socket
+        .peer_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let mut editor = DefaultEditor::new().map_err(|e| setup_error("line editor", &e))?;
+    let mut session = Interactive {
+        addr,
+        timeout,
+        socket,
+        poll,
+        events: Events::with_capacity(8),
+        signals,
+        tracker: Tracker::new(timeout),
+        buf: vec![0u8; MAX_DATAGRAM],
+    };
+
+    eprintln!("talking UDP to {peer}: one datagram per line; Ctrl-D or Ctrl-C to quit");
+    let prompt = if addr == DEFAULT_ADDR {
+        "udp> ".to_string()
+    } else {
+        format!("udp {addr}> ")
+    };
+    loop {
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Eof | ReadlineError::Interrupted) => return Ok(()),
+            Err(e) => return Err(Failure::Error(format!("cannot read the terminal: {e}"))),
+        };
+        if !line.is_empty() {
+            let _ = editor.add_history_entry(line.as_str());
+        }
+        // Replies that came in while the user was typing: late or duplicate, never this line's.
+        session.receive(None)?;
+        let Some(id) = session.send(line.as_bytes())? else {
+            continue;
+        };
+        if !session.wait(id)? {
+            eprintln!();
+            return Ok(());
+        }
+    }
+}
+
+struct Interactive<'a> {
+    addr: &'a str,
+    timeout: Duration,
+    socket: UdpSocket,
+    poll: Poll,
+    events: Events,
+    signals: Signals,
+    tracker: Tracker,
+    buf: Vec<u8>,
+}
+
+impl Interactive<'_> {
+    /// Sends one datagram; `None` if it could not be sent (already reported: the session goes on).
+    fn send(&mut self, line: &[u8]) -> Result<Option<Id>, Failure> {
+        // An ICMP error caused by an earlier datagram is reported by the next call on the socket,
+        // which may be this send; the error is consumed with it, so one retry sends the line.
+        for attempt in 0..2 {
+            match self.socket.send(line) {
+                Ok(_) => return Ok(Some(self.tracker.send(line, Instant::now()))),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && attempt == 0 => {
+                    eprintln!("{}", refused_message(self.addr));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    eprintln!(
+                        "not sent: {} bytes is too long for one UDP datagram",
+                        line.len()
+                    );
+                    return Ok(None);
+                }
+                // Unreachable networks, a full send buffer: this line is lost, the session goes on.
+                Err(e) => {
+                    eprintln!("not sent to {}: {}", self.addr, reason(&e));
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for the answer to `id` until its deadline. `Ok(false)` means Ctrl-C was pressed.
+    fn wait(&mut self, id: Id) -> Result<bool, Failure> {
+        loop {
+            if self.receive(Some(id))? {
+                return Ok(true);
+            }
+            // Replies already received were handled first, so only a truly missing one expires.
+            let expired = self.tracker.expire(Instant::now());
+            if expired.contains(&id) {
+                eprintln!(
+                    "no reply within {}: UDP does not retransmit",
+                    secs(self.timeout)
+                );
+                return Ok(true);
+            }
+            if !self.tracker.is_waiting(id) {
+                // Abandoned: the server refused it, which `receive` has reported.
+                return Ok(true);
+            }
+            poll_until(
+                &mut self.poll,
+                &mut self.events,
+                self.tracker.next_deadline(),
+            )?;
+            let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
+            if signalled && self.signals.pending().any(|s| s == SIGINT) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Receives every datagram waiting on the socket and reports each one. Returns whether the
+    /// answer to `current` was among them.
+    fn receive(&mut self, current: Option<Id>) -> Result<bool, Failure> {
+        let mut answered = false;
+        loop {
+            let n = match self.socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    eprintln!("{}", refused_message(self.addr));
+                    if let Some(id) = current {
+                        self.tracker.abandon(id);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Failure::Error(format!(
+                        "cannot receive from {}: {}",
+                        self.addr,
+                        reason(&e)
+                    )));
+                }
+            };
+            let reply = &self.buf[..n];
+            match self.tracker.on_reply(reply, Instant::now()) {
+                Verdict::Answer { id, rtt: t } if Some(id) == current => {
+                    answered = true;
+                    println!("{}  ({})", printable(reply), rtt(t));
+                }
+                // Only the current line can be waiting in this mode; kept total for safety.
+                Verdict::Answer { rtt: t, .. } => {
+                    eprintln!("reply after {}: {}", rtt(t), printable(reply));
+                }
+                Verdict::Late {
+                    rtt: t, request, ..
+                } => eprintln!(
+                    "late reply to {} after {}: {}",
+                    quoted(&request, 40),
+                    rtt(t),
+                    printable(reply)
+                ),
+                Verdict::Duplicate { request, .. } => eprintln!(
+                    "duplicate reply to {}: {}",
+                    quoted(&request, 40),
+                    printable(reply)
+                ),
+                Verdict::Unexpected => {
+                    eprintln!(
+                        "unexpected reply, matching no line sent: {}",
+                        printable(reply)
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipe mode
+// ---------------------------------------------------------------------------------------------
+
+/// What became of one line, while it waits to be printed in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Waiting,
+    Answered(Vec<u8>),
+    Lost,
+}
+
+/// Replies held back until every earlier line has been answered or given up on, so that stdout
+/// shows replies in input order whatever order they arrive in.
+#[derive(Debug)]
+struct InOrder {
+    /// The id of `slots[0]`: the oldest line not yet printed.
+    front: Id,
+    slots: VecDeque<Slot>,
+}
+
+impl InOrder {
+    fn new(first: Id) -> InOrder {
+        InOrder {
+            front: first,
+            slots: VecDeque::new(),
+        }
+    }
+
+    /// Number of lines sent (or skipped) and not yet printed: the sliding window's extent.
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Adds the next line; ids must come in order.
+    fn push(&mut self, id: Id) {
+        debug_assert_eq!(id, self.front + self.slots.len() as u64);
+        self.slots.push_back(Slot::Waiting);
+    }
+
+    fn set(&mut self, id: Id, slot: Slot) {
+        let Some(i) = id.checked_sub(self.front) else {
+            return;
+        };
+        if let Some(s) = usize::try_from(i).ok().and_then(|i| self.slots.get_mut(i)) {
+            *s = slot;
+        }
+    }
+
+    /// The next line's outcome, once it has one: `Some(Some(reply))` or `Some(None)` if lost.
+    fn pop(&mut self) -> Option<Option<Vec<u8>>> {
+        match self.slots.front()? {
+            Slot::Waiting => None,
+            _ => {
+                self.front += 1;
+                match self.slots.pop_front()? {
+                    Slot::Answered(r) => Some(Some(r)),
+                    _ => Some(None),
+                }
+            }
+        }
+    }
+}
+
+/// A line taken from the stdin channel, waiting for room in the window.
+enum Pending {
+    Line(Vec<u8>),
+    TooLong(usize),
+}
+
+/// One unit of stdin, as read by the stdin thread.
+enum Input {
+    Line(Vec<u8>),
+    /// A line longer than any datagram; its length (at least), so the error can say so.
+    TooLong(usize),
+    End,
+    Failed(io::Error),
+}
+
+/// Pipe mode: each stdin line is one datagram, each reply one stdout line, in input order. Exits
+/// with failure (after saying how many) if any line got no reply within the timeout.
+pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
+    let (socket, poll) = open(addr, Interest::READABLE | Interest::WRITABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
+    // A channel as deep as the window: the reader runs a little ahead, and blocks (rather than
+    // buffering all of stdin) while the window is full.
+    let (tx, rx) = mpsc::sync_channel(WINDOW);
+    let thread_waker = Arc::clone(&waker);
+    thread::Builder::new()
+        .name("stdin-lines".into())
+        .spawn(move || read_lines(tx, thread_waker))
+        .map_err(|e| Failure::Error(format!("cannot start the stdin thread: {e}")))?;
+    let mut run = PipeRun {
+        addr,
+        timeout,
+        socket,
+        poll,
+        events: Events::with_capacity(64),
+        input: rx,
+        input_done: false,
+        held: None,
+        tracker: Tracker::new(timeout),
+        order: InOrder::new(1),
+        out: BufWriter::new(io::stdout().lock()),
+        buf: vec![0u8; MAX_DATAGRAM],
+        lines: 0,
+        lost: 0,
+        first_lost: None,
+        _waker: waker,
+    };
+    run.run()?;
+    if run.lost > 0 {
+        eprintln!(
+            "upecho udp: {} of {} datagrams got no reply within {} (first: line {}); \
+             UDP does not retransmit",
+            run.lost,
+            run.lines,
+            secs(timeout),
+            run.first_lost.unwrap_or(0)
+        );
+        return Err(Failure::Reported);
+    }
+    Ok(())
+}
+
+struct PipeRun<'a> {
+    addr: &'a str,
+    timeout: Duration,
+    socket: UdpSocket,
+    poll: Poll,
+    events: Events,
+    input: Receiver<Input>,
+    input_done: bool,
+    /// A line taken from the channel but not yet sent (no room in the window, or WouldBlock).
+    held: Option<Pending>,
+    tracker: Tracker,
+    order: InOrder,
+    out: BufWriter<io::StdoutLock<'static>>,
+    buf: Vec<u8>,
+    lines: u64,
+    lost: u64,
+    first_lost: Option<Id>,
+    /// Held here too, not only by the stdin thread: dropping the last handle closes its eventfd,
+    /// which would discard a wake-up still pending when the thread exits right after its last line.
+    _waker: Arc<Waker>,
+}
+
+impl PipeRun<'_> {
+    fn run(&mut self) -> Result<(), Failure> {
+        loop {
+            // Replies already received count before deadlines are checked (see `Tracker`).
+            self.receive()?;
+            for id in self.tracker.expire(Instant::now()) {
+                self.lose(id);
+            }
+            self.print_ready()?;
+            self.send_while_room()?;
+            if self.input_done && self.held.is_none() && self.order.len() == 0 {
+                return self.flush();
+            }
+            // Output waits in the buffer only until the loop would block.
+            self.flush()?;
+            poll_until(
+                &mut self.poll,
+                &mut self.events,
+                self.tracker.next_deadline(),
+            )?;
+        }
+    }
+
+    fn lose(&mut self, id: Id) {
+        self.lost += 1;
+        self.first_lost.get_or_insert(id);
+        self.order.set(id, Slot::Lost);
+    }
+
+    fn flush(&mut self) -> Result<(), Failure> {
+        self.out
+            .flush()
+            .map_err(|e| Failure::Error(format!("cannot write to stdout: {}", reason(&e))))
+    }
+
+    fn print_ready(&mut self) -> Result<(), Failure> {
+        while let Some(outcome) = self.order.pop() {
+            if let Some(reply) = outcome {
+                self.out
+                    .write_all(&reply)
+                    .and_then(|()| self.out.write_all(b"\n"))
+                    .map_err(|e| {
+                        Failure::Error(format!("cannot write to stdout: {}", reason(&e)))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `next` may go out now without exceeding the window.
+    fn room_for(&self, next: &Pending) -> bool {
+        self.order.len() < WINDOW
+            && match next {
+                Pending::TooLong(_) => true,
+                Pending::Line(line) => {
+                    self.tracker.waiting() == 0
+                        || self.tracker.waiting_bytes() + line.len() <= WINDOW_BYTES
+                }
+            }
+    }
+
+    fn send_while_room(&mut self) -> Result<(), Failure> {
+        loop {
+            if self.held.is_none() && !self.input_done {
+                match self.input.try_recv() {
+                    Ok(Input::Line(line)) => self.held = Some(Pending::Line(line)),
+                    Ok(Input::TooLong(len)) => self.held = Some(Pending::TooLong(len)),
+                    Ok(Input::End) => self.input_done = true,
+                    Ok(Input::Failed(e)) => {
+                        return Err(Failure::Error(format!("cannot read stdin: {}", reason(&e))));
+                    }
+                    Err(TryRecvError::Empty) => {}
+                    // The reader always ends with `End` or `Failed`; without one it died.
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(Failure::Error("the stdin thread stopped".into()));
+                    }
+                }
+            }
+            let Some(next) = self.held.take() else {
+                return Ok(());
+            };
+            if !self.room_for(&next) {
+                self.held = Some(next);
+                return Ok(());
+            }
+            let line = match next {
+                Pending::TooLong(len) => {
+                    self.skip_too_long(len);
+                    continue;
+                }
+                Pending::Line(line) => line,
+            };
+            match self.socket.send(&line) {
+                Ok(_) => {
+                    let id = self.tracker.send(&line, Instant::now());
+                    self.order.push(id);
+                    self.lines += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Sent when the socket reports it writable again.
+                    self.held = Some(Pending::Line(line));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.held = Some(Pending::Line(line));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    self.skip_too_long(line.len());
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(self.refused());
+                }
+                Err(e) => {
+                    return Err(Failure::Error(format!(
+                        "cannot send to {}: {}",
+                        self.addr,
+                        reason(&e)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// A line that cannot be one datagram: reported, counted as lost, never sent.
+    fn skip_too_long(&mut self, len: usize) {
+        let id = self.tracker.skip();
+        eprintln!("upecho udp: line {id}: {len} bytes is too long for one UDP datagram; not sent");
+        self.order.push(id);
+        self.lines += 1;
+        self.lose(id);
+    }
+
+    /// The server's port is closed: every further datagram would be refused too, so stop here,
+    /// after printing the replies that did arrive.
+    fn refused(&mut self) -> Failure {
+        let _ = self.print_ready();
+        let _ = self.flush();
+        Failure::Error(format!(
+            "{}; stopped after {} line(s)",
+            refused_message(self.addr),
+            self.lines
+        ))
+    }
+
+    fn receive(&mut self) -> Result<(), Failure> {
+        loop {
+            let n = match self.socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(self.refused());
+                }
+                Err(e) => {
+                    return Err(Failure::Error(format!(
+                        "cannot receive from {}: {}",
+                        self.addr,
+                        reason(&e)
+                    )));
+                }
+            };
+            let reply = &self.buf[..n];
+            match self.tracker.on_reply(reply, Instant::now()) {
+                Verdict::Answer { id, .. } => self.order.set(id, Slot::Answered(reply.to_vec())),
+                // Its line was already given up on (and counted); the reply is noted, not printed,
+                // so stdout stays in line order.
+                Verdict::Late { id, rtt: t, .. } => eprintln!(
+                    "upecho udp: late reply to line {id} after {} (over the {} timeout): ignored",
+                    rtt(t),
+                    secs(self.timeout)
+                ),
+                Verdict::Duplicate { id, .. } => {
+                    eprintln!("upecho udp: duplicate reply to line {id}: ignored");
+                }
+                Verdict::Unexpected => eprintln!(
+                    "upecho udp: unexpected reply, matching no line sent: {}",
+                    printable(reply)
+                ),
+            }
+        }
+    }
+}
+
+/// Longest line read into memory: no datagram payload can be longer, so a longer line is
+/// skipped to its end rather than held.
+const MAX_LINE: usize = MAX_DATAGRAM;
+
+/// The stdin thread: reads lines (without their `\n`) and hands them over, waking the poll loop.
+fn read_lines(tx: SyncSender<Input>, waker: Arc<Waker>) {
+    let mut stdin = io::stdin().lock();
+    loop {
+        let item = next_line(&mut stdin);
+        let last = matches!(item, Input::End | Input::Failed(_));
+        if tx.send(item).is_err() {
+            // The main thread has finished; nothing more is wanted.
+            return;
+        }
+        if let Err(e) = waker.wake() {
+            log::warn!("cannot wake the poll loop: {e}");
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+fn next_line(input: &mut impl BufRead) -> Input {
+    let mut line = Vec::new();
+    let limit = MAX_LINE as u64 + 1;
+    match input.by_ref().take(limit).read_until(b'\n', &mut line) {
+        Ok(0) => Input::End,
+        Ok(_) if line.last() == Some(&b'\n') => {
+            line.pop();
+            Input::Line(line)
+        }
+        // The last line of the input may have no newline; it is still a line.
+        Ok(_) if line.len() <= MAX_LINE => Input::Line(line),
+        Ok(_) => match skip_line(input) {
+            Ok(rest) => Input::TooLong(line.len() + rest),
+            Err(e) => Input::Failed(e),
+        },
+        Err(e) => Input::Failed(e),
+    }
+}
+
+/// Consumes input up to and including the next `\n`; returns the bytes skipped before it.
+fn skip_line(input: &mut impl BufRead) -> io::Result<usize> {
+    let mut skipped = 0;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(skipped);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                input.consume(i + 1);
+                return Ok(skipped + i);
+            }
+            None => {
+                let n = buf.len();
+                input.consume(n);
+                skipped += n;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lines(input: &[u8]) -> Vec<Result<Vec<u8>, usize>> {
+        let mut r = io::BufReader::with_capacity(1000, input);
+        let mut out = Vec::new();
+        loop {
+            match next_line(&mut r) {
+                Input::Line(l) => out.push(Ok(l)),
+                Input::TooLong(n) => out.push(Err(n)),
+                Input::End => return out,
+                Input::Failed(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lines_split_on_newline_and_keep_empty_ones() {
+        assert_eq!(
+            lines(b"a\n\nb"),
+            vec![Ok(b"a".to_vec()), Ok(vec![]), Ok(b"b".to_vec())]
+        );
+        assert_eq!(lines(b"a\n"), vec![Ok(b"a".to_vec())]);
+        assert!(lines(b"").is_empty());
+        assert_eq!(lines(b"\r\n"), vec![Ok(b"\r".to_vec())]);
+    }
+
+    #[test]
+    fn a_line_longer_than_any_datagram_is_skipped_whole() {
+        let mut input = vec![b'x'; MAX_LINE + 5000];
+        input.extend_from_slice(b"\nnext\n");
+        assert_eq!(
+            lines(&input),
+            vec![Err(MAX_LINE + 5000), Ok(b"next".to_vec())]
+        );
+        let mut exact = vec![b'y'; MAX_LINE];
+        exact.push(b'\n');
+        assert_eq!(lines(&exact), vec![Ok(vec![b'y'; MAX_LINE])]);
+    }
+
+    #[test]
+    fn in_order_holds_replies_until_earlier_lines_are_done() {
+        let mut o = InOrder::new(1);
+        for id in 1..=3 {
+            o.push(id);
+        }
+        o.set(3, Slot::Answered(b"C".to_vec()));
+        assert_eq!(o.pop(), None);
+        o.set(1, Slot::Answered(b"A".to_vec()));
+        assert_eq!(o.pop(), Some(Some(b"A".to_vec())));
+        assert_eq!(o.pop(), None);
+        o.set(2, Slot::Lost);
+        assert_eq!(o.pop(), Some(None));
+        assert_eq!(o.pop(), Some(Some(b"C".to_vec())));
+        assert_eq!(o.len(), 0);
+        // An id already printed is ignored rather than misplaced.
+        o.set(1, Slot::Answered(b"late".to_vec()));
+        assert_eq!(o.pop(), None);
+    }
+
+    proptest! {
+        /// Whatever order lines are resolved in, they come out once each, in line order.
+        #[test]
+        fn in_order_emits_every_line_once_in_order(
+            fates in proptest::collection::vec(any::<bool>(), 0..60),
+            seed in any::<u64>(),
+        ) {
+            let n = fates.len() as u64;
+            let mut o = InOrder::new(1);
+            let mut ids: Vec<u64> = (1..=n).collect();
+            // A deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..ids.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                ids.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut out = Vec::new();
+            for id in 1..=n {
+                o.push(id);
+            }
+            for id in ids {
+                let slot = if fates[(id - 1) as usize] {
+                    Slot::Answered(id.to_be_bytes().to_vec())
+                } else {
+                    Slot::Lost
+                };
+                o.set(id, slot);
+                while let Some(r) = o.pop() {
+                    out.push(r);
+                }
+            }
+            prop_assert_eq!(out.len() as u64, n);
+            for (i, r) in out.into_iter().enumerate() {
+                let id = i as u64 + 1;
+                let want = fates[i].then(|| id.to_be_bytes().to_vec());
+                prop_assert_eq!(r, want);
+            }
+        }
+    }
+}
