@@ -230,6 +230,15 @@ fn drive(
         line.tick(shared, "warmup");
         sleep_until_next(warm_end, &line);
     }
+    // A line due right at the end of the warm-up still describes the warm-up.
+    line.tick(
+        shared,
+        if cfg.mode == Mode::Hold {
+            "open"
+        } else {
+            "warmup"
+        },
+    );
     // Phase 2: the window.
     let t0 = Instant::now();
     let cpu0 = stats::own_cpu();
