@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the hot path, in bytes per second.
 //!
 //! - `transform`: `Transform::Upper.apply` over buffers of the sizes the server sees (a 64-byte
-//!   message, a 4 KiB read, the reactor's 32 KiB scratch buffer, a 64 KiB bulk read), on
+//!   message, a 4 KiB read, the reactor's 16 KiB scratch buffer, a 64 KiB bulk read), on
 //!   lowercase-heavy input like the load generator's.
 //! - The connection state machine per chunk is `benches/conn.rs`, beside this one.
 //!
@@ -31,7 +31,7 @@ fn input(n: usize) -> Vec<u8> {
 
 fn transform(c: &mut Criterion) {
     let mut g = c.benchmark_group("transform");
-    for size in [64usize, 4096, 32 * 1024, 64 * 1024] {
+    for size in [64usize, 4096, 16 * 1024, 64 * 1024] {
         let src = input(size);
         let mut buf = src.clone();
         g.throughput(Throughput::Bytes(size as u64));
