@@ -201,6 +201,12 @@ fn plain_echo_server_fails_an_upper_expectation() {
     let (code, v, err) = load_json(&[
         &tcp, "--expect", "none", "-c", "2", "-t", "2", "--warmup", "1",
     ]);
+    let log = server.stderr();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let err = format!(
+        "{err}\nserver log tail (newest first):\n{}",
+        tail.join("\n")
+    );
     assert_clean_success(code, &v, &err);
 }
 

@@ -357,18 +357,19 @@ impl Env<'_> {
             // A late event for a socket already closed: nothing to do.
             State::Idle | State::Done => {}
             State::Connecting => self.on_connecting(c, i, scratch),
-            State::Open => {
-                // Read first: replies free room in the window, which is what we may write into.
-                if !self.read(c, i, scratch) {
-                    return;
-                }
-                if writable
-                    || self.ctx.cfg.mode == Mode::Bulk
-                    || c.tx < c.issued * self.ctx.cfg.size as u64
-                {
-                    self.flush(c, i);
-                }
-            }
+            State::Open => self.service(c, i, scratch, writable),
+        }
+    }
+
+    /// Reads what has arrived, then writes whatever that (or write space) allows.
+    fn service(&mut self, c: &mut Conn, i: usize, scratch: &mut [u8], writable: bool) {
+        // Read first: replies free room in the window, which is what we may write into.
+        if !self.read(c, i, scratch) {
+            return;
+        }
+        if writable || self.ctx.cfg.mode == Mode::Bulk || c.tx < c.issued * self.ctx.cfg.size as u64
+        {
+            self.flush(c, i);
         }
     }
 
@@ -412,9 +413,11 @@ impl Env<'_> {
             self.issue_check(c, now);
         }
         self.flush(c, i);
-        // Data may have arrived with the handshake's wake-up.
+        // Data may have arrived with the handshake's wake-up, or the reply to what was just
+        // written (a descheduled generator finds it already there): it completes messages, whose
+        // successors must be written now, since no event will come for them.
         if c.state == State::Open {
-            self.read(c, i, scratch);
+            self.service(c, i, scratch, false);
         }
     }
 
@@ -635,7 +638,10 @@ impl Env<'_> {
         for (i, c) in conns.iter_mut().enumerate() {
             let late = match c.state {
                 State::Connecting => now.duration_since(c.began) > cfg.connect_timeout,
-                State::Open => c.rx < c.tx && now.duration_since(c.last) > cfg.timeout,
+                // Owing replies, or owing writes of issued messages: either way stuck.
+                State::Open => {
+                    (c.rx < c.tx || c.done < c.issued) && now.duration_since(c.last) > cfg.timeout
+                }
                 State::Idle | State::Done => false,
             };
             if late {
