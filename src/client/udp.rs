@@ -422,8 +422,12 @@ impl PipeRun<'_> {
             for id in self.tracker.expire(Instant::now()) {
                 self.lose(id);
             }
+            // Printing first frees room in the window for sending.
             self.print_ready()?;
             self.send_while_room()?;
+            // Sending may settle lines at once (too long for a datagram: lost on the spot); left
+            // unprinted, they would keep the loop waiting for an event that never comes.
+            self.print_ready()?;
             if self.input_done && self.held.is_none() && self.order.len() == 0 {
                 return self.flush();
             }
