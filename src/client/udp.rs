@@ -81,6 +81,32 @@ fn poll_until(
     }
 }
 
+/// What one receive on the connected socket found.
+enum Received {
+    Datagram(usize),
+    /// Nothing waiting (`WouldBlock`).
+    Nothing,
+    /// An ICMP "port unreachable" for an earlier datagram: nothing listens at the address.
+    Refused,
+}
+
+/// One `recv`, retried on `Interrupted`, shared by the interactive and pipe loops, which differ
+/// only in what they do with a refusal.
+fn recv_next(socket: &UdpSocket, buf: &mut [u8], addr: &str) -> Result<Received, Failure> {
+    loop {
+        return match socket.recv(buf) {
+            Ok(n) => Ok(Received::Datagram(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Received::Nothing),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Received::Refused),
+            Err(e) => Err(Failure::Error(format!(
+                "cannot receive from {addr}: {}",
+                reason(&e)
+            ))),
+        };
+    }
+}
+
 fn refused_message(addr: &str) -> String {
     format!("{addr} refused the datagram (ICMP port unreachable): nothing is listening there")
 }
@@ -214,23 +240,15 @@ impl Interactive<'_> {
     fn receive(&mut self, current: Option<Id>) -> Result<bool, Failure> {
         let mut answered = false;
         loop {
-            let n = match self.socket.recv(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            let n = match recv_next(&self.socket, &mut self.buf, self.addr)? {
+                Received::Datagram(n) => n,
+                Received::Nothing => return Ok(answered),
+                Received::Refused => {
                     eprintln!("{}", refused_message(self.addr));
                     if let Some(id) = current {
                         self.tracker.abandon(id);
                     }
                     continue;
-                }
-                Err(e) => {
-                    return Err(Failure::Error(format!(
-                        "cannot receive from {}: {}",
-                        self.addr,
-                        reason(&e)
-                    )));
                 }
             };
             let reply = &self.buf[..n];
@@ -564,20 +582,10 @@ impl PipeRun<'_> {
 
     fn receive(&mut self) -> Result<(), Failure> {
         loop {
-            let n = match self.socket.recv(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(self.refused());
-                }
-                Err(e) => {
-                    return Err(Failure::Error(format!(
-                        "cannot receive from {}: {}",
-                        self.addr,
-                        reason(&e)
-                    )));
-                }
+            let n = match recv_next(&self.socket, &mut self.buf, self.addr)? {
+                Received::Datagram(n) => n,
+                Received::Nothing => return Ok(()),
+                Received::Refused => return Err(self.refused()),
             };
             let reply = &self.buf[..n];
             match self.tracker.on_reply(reply, Instant::now()) {

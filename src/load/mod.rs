@@ -282,6 +282,28 @@ fn drive(
 
 /// Sleeps until the next progress line is due or `end`, whichever is first (in short slices, so
 /// Ctrl-C and finished workers are noticed promptly).
+/// One wait for readiness, shared by the TCP and UDP workers. `Interrupted` is a wake-up with no
+/// events (the caller's loop just goes round again); any other failure is counted and means the
+/// worker must stop (`false`).
+fn wait_events(
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    timeout: Duration,
+    stats: &mut Stats,
+) -> bool {
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => true,
+        // mio clears `events` before waiting, so none are left over from an earlier wait.
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(e) => {
+            stats
+                .errors
+                .count(stats::ErrorClass::Other, || format!("epoll_wait: {e}"));
+            false
+        }
+    }
+}
+
 fn sleep_until_next(end: Instant, line: &ProgressLine) {
     let now = Instant::now();
     let until = end.min(line.next);

@@ -233,17 +233,9 @@ pub fn run(ctx: &Ctx) -> Stats {
         if !env.ready.is_empty() && env.connecting < MAX_CONNECTING && env.may_connect() {
             wake = now;
         }
-        if let Err(e) = env
-            .poll
-            .poll(&mut events, Some(wake.saturating_duration_since(now)))
-        {
-            if e.kind() != io::ErrorKind::Interrupted {
-                env.stats
-                    .errors
-                    .count(ErrorClass::Other, || format!("epoll_wait: {e}"));
-                break;
-            }
-            continue;
+        let timeout = wake.saturating_duration_since(now);
+        if !super::wait_events(&mut env.poll, &mut events, timeout, &mut env.stats) {
+            break;
         }
         for ev in events.iter() {
             if ev.token() == TIMER {

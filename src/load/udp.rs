@@ -190,14 +190,9 @@ pub fn run(ctx: &Ctx) -> Stats {
                 .count(ErrorClass::Other, || format!("timerfd: {e}"));
             break;
         }
-        if let Err(e) = poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                env.stats
-                    .errors
-                    .count(ErrorClass::Other, || format!("epoll_wait: {e}"));
-                break;
-            }
-            continue;
+        let timeout = wake.saturating_duration_since(now);
+        if !super::wait_events(&mut poll, &mut events, timeout, &mut env.stats) {
+            break;
         }
         for ev in events.iter() {
             if ev.token() == TIMER {
