@@ -57,6 +57,8 @@ fn per_chunk(c: &mut Criterion) {
                     scratch: &mut scratch,
                     transform: Transform::Upper,
                     max_pending: 1 << 20,
+                    owed_total: 0,
+                    max_pending_total: 256 << 20,
                     budget: 1 << 20,
                     draining: false,
                 };

@@ -89,7 +89,7 @@ fn new_socket(proto: Proto, addr: SocketAddr) -> Result<Socket, BindError> {
 }
 
 /// A non-blocking TCP listener on `addr` with `SO_REUSEADDR` (so a restart does not wait out
-/// TIME_WAIT) and the given accept backlog.
+/// TIME_WAIT), `SO_OOBINLINE`, and the given accept backlog.
 pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> Result<mio::net::TcpListener, BindError> {
     let fail = |step| {
         move |source| BindError {
@@ -102,6 +102,11 @@ pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> Result<mio::net::TcpListener,
     let socket = new_socket(Proto::Tcp, addr)?;
     socket
         .set_reuse_address(true)
+        .map_err(fail(Step::SetOption))?;
+    // Urgent data arrives in line, as an ordinary byte of the stream: the contract is that every
+    // byte received comes back. Accepted sockets inherit the option.
+    socket
+        .set_out_of_band_inline(true)
         .map_err(fail(Step::SetOption))?;
     socket.bind(&addr.into()).map_err(fail(Step::Bind))?;
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);

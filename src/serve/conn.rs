@@ -52,6 +52,13 @@ pub struct Ctx<'a> {
     pub transform: Transform,
     /// Stop reading while this many bytes or more are owed (backpressure).
     pub max_pending: usize,
+    /// Output owed by every connection of the server together; kept up to date by [`Conn::drive`]
+    /// as this connection's share grows and shrinks.
+    pub owed_total: usize,
+    /// The ceiling on `owed_total`: past it, a connection that owes anything is not read until it
+    /// has drained, while one that owes nothing is still served (its reply usually leaves at once,
+    /// so the overshoot is at most one read per connection).
+    pub max_pending_total: usize,
     /// Bytes that may be read this turn before yielding to other connections (fairness).
     pub budget: usize,
     /// The server is shutting down: finish as soon as nothing is owed and nothing is unread.
@@ -87,6 +94,10 @@ impl Flags {
     const PEER_FIN: u8 = 4;
     /// The reactor has this connection on its run queue.
     const QUEUED: u8 = 8;
+    /// The peer has sent urgent data (the poller said `EPOLLPRI`). A read stops short at the
+    /// urgent mark even when more data follows it, so, as with `PEER_FIN`, a short read no longer
+    /// proves the kernel buffer empty. Rare enough to keep for the connection's life.
+    const URGENT: u8 = 16;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -156,9 +167,19 @@ impl<S: Read + Write> Conn<S> {
             | (u8::from(read_closed) * Flags::PEER_FIN);
     }
 
-    /// Whether reading is allowed now: open, and not holding back for a slow reader.
-    fn may_read(&self, max_pending: usize) -> bool {
-        self.state == State::Open && self.owed() < max_pending
+    /// Records that the peer sent urgent (out-of-band) data. With `SO_OOBINLINE` the urgent byte
+    /// is ordinary data in the stream; this only makes sure what follows the mark is read too.
+    pub fn on_urgent(&mut self) {
+        self.flags.0 |= Flags::READABLE | Flags::URGENT;
+    }
+
+    /// Whether reading is allowed now: open, not holding back for a slow reader, and not adding
+    /// to its debt while the server as a whole is at its ceiling.
+    fn may_read(&self, ctx: &Ctx<'_>) -> bool {
+        let owed = self.owed();
+        self.state == State::Open
+            && owed < ctx.max_pending
+            && (owed == 0 || ctx.owed_total < ctx.max_pending_total)
     }
 
     /// Moves as many bytes as readiness, backpressure and the budget allow.
@@ -178,6 +199,7 @@ impl<S: Read + Write> Conn<S> {
                 match self.flush() {
                     Ok(n) => {
                         moved.written += n;
+                        ctx.owed_total = ctx.owed_total.saturating_sub(n);
                         continue;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -187,7 +209,7 @@ impl<S: Read + Write> Conn<S> {
                     Err(e) => return Err(e),
                 }
             }
-            if !(self.flags.has(Flags::READABLE) && self.may_read(ctx.max_pending)) {
+            if !(self.flags.has(Flags::READABLE) && self.may_read(ctx)) {
                 break;
             }
             if budget == 0 {
@@ -204,12 +226,16 @@ impl<S: Read + Write> Conn<S> {
                     // A short read emptied the kernel buffer: anything arriving later raises a
                     // fresh edge, so the `WouldBlock` read that would confirm it is skipped
                     // (one syscall fewer per message). Not so for a FIN that is already in.
-                    if n < ctx.scratch.len() && !self.flags.has(Flags::PEER_FIN) {
+                    if n < ctx.scratch.len()
+                        && self.flags.0 & (Flags::PEER_FIN | Flags::URGENT) == 0
+                    {
                         self.flags.set(Flags::READABLE, false);
                     }
                     let out = &mut ctx.scratch[..n];
                     ctx.transform.apply(out);
-                    moved.written += self.send(out)?;
+                    let sent = self.send(out)?;
+                    moved.written += sent;
+                    ctx.owed_total += n - sent;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.flags.set(Flags::READABLE, false)
@@ -380,6 +406,7 @@ mod tests {
             let mut fed = 0;
             let mut finished = false;
             let mut step_iter = steps.iter().cycle();
+            let mut owed_total = 0;
             // Bounded: every round feeds input or frees room, so it ends well within this count.
             for _round in 0..100_000 {
                 let &(arrive, room, intr) = step_iter.next().unwrap();
@@ -400,11 +427,15 @@ mod tests {
                         scratch: &mut scratch,
                         transform: Transform::Upper,
                         max_pending,
+                        owed_total,
+                        max_pending_total: usize::MAX,
                         budget,
                         draining: false,
                     };
                     let (progress, _) = conn.drive(&mut ctx);
+                    owed_total = ctx.owed_total;
                     prop_assert!(conn.owed() < max_pending + scratch_len);
+                    prop_assert_eq!(owed_total, conn.owed(), "the server-wide total tracks the debt");
                     match progress {
                         Progress::Yield => continue,
                         Progress::Wait => break,
@@ -426,6 +457,8 @@ mod tests {
             scratch,
             transform: Transform::Upper,
             max_pending: 8,
+            owed_total: 0,
+            max_pending_total: usize::MAX,
             budget: 1 << 20,
             draining: false,
         }
@@ -482,6 +515,80 @@ mod tests {
             "30 + 30 + 30 bytes, then the last 10 and WouldBlock"
         );
         assert_eq!(c.sock.written, vec![b'X'; 100]);
+    }
+
+    #[test]
+    fn open_at_the_server_ceiling_a_debtor_waits_and_a_connection_owing_nothing_reads_once() {
+        let mut scratch = [0u8; 4];
+        // Owes nothing: one read, whose reply does not all fit, then it stops.
+        let mut c = Conn::new(sock(b"abcdefgh", 3));
+        let mut cx = ctx(&mut scratch);
+        cx.max_pending = 1 << 20;
+        cx.owed_total = 100;
+        cx.max_pending_total = 100;
+        let (p, m) = c.drive(&mut cx);
+        assert!(matches!(p, Progress::Wait));
+        assert_eq!((m.read, m.written, c.owed()), (4, 3, 1));
+        assert_eq!(cx.owed_total, 101, "overshoot: what one read left owed");
+        // Below the ceiling again: it drains, then reads on.
+        cx.owed_total = 1;
+        c.sock.write_room = 100;
+        c.on_ready(false, true, false);
+        let (_, m) = c.drive(&mut cx);
+        assert_eq!(m.read, 4);
+        assert_eq!(c.sock.written, b"ABCDEFGH");
+        assert_eq!(cx.owed_total, 0);
+    }
+
+    #[test]
+    fn open_at_the_server_ceiling_a_debtor_reads_again_once_it_has_drained_its_own_debt() {
+        let mut scratch = [0u8; 4];
+        let mut c = Conn::new(sock(b"abcdefgh", 2));
+        let mut cx = ctx(&mut scratch);
+        cx.max_pending = 1 << 20;
+        cx.max_pending_total = 2;
+        let (_, m) = c.drive(&mut cx);
+        assert_eq!((m.read, c.owed(), cx.owed_total), (4, 2, 2));
+        // Others keep the total at the ceiling; this connection's own debt is paid off by a
+        // writable edge, after which it owes nothing and may read again.
+        cx.owed_total += 1000;
+        c.sock.write_room = 100;
+        c.on_ready(false, true, false);
+        let (_, m) = c.drive(&mut cx);
+        assert_eq!(m.read, 4);
+        assert_eq!(c.sock.written, b"ABCDEFGH");
+        assert_eq!(cx.owed_total, 1000);
+    }
+
+    #[test]
+    fn open_urgent_data_keeps_reading_past_a_short_read() {
+        // The kernel stops a read at the urgent mark; the bytes after it are already there and
+        // no new edge will announce them.
+        struct Marked(VecDeque<Vec<u8>>, Vec<u8>);
+        impl Read for Marked {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some(seg) = self.0.pop_front() else {
+                    return Err(ErrorKind::WouldBlock.into());
+                };
+                buf[..seg.len()].copy_from_slice(&seg);
+                Ok(seg.len())
+            }
+        }
+        impl Write for Marked {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.1.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let segs = [b"hell".to_vec(), b"o world".to_vec()];
+        let mut scratch = [0u8; 64];
+        let mut c = Conn::new(Marked(segs.into_iter().collect(), Vec::new()));
+        c.on_urgent();
+        c.drive(&mut ctx(&mut scratch));
+        assert_eq!(c.sock.1, b"HELLO WORLD");
     }
 
     #[test]

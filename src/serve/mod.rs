@@ -5,6 +5,7 @@
 //! modules below, which take already-bound sockets.
 
 pub mod conn;
+pub mod limit;
 pub mod reactor;
 pub mod stats;
 pub mod timer;
@@ -49,17 +50,22 @@ pub struct ServeArgs {
     /// until it drains.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending: u64,
-    /// Close a connection that has moved no byte for this long (0 = never).
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    /// Unsent output all connections together may hold; above it, a connection that owes output
+    /// is not read until it has drained (its client is slowed down by TCP; nothing is lost).
+    #[arg(long, value_name = "BYTES", default_value_t = reactor::DEFAULT_MAX_PENDING_TOTAL as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_total: u64,
+    /// Close a connection that has moved no byte for this long (0 = never; at least 0.01 s).
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_idle_timeout)]
     pub idle_timeout: Duration,
-    /// On SIGTERM/SIGINT, how long connections get to flush what they owe.
+    /// On SIGTERM, SIGINT, SIGHUP or SIGQUIT, how long connections get to flush what they owe.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub drain_timeout: Duration,
     /// Listen backlog (pending connections the kernel queues).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub backlog: u32,
-    /// Log one line of counters this often (0 = never).
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    /// Log one line of counters this often (0 = never; at least 0.1 s). SIGUSR1 logs one at any
+    /// time.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_stats_interval)]
     pub stats_interval: Duration,
     /// What to do to each byte: `upper` (the tutorial's protocol) or `none` (RFC 862 echo).
     #[arg(long, value_enum, default_value_t = Transform::Upper)]
@@ -68,14 +74,50 @@ pub struct ServeArgs {
     /// (by default they are ignored, as inetd's echo does, to prevent reflection and echo loops).
     #[arg(long)]
     pub udp_any_source: bool,
+    /// Most UDP replies per second to one source (address and port), sustained, after a burst
+    /// of ten seconds' worth; more are ignored and counted. It ends echo loops between servers
+    /// started by one spoofed datagram. 0 = no limit (for long benchmarks from one socket).
+    #[arg(long, value_name = "N", default_value_t = reactor::DEFAULT_UDP_SOURCE_RATE)]
+    pub udp_source_rate: u32,
 }
 
-/// Parses a non-negative number of seconds, fractions allowed (`0.5`).
+/// The longest duration any option takes: far beyond any real use, and small enough that a
+/// deadline computed from it never overflows the clock. Larger values mean "never" and are taken
+/// as this.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses a non-negative number of seconds, fractions allowed (`0.5`); values past
+/// [`MAX_DURATION`] (`1e19`, `inf`) saturate to it.
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` is not a non-negative duration"))
+    if v.is_nan() || v < 0.0 {
+        return Err(format!("`{s}` is not a non-negative duration"));
+    }
+    Ok(Duration::try_from_secs_f64(v).map_or(MAX_DURATION, |d| d.min(MAX_DURATION)))
+}
+
+/// [`parse_secs`], with 0 meaning "never" and anything else at least `floor`.
+fn parse_secs_floor(s: &str, floor: Duration) -> Result<Duration, String> {
+    let d = parse_secs(s)?;
+    if !d.is_zero() && d < floor {
+        return Err(format!(
+            "`{s}` is too short: 0 (never) or at least {} s",
+            floor.as_secs_f64()
+        ));
+    }
+    Ok(d)
+}
+
+/// The idle wheel's resolution: a shorter timeout could not be honoured anyway.
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    parse_secs_floor(s, Duration::from_millis(10))
+}
+
+/// A line of counters more often than ten times a second is a flood of log, not a statistic.
+fn parse_stats_interval(s: &str) -> Result<Duration, String> {
+    parse_secs_floor(s, Duration::from_millis(100))
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
@@ -167,33 +209,45 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         listeners.extend(bound.tcp);
         udp.extend(bound.udp);
     }
-    let mut out = io::stdout().lock();
+    let mut lines = String::new();
     for l in &listeners {
-        writeln!(out, "listening tcp {}", l.local_addr()?)?;
+        lines += &format!("listening tcp {}\n", l.local_addr()?);
     }
     for s in &udp {
-        writeln!(out, "listening udp {}", s.local_addr()?)?;
+        lines += &format!("listening udp {}\n", s.local_addr()?);
     }
-    out.flush()?;
-    drop(out);
     let config = Config {
         transform: args.transform,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
+        max_pending_total: usize::try_from(args.max_pending_total).unwrap_or(usize::MAX),
         idle_timeout: nonzero(args.idle_timeout),
         drain_timeout: args.drain_timeout,
         stats_interval: nonzero(args.stats_interval),
         udp_guard: !args.udp_any_source,
+        udp_source_rate: (args.udp_source_rate > 0).then_some(args.udp_source_rate),
         handle_signals: true,
+    };
+    let udp_limit = match config.udp_source_rate {
+        Some(n) => format!("{n} UDP replies/s per source"),
+        None => "no UDP rate limit".into(),
     };
     info!(
         "upecho {} serving (transform {}, open-file limit {nofile}, up to {max_connections} connections, \
-         {} KiB pending per connection)",
+         {} KiB pending per connection, {} KiB in all, {udp_limit})",
         env!("CARGO_PKG_VERSION"),
         config.transform.name(),
-        config.max_pending / 1024
+        config.max_pending / 1024,
+        config.max_pending_total / 1024,
     );
-    let summary = Server::new(config, listeners, udp)?.run()?;
+    // The signal handlers are installed here, before anything is announced: whoever reads the
+    // `listening` lines may signal at once, and must get a drain, not a death by signal.
+    let server = Server::new(config, listeners, udp)?;
+    let mut out = io::stdout().lock();
+    out.write_all(lines.as_bytes())?;
+    out.flush()?;
+    drop(out);
+    let summary = server.run()?;
     info!("final counters: {}", summary.stats);
     Ok(if summary.forced {
         ExitCode::FAILURE
@@ -212,6 +266,28 @@ mod tests {
         assert_eq!(parse_secs("0").unwrap(), Duration::ZERO);
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn huge_durations_saturate_and_tiny_intervals_are_refused() {
+        assert_eq!(parse_secs("1e19").unwrap(), MAX_DURATION);
+        assert_eq!(parse_secs("inf").unwrap(), MAX_DURATION);
+        assert!(parse_secs("nan").is_err());
+        assert!(parse_stats_interval("1e-9").is_err());
+        assert!(parse_stats_interval("0.05").is_err());
+        assert_eq!(parse_stats_interval("0").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_stats_interval("0.1").unwrap(),
+            Duration::from_millis(100)
+        );
+        assert!(parse_idle_timeout("1e-9").is_err());
+        assert_eq!(parse_idle_timeout("1e19").unwrap(), MAX_DURATION);
+        // The saturated value is a deadline the clock can hold.
+        assert!(
+            std::time::Instant::now()
+                .checked_add(MAX_DURATION)
+                .is_some()
+        );
     }
 
     #[test]

@@ -24,20 +24,20 @@ use std::time::{Duration, Instant};
 use log::{debug, info, trace, warn};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::conn::{Conn, Ctx, Progress};
 use super::stats::Stats;
 use super::timer::IdleWheel;
-use super::udp::{Batch, UdpEndpoint, UdpProgress};
+use super::udp::{Batch, UdpEndpoint, UdpPolicy, UdpProgress};
 use crate::Transform;
 
 // The token map. Fixed sources sit below `CONN_BASE`; a connection's token is its slab key plus
 // `CONN_BASE`, so dispatch is a subtraction and a slab lookup.
 //
-//   0                SIGNALS   SIGTERM / SIGINT (signal-hook-mio)
+//   0                SIGNALS   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 (signal-hook-mio)
 //   1                WAKER     ShutdownHandle
 //   16 .. 16+240     listeners, in the order given
 //   256 .. 256+768   UDP sockets, in the order given
@@ -65,19 +65,36 @@ const ACCEPT_BUDGET: usize = 256;
 /// memory) and no connection has closed meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Default ceiling on output owed by all connections together. A reader that does not read costs
+/// the server at most `--max-pending` (1 MiB), but 20,000 of them would cost 20 GB; 256 MiB keeps
+/// the worst case well inside a small machine, and a server that is merely busy never comes near
+/// it (replies usually leave in the turn they are made).
+pub const DEFAULT_MAX_PENDING_TOTAL: usize = 256 << 20;
+/// Default replies per second per UDP source, sustained (after a burst of ten seconds' worth, see
+/// [`super::limit`]). An echo loop between two servers on one machine runs at the speed of the
+/// machine (56,000 bounces a second each on a 2-core VM), so it outruns this budget and dies in
+/// about two seconds; one ping-pong client socket on loopback does about 20,000 round trips a
+/// second with `upecho load`, and the benchmark's 50 sockets about 6,000 each. Only a long run
+/// faster than this from one socket is limited, and a benchmark can lift the limit.
+pub const DEFAULT_UDP_SOURCE_RATE: u32 = 10_000;
+
 /// How the reactor behaves; every field has a command-line flag in [`super::ServeArgs`].
 #[derive(Debug, Clone)]
 pub struct Config {
     pub transform: Transform,
     pub max_connections: usize,
     pub max_pending: usize,
+    /// Output owed by all connections together before debtors stop being read.
+    pub max_pending_total: usize,
     pub idle_timeout: Option<Duration>,
     pub drain_timeout: Duration,
     pub stats_interval: Option<Duration>,
     /// Refuse to answer UDP from privileged ports and broadcast/multicast/unspecified sources.
     pub udp_guard: bool,
-    /// Handle SIGTERM/SIGINT (graceful stop, then a second one forces). Off for embedders that
-    /// use [`ShutdownHandle`] instead.
+    /// Replies per second one UDP source (address and port) may get; `None` for no limit.
+    pub udp_source_rate: Option<u32>,
+    /// Handle SIGTERM, SIGINT, SIGHUP and SIGQUIT (graceful stop, then a second one forces) and
+    /// SIGUSR1 (log the counters). Off for embedders that use [`ShutdownHandle`] instead.
     pub handle_signals: bool,
 }
 
@@ -87,10 +104,12 @@ impl Default for Config {
             transform: Transform::Upper,
             max_connections: 1024,
             max_pending: 1 << 20,
+            max_pending_total: DEFAULT_MAX_PENDING_TOTAL,
             idle_timeout: None,
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             udp_guard: true,
+            udp_source_rate: Some(DEFAULT_UDP_SOURCE_RATE),
             handle_signals: false,
         }
     }
@@ -148,7 +167,12 @@ pub struct Server {
     /// Per slab key, when an idle timeout is set (empty otherwise).
     idle: Vec<IdleMeta>,
     run_queue: VecDeque<usize>,
+    /// Output owed by all connections together (the sum of [`Conn::owed`]).
+    owed_total: usize,
+    /// `owed_total` has reached the ceiling and not yet fallen back below its low-water mark.
+    at_ceiling: bool,
     udp_owed: bool,
+    udp_policy: UdpPolicy,
     scratch: Box<[u8]>,
     datagrams: Batch,
     wheel: Option<IdleWheel>,
@@ -200,7 +224,7 @@ impl Server {
             endpoints.push(UdpEndpoint::new(s));
         }
         let signals = if config.handle_signals {
-            let mut s = Signals::new([SIGTERM, SIGINT])?;
+            let mut s = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1])?;
             registry.register(&mut s, SIGNALS, Interest::READABLE)?;
             Some(s)
         } else {
@@ -218,7 +242,10 @@ impl Server {
             clients: Slab::with_capacity(config.max_connections.min(1 << 20)),
             idle: Vec::new(),
             run_queue: VecDeque::new(),
+            owed_total: 0,
+            at_ceiling: false,
             udp_owed: true,
+            udp_policy: UdpPolicy::new(config.udp_guard, config.udp_source_rate),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             datagrams: Batch::new(),
             wheel,
@@ -277,6 +304,9 @@ impl Server {
                         let key = t - CONN_BASE;
                         // A token with no live connection is a stale event: ignore it.
                         if let Some(c) = self.clients.get_mut(key) {
+                            if event.is_priority() {
+                                c.on_urgent();
+                            }
                             let failed = event.is_error();
                             c.on_ready(
                                 event.is_readable() || failed,
@@ -345,10 +375,13 @@ impl Server {
             scratch: &mut self.scratch,
             transform: self.config.transform,
             max_pending: self.config.max_pending,
+            owed_total: self.owed_total,
+            max_pending_total: self.config.max_pending_total,
             budget: FAIR_BUDGET,
             draining: self.drain_deadline.is_some(),
         };
         let (progress, moved) = c.drive(&mut ctx);
+        self.owed_total = ctx.owed_total;
         self.stats.bytes_in += moved.read as u64;
         self.stats.bytes_out += moved.written as u64;
         if moved.read + moved.written > 0 {
@@ -366,6 +399,7 @@ impl Server {
             Progress::Done => self.close(key, Close::Done),
             Progress::Failed(e) => self.close(key, Close::Failed(e)),
         }
+        self.check_ceiling();
     }
 
     fn close(&mut self, key: usize, why: Close) {
@@ -373,6 +407,9 @@ impl Server {
             return;
         };
         self.stats.active -= 1;
+        // A reset or a drain timeout can leave output owed: it is no longer anyone's.
+        self.owed_total = self.owed_total.saturating_sub(c.owed());
+        self.check_ceiling();
         // getpeername costs a syscall per close: only pay it when someone reads the line.
         let peer = log::log_enabled!(log::Level::Debug)
             .then(|| c.socket().peer_addr().ok())
@@ -402,6 +439,29 @@ impl Server {
             // A descriptor is free again: no need to wait out the back-off.
             self.accept_paused_until = None;
             self.accept_owed = true;
+        }
+    }
+
+    /// Notes the server crossing its pending-output ceiling (counted and logged once per
+    /// episode) and falling back below three quarters of it, so a total hovering at the ceiling
+    /// does not log at every read.
+    fn check_ceiling(&mut self) {
+        self.stats.pending_bytes = self.owed_total as u64;
+        let max = self.config.max_pending_total;
+        if !self.at_ceiling && self.owed_total >= max {
+            self.at_ceiling = true;
+            self.stats.ceiling_reached += 1;
+            warn!(
+                "pending output reached the ceiling ({} KiB, --max-pending-total): connections \
+                 that owe output are not read until they drain",
+                max / 1024
+            );
+        } else if self.at_ceiling && self.owed_total < max - max / 4 {
+            self.at_ceiling = false;
+            info!(
+                "pending output below the ceiling again ({} KiB owed)",
+                self.owed_total / 1024
+            );
         }
     }
 
@@ -462,10 +522,12 @@ impl Server {
             let entry = self.clients.vacant_entry();
             let key = entry.key();
             let token = Token(CONN_BASE + key);
+            // PRIORITY: urgent data is ordinary data here (SO_OOBINLINE, inherited from the
+            // listener), but its arrival must be seen so the bytes after the mark are read too.
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 token,
-                Interest::READABLE | Interest::WRITABLE,
+                Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
             ) {
                 warn!("register connection from {peer}: {e}");
                 continue;
@@ -524,7 +586,7 @@ impl Server {
                 let progress = ep.drive(
                     &mut self.datagrams,
                     self.config.transform,
-                    self.config.udp_guard,
+                    &mut self.udp_policy,
                     &mut self.stats,
                 );
                 if progress == UdpProgress::Yield {
@@ -584,11 +646,22 @@ impl Server {
         };
         let received: Vec<i32> = signals.pending().collect();
         for sig in received {
-            let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-            if self.drain_deadline.is_some() {
+            let name = match sig {
+                SIGINT => "SIGINT",
+                SIGHUP => "SIGHUP",
+                SIGQUIT => "SIGQUIT",
+                SIGUSR1 => "SIGUSR1",
+                _ => "SIGTERM",
+            };
+            if sig == SIGUSR1 {
+                // An operator's "how are you doing", as memcached's and nginx's are.
+                info!("{name}: counters: {}", self.stats);
+            } else if self.drain_deadline.is_some() {
                 warn!("{name} again: exiting now");
                 self.forced = true;
             } else {
+                // SIGHUP will reload workers once there are workers; until then, closing the
+                // terminal upecho runs in must not cost the clients what they are owed.
                 info!("{name}: shutting down");
                 self.begin_shutdown(now);
             }

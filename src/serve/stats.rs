@@ -22,16 +22,21 @@ pub struct Stats {
     pub datagrams_out: u64,
     /// Replies dropped: the send queue was full, or the send failed.
     pub datagrams_dropped: u64,
-    /// Datagrams not answered by the reflection guard (privileged port, broadcast, ...).
+    /// Datagrams not answered: the reflection guard (privileged port, broadcast, ...) or the
+    /// per-source reply budget.
     pub datagrams_ignored: u64,
+    /// Output owed to clients right now, all connections together.
+    pub pending_bytes: u64,
+    /// Times the pending-output ceiling (`--max-pending-total`) was reached.
+    pub ceiling_reached: u64,
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tcp: active={} accepted={} refused={} reset={} idle_closed={} bytes_in={} bytes_out={}; \
-             udp: in={} out={} dropped={} ignored={}",
+            "tcp: active={} accepted={} refused={} reset={} idle_closed={} bytes_in={} bytes_out={} \
+             pending={} ceiling_reached={}; udp: in={} out={} dropped={} ignored={}",
             self.active,
             self.accepted,
             self.refused,
@@ -39,6 +44,8 @@ impl fmt::Display for Stats {
             self.idle_closed,
             self.bytes_in,
             self.bytes_out,
+            self.pending_bytes,
+            self.ceiling_reached,
             self.datagrams_in,
             self.datagrams_out,
             self.datagrams_dropped,

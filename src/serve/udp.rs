@@ -17,9 +17,12 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
+use std::time::Instant;
+
 use log::debug;
 use mio::net::UdpSocket;
 
+use super::limit::SourceLimiter;
 use super::stats::Stats;
 use crate::Transform;
 
@@ -174,6 +177,48 @@ pub fn reply_allowed(src: SocketAddr) -> bool {
     }
 }
 
+/// Which sources the server answers: the reflection guard and the per-source reply budget,
+/// shared by every UDP endpoint of the reactor (a source's budget is the same whichever socket
+/// it writes to).
+pub struct UdpPolicy {
+    /// Refuse privileged ports and broadcast/multicast/unspecified sources.
+    pub guard: bool,
+    pub limiter: Option<SourceLimiter>,
+    /// The limiter's clock origin.
+    epoch: Instant,
+}
+
+impl UdpPolicy {
+    pub fn new(guard: bool, replies_per_source: Option<u32>) -> UdpPolicy {
+        UdpPolicy {
+            guard,
+            limiter: replies_per_source.map(SourceLimiter::new),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The limiter's clock; not read at all when there is no limiter.
+    fn now_ns(&self) -> u64 {
+        if self.limiter.is_none() {
+            return 0;
+        }
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `src` is answered; `now_ns` is read once per batch.
+    fn allows(&mut self, src: SocketAddr, now_ns: u64) -> Result<(), &'static str> {
+        if self.guard && !reply_allowed(src) {
+            return Err("reflection guard");
+        }
+        let within_budget = self.limiter.as_mut().is_none_or(|l| l.allow(src, now_ns));
+        if within_budget {
+            Ok(())
+        } else {
+            Err("reply budget per source spent")
+        }
+    }
+}
+
 pub struct UdpEndpoint {
     pub socket: UdpSocket,
     queue: VecDeque<(SocketAddr, Box<[u8]>)>,
@@ -211,7 +256,7 @@ impl UdpEndpoint {
         &mut self,
         batch: &mut Batch,
         transform: Transform,
-        guard: bool,
+        policy: &mut UdpPolicy,
         stats: &mut Stats,
     ) -> UdpProgress {
         self.flush(stats);
@@ -243,16 +288,21 @@ impl UdpEndpoint {
             stats.datagrams_in += n as u64;
             let mut answer = [0usize; BATCH];
             let mut m = 0;
+            let now_ns = policy.now_ns();
             for i in 0..n {
-                match batch.srcs[i] {
-                    Some(src) if !guard || reply_allowed(src) => {
+                let verdict = match batch.srcs[i] {
+                    Some(src) => policy.allows(src, now_ns),
+                    None => Err("not an IP source"),
+                };
+                match verdict {
+                    Ok(()) => {
                         transform.apply(batch.buf(i));
                         answer[m] = i;
                         m += 1;
                     }
-                    src => {
+                    Err(why) => {
                         stats.datagrams_ignored += 1;
-                        debug!("udp: not answering {src:?} (reflection guard)");
+                        debug!("udp: not answering {:?} ({why})", batch.srcs[i]);
                     }
                 }
             }
