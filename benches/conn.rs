@@ -6,8 +6,8 @@ use std::io::{self, ErrorKind, Read, Write};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use upecho::Transform;
+use upecho::serve::READ_CHUNK;
 use upecho::serve::conn::{Conn, Ctx, Progress};
-use upecho::serve::reactor::READ_CHUNK;
 
 /// A socket with one chunk waiting to be read per event and unlimited room to write.
 struct MemSocket {

@@ -4,11 +4,15 @@
 //! `listening` lines, run the reactor, report. Everything that serves clients is in the library
 //! modules below, which take already-bound sockets.
 
+mod accept;
 pub mod conn;
+mod conns;
+mod lifecycle;
 pub mod limit;
 pub mod reactor;
 pub mod stats;
 pub mod timer;
+mod token;
 pub mod udp;
 
 use std::io::{self, ErrorKind, Write};
@@ -19,8 +23,11 @@ use std::time::Duration;
 use clap::Args;
 use log::{info, warn};
 
+pub use conns::{FAIR_BUDGET, READ_CHUNK};
+pub use lifecycle::{Action, HANDLED_SIGNALS, Policy};
 pub use reactor::{Config, Server, ShutdownHandle, Summary};
 pub use stats::Stats;
+pub use token::{MAX_LISTENERS, MAX_UDP_SOCKETS};
 
 use crate::Transform;
 use crate::net::{self, BindError};
@@ -197,8 +204,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
              accepts will pause when descriptors run out"
         );
     }
-    if args.listen.len() > reactor::MAX_LISTENERS {
-        return Err(format!("at most {} --listen addresses", reactor::MAX_LISTENERS).into());
+    if args.listen.len() > MAX_LISTENERS {
+        return Err(format!("at most {} --listen addresses", MAX_LISTENERS).into());
     }
     let (want_tcp, want_udp) = (!args.udp_only, !args.tcp_only);
     // Bind everything before announcing anything: a failure leaves no half-announced server.

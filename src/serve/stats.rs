@@ -2,6 +2,7 @@
 //! path), logged on an interval and at exit, returned to whoever ran the reactor.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 /// Everything the reactor counts.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,6 +30,38 @@ pub struct Stats {
     pub pending_bytes: u64,
     /// Times the pending-output ceiling (`--max-pending-total`) was reached.
     pub ceiling_reached: u64,
+    /// Events whose token named nothing the reactor registered (ignored).
+    pub unknown_events: u64,
+}
+
+/// When the periodic counters line is due.
+pub(crate) struct StatsLog {
+    every: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl StatsLog {
+    pub(crate) fn new(every: Option<Duration>, now: Instant) -> StatsLog {
+        StatsLog {
+            every,
+            next: every.and_then(|e| now.checked_add(e)),
+        }
+    }
+
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether a line is due at `now`; if so the next one is scheduled.
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        match (self.next, self.every) {
+            (Some(t), Some(every)) if now >= t => {
+                self.next = now.checked_add(every);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Stats {

@@ -1,4 +1,6 @@
-//! The idle-timeout wheel: which connections may have been quiet for too long, and when to look.
+//! The idle timeout: the wheel of which connections may have been quiet for too long and when to
+//! look ([`IdleWheel`]), and the per-connection activity stamps the reactor keeps beside the slab
+//! (`IdleTracker`).
 //!
 //! Activity costs O(1) and touches only the connection (its `last_active` tick, owned by the
 //! reactor); the wheel holds at most one live entry per connection. When an entry's slot comes
@@ -98,6 +100,87 @@ impl IdleWheel {
         let ahead = (0..n).find(|i| !self.slots[((self.cursor + i) % n) as usize].is_empty())?;
         let tick = self.cursor.saturating_add(ahead);
         Some(self.start + self.tick * tick)
+    }
+}
+
+/// What the idle timeout knows of a connection, kept beside the slab (indexed by slab key) and
+/// only when a timeout is set, so that without one a connection costs 16 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdleMeta {
+    /// Tells this connection apart from a later one at the same slab key (wheel entries).
+    id: u32,
+    /// Tick of the last byte moved.
+    last_active: u32,
+}
+
+/// The idle timeout as the reactor uses it: the wheel, each connection's last activity, and the
+/// current tick.
+pub(crate) struct IdleTracker {
+    wheel: IdleWheel,
+    meta: Vec<IdleMeta>,
+    now_tick: u32,
+    next_id: u32,
+}
+
+impl IdleTracker {
+    pub(crate) fn new(timeout: Duration, now: Instant) -> IdleTracker {
+        IdleTracker {
+            wheel: IdleWheel::new(timeout, now),
+            meta: Vec::new(),
+            now_tick: 0,
+            next_id: 0,
+        }
+    }
+
+    /// Reads the clock once per loop turn; activity in the turn is stamped with this tick.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.now_tick = self.wheel.tick_at(now);
+    }
+
+    /// Starts watching a new connection at slab key `key`.
+    pub(crate) fn watch(&mut self, key: usize) {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        if self.meta.len() <= key {
+            self.meta.resize(key + 1, IdleMeta::default());
+        }
+        self.meta[key] = IdleMeta {
+            id,
+            last_active: self.now_tick,
+        };
+        self.wheel
+            .arm((key as u32, id), self.wheel.deadline(self.now_tick));
+    }
+
+    /// Connection `key` moved bytes this turn.
+    pub(crate) fn touch(&mut self, key: usize) {
+        if let Some(m) = self.meta.get_mut(key) {
+            m.last_active = self.now_tick;
+        }
+    }
+
+    /// The keys of connections quiet past the timeout; `live` says whether a key still holds
+    /// the connection the wheel entry was made for.
+    pub(crate) fn expired(&mut self, live: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut out = Vec::new();
+        let meta = &self.meta;
+        let timeout = self.wheel.deadline(0);
+        self.wheel.expire(self.now_tick, |(key, id), t| {
+            let key = key as usize;
+            let m = meta.get(key).filter(|m| m.id == id && live(key))?;
+            let due = m.last_active.saturating_add(timeout);
+            if due <= t {
+                out.push(key);
+                None
+            } else {
+                Some(due)
+            }
+        });
+        out
+    }
+
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        self.wheel.next_wake()
     }
 }
 

@@ -367,6 +367,56 @@ impl UdpEndpoint {
     }
 }
 
+/// The reactor's UDP side: every endpoint, the batch buffers they share, and the answering
+/// policy.
+pub(crate) struct UdpSide {
+    pub(crate) endpoints: Vec<UdpEndpoint>,
+    /// An endpoint may have datagrams waiting (set by events, and by a budget that ran out).
+    owed: bool,
+    batch: Batch,
+    policy: UdpPolicy,
+}
+
+impl UdpSide {
+    pub(crate) fn new(endpoints: Vec<UdpEndpoint>, policy: UdpPolicy) -> UdpSide {
+        UdpSide {
+            endpoints,
+            owed: true,
+            batch: Batch::new(),
+            policy,
+        }
+    }
+
+    pub(crate) fn on_ready(&mut self, i: usize, readable: bool, writable: bool) {
+        if let Some(ep) = self.endpoints.get_mut(i) {
+            ep.on_ready(readable, writable);
+            self.owed = true;
+        }
+    }
+
+    pub(crate) fn owed(&self) -> bool {
+        self.owed
+    }
+
+    /// Gives every endpoint its turn, if any is owed one.
+    pub(crate) fn run(&mut self, transform: Transform, stats: &mut Stats) {
+        if !std::mem::take(&mut self.owed) {
+            return;
+        }
+        for ep in &mut self.endpoints {
+            if ep.drive(&mut self.batch, transform, &mut self.policy, stats) == UdpProgress::Yield {
+                self.owed = true;
+            }
+        }
+    }
+
+    /// Stops answering for good (shutdown): the sockets are handed back to be closed.
+    pub(crate) fn close(&mut self) -> Vec<UdpEndpoint> {
+        self.owed = false;
+        std::mem::take(&mut self.endpoints)
+    }
+}
+
 /// `send_to`, retried on `Interrupted`. A datagram is sent whole or not at all.
 fn send(socket: &UdpSocket, data: &[u8], dst: SocketAddr) -> io::Result<()> {
     loop {

@@ -1,0 +1,314 @@
+//! The acceptor: the listeners, and when to accept from them.
+//!
+//! It owns the accept budget per turn, the pause when the process runs out of descriptors (or the
+//! kernel out of memory), its back-off and the early resume when a connection closes, and the
+//! rate-limited log of refusals at `--max-connections`. Whether there is room for a connection is
+//! the caller's to say; what the acceptor decides is only *whether to call accept now*.
+//!
+//! ```text
+//!   Idle ──listener readable──▶ Owed ──accept until WouldBlock──▶ Idle
+//!                                │ └─ budget spent ─▶ Owed (next turn)
+//!                                └─ EMFILE/ENFILE/ENOBUFS/ENOMEM ─▶ Paused
+//!   Paused ──a connection closed, or the back-off ran out──▶ Owed
+//! ```
+//!
+//! An edge-triggered listener does not announce connections that were queued while accepting was
+//! paused, so resuming always sets `Owed` by itself.
+
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{info, trace, warn};
+
+use super::stats::Stats;
+
+/// Connections accepted per listener per turn before the others get theirs (a connect flood must
+/// not starve established clients).
+const ACCEPT_BUDGET: usize = 256;
+/// How long accepting pauses when the process is out of descriptors (or the kernel out of memory)
+/// and no connection has closed meanwhile.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Refusals are logged at most this often, with the number since the last line.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A listening socket, as the acceptor needs it: real ones are mio listeners; tests script one.
+pub(crate) trait Listen {
+    type Stream;
+    fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)>;
+}
+
+impl Listen for mio::net::TcpListener {
+    type Stream = mio::net::TcpStream;
+    fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)> {
+        mio::net::TcpListener::accept(self)
+    }
+}
+
+pub(crate) struct Acceptor<L: Listen> {
+    pub(crate) listeners: Vec<L>,
+    /// A listener may have connections waiting.
+    owed: bool,
+    paused_until: Option<Instant>,
+    /// Out of descriptors since the last successful accept (log once per episode).
+    starved: bool,
+    /// This turn: the listener being drained and how many it has given.
+    cursor: usize,
+    taken: usize,
+    refused_logged_at: Option<Instant>,
+    refused_since_log: u64,
+}
+
+impl<L: Listen> Acceptor<L> {
+    pub(crate) fn new(listeners: Vec<L>) -> Acceptor<L> {
+        Acceptor {
+            listeners,
+            owed: true,
+            paused_until: None,
+            starved: false,
+            cursor: 0,
+            taken: 0,
+            refused_logged_at: None,
+            refused_since_log: 0,
+        }
+    }
+
+    /// A listener reported readiness.
+    pub(crate) fn on_ready(&mut self) {
+        self.owed = true;
+    }
+
+    /// Whether accepting should run this turn.
+    pub(crate) fn due(&self) -> bool {
+        self.owed && self.paused_until.is_none() && !self.listeners.is_empty()
+    }
+
+    /// When the back-off ends, if paused.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    pub(crate) fn on_timer(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+            self.owed = true;
+        }
+    }
+
+    /// A connection closed: if accepting paused for want of descriptors, one is free again, so
+    /// there is no need to wait out the back-off.
+    pub(crate) fn on_close(&mut self) {
+        if self.starved && self.paused_until.is_some() {
+            self.paused_until = None;
+            self.owed = true;
+        }
+    }
+
+    /// Starts a turn of accepting.
+    pub(crate) fn begin_turn(&mut self) {
+        self.owed = false;
+        self.cursor = 0;
+        self.taken = 0;
+    }
+
+    /// The next connection of this turn, or `None` when the turn is over: every listener said
+    /// `WouldBlock`, a budget ran out (then the acceptor stays owed), or accepting paused.
+    pub(crate) fn next(&mut self, now: Instant, open: usize) -> Option<(L::Stream, SocketAddr)> {
+        while self.cursor < self.listeners.len() && self.paused_until.is_none() {
+            if self.taken == ACCEPT_BUDGET {
+                // Budget spent with connections possibly still queued: come back next turn.
+                self.owed = true;
+                self.cursor += 1;
+                self.taken = 0;
+                continue;
+            }
+            match self.listeners[self.cursor].accept() {
+                Ok(accepted) => {
+                    self.taken += 1;
+                    if self.starved {
+                        self.starved = false;
+                        info!("accepting again ({open} connections open)");
+                    }
+                    return Some(accepted);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.cursor += 1;
+                    self.taken = 0;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if is_resource_exhaustion(&e) => {
+                    if !self.starved {
+                        self.starved = true;
+                        warn!(
+                            "accept: {e}; pausing accepts until a connection closes ({open} open)"
+                        );
+                    }
+                    self.paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+                // The client gave up between SYN and accept: nothing to serve.
+                Err(e) if is_aborted_handshake(&e) => self.taken += 1,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    self.paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+            }
+        }
+        None
+    }
+
+    /// Counts a connection closed at once for want of room, and logs refusals at most once a
+    /// second, with their number since the last line.
+    pub(crate) fn refuse(
+        &mut self,
+        peer: SocketAddr,
+        limit: usize,
+        now: Instant,
+        stats: &mut Stats,
+    ) {
+        stats.refused += 1;
+        self.refused_since_log += 1;
+        trace!("refused {peer}: connection limit");
+        if self
+            .refused_logged_at
+            .is_none_or(|t| now >= t + REFUSAL_LOG_EVERY)
+        {
+            warn!(
+                "connection limit ({limit}) reached: refused {} connection(s)",
+                self.refused_since_log
+            );
+            self.refused_logged_at = Some(now);
+            self.refused_since_log = 0;
+        }
+    }
+
+    /// Stops accepting for good (shutdown): the listeners are handed back to be closed.
+    pub(crate) fn close(&mut self) -> Vec<L> {
+        self.owed = false;
+        self.paused_until = None;
+        std::mem::take(&mut self.listeners)
+    }
+}
+
+/// Accept failures that mean "no resources right now": back off rather than spin.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Accept failures that concern only the one connection that was being accepted.
+fn is_aborted_handshake(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// A listener that returns what the test scripted, then `WouldBlock`.
+    struct Scripted(RefCell<VecDeque<io::Result<u32>>>);
+
+    impl Scripted {
+        fn new(script: impl IntoIterator<Item = io::Result<u32>>) -> Scripted {
+            Scripted(RefCell::new(script.into_iter().collect()))
+        }
+    }
+
+    impl Listen for Scripted {
+        type Stream = u32;
+        fn accept(&self) -> io::Result<(u32, SocketAddr)> {
+            let next = self.0.borrow_mut().pop_front();
+            next.unwrap_or_else(|| Err(ErrorKind::WouldBlock.into()))
+                .map(|n| (n, SocketAddr::from(([127, 0, 0, 1], 40_000))))
+        }
+    }
+
+    fn os(code: i32) -> io::Result<u32> {
+        Err(io::Error::from_raw_os_error(code))
+    }
+
+    fn turn(a: &mut Acceptor<Scripted>, now: Instant) -> Vec<u32> {
+        assert!(a.due());
+        a.begin_turn();
+        std::iter::from_fn(|| a.next(now, 0).map(|(n, _)| n)).collect()
+    }
+
+    #[test]
+    fn emfile_pauses_until_a_connection_closes_then_resumes_by_itself() {
+        let t0 = Instant::now();
+        let mut a = Acceptor::new(vec![Scripted::new([Ok(1), os(libc::EMFILE), Ok(2), Ok(3)])]);
+        assert_eq!(turn(&mut a, t0), vec![1]);
+        assert!(!a.due(), "paused, not spinning on EMFILE");
+        assert_eq!(a.paused_until(), Some(t0 + ACCEPT_BACKOFF));
+        // A connection closes: a descriptor is free, so accepting resumes at once, without a
+        // new readiness event (connections queued meanwhile raised none).
+        a.on_close();
+        assert!(a.due());
+        assert_eq!(turn(&mut a, t0), vec![2, 3]);
+        assert!(!a.due(), "drained: wait for the next readiness event");
+    }
+
+    #[test]
+    fn emfile_with_no_close_resumes_when_the_back_off_ends() {
+        let t0 = Instant::now();
+        let mut a = Acceptor::new(vec![Scripted::new([os(libc::ENFILE), Ok(7)])]);
+        assert_eq!(turn(&mut a, t0), Vec::<u32>::new());
+        a.on_timer(t0 + ACCEPT_BACKOFF / 2);
+        assert!(!a.due());
+        a.on_timer(t0 + ACCEPT_BACKOFF);
+        assert_eq!(turn(&mut a, t0 + ACCEPT_BACKOFF), vec![7]);
+    }
+
+    #[test]
+    fn a_close_outside_an_exhaustion_pause_does_not_cut_another_back_off_short() {
+        let t0 = Instant::now();
+        let mut a = Acceptor::new(vec![Scripted::new([os(libc::EINVAL)])]);
+        turn(&mut a, t0);
+        a.on_close();
+        assert!(
+            !a.due(),
+            "an unexplained accept error waits out its back-off"
+        );
+    }
+
+    #[test]
+    fn aborted_handshakes_are_skipped_and_the_budget_moves_on_to_the_next_listener() {
+        let t0 = Instant::now();
+        let flood: Vec<_> = (0..ACCEPT_BUDGET as u32 + 5).map(Ok).collect();
+        let mut a = Acceptor::new(vec![
+            Scripted::new(flood),
+            Scripted::new([Err(ErrorKind::ConnectionAborted.into()), Ok(9999)]),
+        ]);
+        let got = turn(&mut a, t0);
+        assert_eq!(
+            got.len(),
+            ACCEPT_BUDGET + 1,
+            "the budget, then the other listener"
+        );
+        assert_eq!(got.last(), Some(&9999));
+        assert!(a.due(), "the flooded listener is owed another turn");
+        assert_eq!(turn(&mut a, t0).len(), 5);
+    }
+
+    #[test]
+    fn refusals_are_all_counted_and_logged_at_most_once_a_second() {
+        let t0 = Instant::now();
+        let mut a = Acceptor::new(Vec::<Scripted>::new());
+        let mut stats = Stats::default();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        for i in 0..3 {
+            a.refuse(peer, 1, t0 + Duration::from_millis(i), &mut stats);
+        }
+        assert_eq!(stats.refused, 3);
+        assert_eq!(
+            a.refused_since_log, 2,
+            "logged the first; two wait for the next line"
+        );
+    }
+}

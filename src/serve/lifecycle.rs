@@ -1,0 +1,231 @@
+//! The server's life: serving, draining, done. Owns the signal source, the shutdown handle's
+//! waker and flag, the drain deadline, and the policy that maps a signal to what happens next.
+//!
+//! ```text
+//!   Serving ──stop request──▶ Draining ──every connection quiet──▶ done (exit 0)
+//!                               │  ├─ drain deadline ─────────────▶ done (exit 0, counted)
+//!                               │  └─ second stop request ────────▶ forced (exit 1)
+//! ```
+//!
+//! The policy ([`Policy::on_signal`]) is a pure function of the signal and the state, so a
+//! supervisor of several workers applies exactly the same rules as a single server.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook_mio::v1_0::Signals;
+
+use super::token;
+
+/// Every signal the server handles.
+pub const HANDLED_SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1];
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop accepting, let every connection finish what it owes.
+    Drain,
+    /// Exit now, whatever is owed.
+    Force,
+    /// Log the counters and go on.
+    Report,
+}
+
+/// The rules that map a signal to an [`Action`].
+pub struct Policy;
+
+impl Policy {
+    /// SIGUSR1 reports. SIGTERM, SIGINT, SIGQUIT and SIGHUP stop: gracefully the first time, at
+    /// once the second. (SIGHUP will mean "reload" where there are workers to reload; for a
+    /// single server, closing its terminal must not cost the clients what they are owed.)
+    pub fn on_signal(sig: i32, draining: bool) -> Action {
+        match sig {
+            SIGUSR1 => Action::Report,
+            _ if draining => Action::Force,
+            _ => Action::Drain,
+        }
+    }
+}
+
+/// A signal's name, for the log.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        SIGQUIT => "SIGQUIT",
+        SIGUSR1 => "SIGUSR1",
+        _ => "a signal",
+    }
+}
+
+/// Asks a running reactor, from any thread, to stop gracefully.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // A failed wake can only mean the reactor is already gone.
+        let _ = self.waker.wake();
+    }
+}
+
+pub(crate) struct Lifecycle {
+    signals: Option<Signals>,
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    drain_timeout: Duration,
+    drain_deadline: Option<Instant>,
+    pub(crate) forced: bool,
+    pub(crate) drain_timed_out: bool,
+}
+
+impl Lifecycle {
+    /// Registers the waker, and the signal handlers when `handle_signals`: from here on a
+    /// handled signal is an event in the poll, never the default action.
+    pub(crate) fn new(
+        registry: &Registry,
+        handle_signals: bool,
+        drain_timeout: Duration,
+    ) -> io::Result<Lifecycle> {
+        let signals = if handle_signals {
+            let mut s = Signals::new(HANDLED_SIGNALS)?;
+            registry.register(&mut s, token::SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Lifecycle {
+            signals,
+            flag: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(Waker::new(registry, token::WAKER)?),
+            drain_timeout,
+            drain_deadline: None,
+            forced: false,
+            drain_timed_out: false,
+        })
+    }
+
+    pub(crate) fn handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            flag: self.flag.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The signals delivered since the last call.
+    pub(crate) fn pending_signals(&mut self) -> Vec<i32> {
+        self.signals
+            .as_mut()
+            .map(|s| s.pending().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the shutdown handle has been used (checked on a waker event).
+    pub(crate) fn shutdown_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    pub(crate) fn drain_deadline(&self) -> Option<Instant> {
+        self.drain_deadline
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// Enters draining; returns false if already draining. The deadline saturates: a drain
+    /// timeout too large for the clock means no deadline.
+    pub(crate) fn begin_drain(&mut self, now: Instant) -> bool {
+        if self.draining() {
+            return false;
+        }
+        self.drain_deadline = Some(
+            now.checked_add(self.drain_timeout)
+                .unwrap_or(now + super::MAX_DURATION),
+        );
+        true
+    }
+
+    /// Whether the drain deadline has passed (it is noted, so this is true once).
+    pub(crate) fn drain_expired(&mut self, now: Instant) -> bool {
+        if self.drain_timed_out || self.drain_deadline.is_none_or(|t| now < t) {
+            return false;
+        }
+        self.drain_timed_out = true;
+        true
+    }
+
+    /// Whether the run is over, given how many connections are still open.
+    pub(crate) fn finished(&self, open: usize) -> bool {
+        self.forced || self.drain_timed_out || (self.draining() && open == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_stop_signal_drains_second_forces_usr1_only_reports() {
+        for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT] {
+            assert_eq!(
+                Policy::on_signal(sig, false),
+                Action::Drain,
+                "{}",
+                signal_name(sig)
+            );
+            assert_eq!(
+                Policy::on_signal(sig, true),
+                Action::Force,
+                "{}",
+                signal_name(sig)
+            );
+        }
+        assert_eq!(Policy::on_signal(SIGUSR1, false), Action::Report);
+        assert_eq!(Policy::on_signal(SIGUSR1, true), Action::Report);
+    }
+
+    #[test]
+    fn a_drain_ends_when_quiet_or_at_its_deadline_whichever_is_first() {
+        let poll = mio::Poll::new().unwrap();
+        let mut life = Lifecycle::new(poll.registry(), false, Duration::from_secs(5)).unwrap();
+        let t0 = Instant::now();
+        assert!(
+            !life.finished(0),
+            "serving is not finished, even with nothing open"
+        );
+        assert!(life.begin_drain(t0));
+        assert!(!life.begin_drain(t0), "draining already");
+        assert!(!life.finished(3));
+        assert!(life.finished(0));
+        assert!(!life.drain_expired(t0 + Duration::from_secs(4)));
+        assert!(life.drain_expired(t0 + Duration::from_secs(5)));
+        assert!(
+            !life.drain_expired(t0 + Duration::from_secs(6)),
+            "noted once"
+        );
+        assert!(life.finished(3));
+    }
+
+    #[test]
+    fn a_drain_timeout_too_large_for_the_clock_is_no_panic() {
+        let poll = mio::Poll::new().unwrap();
+        let mut life = Lifecycle::new(poll.registry(), false, Duration::MAX).unwrap();
+        let now = Instant::now();
+        assert!(life.begin_drain(now));
+        assert!(!life.drain_expired(now + Duration::from_secs(3600)));
+    }
+}
