@@ -165,20 +165,71 @@ fn recv_from(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf[..n].to_vec(), from)
 }
 
+/// A client on a pseudo-terminal, with a state directory of its own (for the history file) that
+/// is removed when the test ends: no test reads or writes the real home.
+struct Pty {
+    session: PtySession,
+    state: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Pty {
+    type Target = PtySession;
+    fn deref(&self) -> &PtySession {
+        &self.session
+    }
+}
+
+impl std::ops::DerefMut for Pty {
+    fn deref_mut(&mut self) -> &mut PtySession {
+        &mut self.session
+    }
+}
+
+impl Pty {
+    fn history_file(&self) -> std::path::PathBuf {
+        self.state.path().join("upecho").join("history")
+    }
+}
+
 /// Starts `upecho ARGS...` on a pseudo-terminal, as a person would at a shell.
-fn spawn_pty(args: &[&str]) -> PtySession {
-    let mut cmd = Command::new(bin());
+fn spawn_pty(args: &[&str]) -> Pty {
+    spawn_pty_in(args, tempfile::tempdir().expect("a state directory"), None)
+}
+
+/// Like [`spawn_pty`], with a given state directory, and optionally stdout redirected to a file
+/// (as in `upecho tcp > FILE`, with stdin and the terminal still the pty).
+fn spawn_pty_in(args: &[&str], state: tempfile::TempDir, stdout: Option<&std::path::Path>) -> Pty {
+    let mut cmd = match stdout {
+        None => {
+            let mut c = Command::new(bin());
+            c.args(args);
+            c
+        }
+        Some(path) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg("out=$1; shift; exec \"$0\" \"$@\" > \"$out\"")
+                .arg(bin())
+                .arg(path)
+                .args(args);
+            c
+        }
+    };
     // rustyline falls back to plain line reading on a "dumb" or unknown terminal; a person's
     // terminal is not that.
-    cmd.args(args).env("TERM", "xterm").env_remove("RUST_LOG");
+    cmd.env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .env("XDG_STATE_HOME", state.path())
+        .env("HOME", state.path());
     let wait_ms = WAIT.as_millis() as u64;
-    spawn_with_options(
+    let session = spawn_with_options(
         cmd,
         Options::new()
             .timeout_ms(Some(wait_ms))
             .strip_ansi_escape_codes(true),
     )
-    .expect("spawn upecho on a pty")
+    .expect("spawn upecho on a pty");
+    Pty { session, state }
 }
 
 /// Waits (bounded) for the pty child to exit and returns its exit code.
@@ -436,6 +487,9 @@ fn usage_errors_exit_2() {
         &["udp", "--timeout", "0"],
         &["udp", "--timeout", "-1"],
         &["tcp", "--no-such-option"],
+        &["tcp", "--timeout", "0"],
+        &["tcp", "--timeout", "soon"],
+        &["completions", "no-such-shell"],
     ] {
         let run = run_client(args, Stdin::HeldOpen, WAIT);
         assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
@@ -700,7 +754,7 @@ fn tcp_interactive_exits_0_on_ctrl_c_while_waiting_for_a_reply() {
 }
 
 #[test]
-fn tcp_interactive_reports_a_server_that_went_away_exit_1() {
+fn tcp_interactive_notices_a_server_that_went_away_while_at_the_prompt_exit_1() {
     let mut server = ServerProc::start(&["--tcp-only"]);
     let addr = server.tcp().to_string();
     let mut p = spawn_pty(&["tcp", &addr]);
@@ -711,8 +765,8 @@ fn tcp_interactive_reports_a_server_that_went_away_exit_1() {
     expect(&mut p, &prompt);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    p.send_line("anyone there?").unwrap();
-    expect(&mut p, &format!("upecho tcp: {addr} "));
+    // Nothing typed: the client notices by itself, says so and ends.
+    expect(&mut p, &format!("upecho tcp: {addr} closed the connection"));
     assert_eq!(pty_exit_code(&mut p), 1);
 }
 
@@ -760,16 +814,18 @@ fn udp_interactive_reports_timeouts_late_and_duplicate_replies() {
     assert_eq!(d, b"first");
     expect(&mut p, "no reply within 0.3 s: UDP does not retransmit");
     expect(&mut p, &prompt);
-    // Now the answer to "first" arrives, too late.
+    // Now the answer to "first" arrives, too late: reported as it comes, before anything more is
+    // typed (typed at once, a burst of keys would be drawn first: the terminal's input comes
+    // before news).
     fake.send_to(b"FIRST", client).unwrap();
+    expect(&mut p, "late reply to \"first\" after ");
+    expect(&mut p, &prompt);
 
     p.send_line("second").unwrap();
     let (d, _) = recv_from(&fake);
     assert_eq!(d, b"second");
     fake.send_to(b"SECOND", client).unwrap();
     fake.send_to(b"SECOND", client).unwrap();
-    // "FIRST" was sent before "second" was typed, so it is reported before the answer.
-    expect(&mut p, "late reply to \"first\" after ");
     expect(&mut p, "SECOND  (");
 
     p.send_line("third").unwrap();
@@ -799,4 +855,284 @@ fn udp_interactive_exits_0_on_ctrl_c_while_waiting_for_a_reply() {
     recv_from(&fake);
     p.send_control('c').unwrap();
     assert_eq!(pty_exit_code(&mut p), 0);
+}
+
+/// `upecho tcp | tee out` at a terminal: the prompt, the editing and the terminal's control codes
+/// stay on the terminal; stdout gets the replies, one per line, and nothing else.
+#[test]
+fn tcp_interactive_with_stdout_redirected_writes_only_replies_to_stdout() {
+    let server = ServerProc::start(&["--tcp-only"]);
+    let addr = server.tcp().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let out = state.path().join("out");
+    let mut p = spawn_pty_in(&["tcp", &addr], tempfile::tempdir().unwrap(), Some(&out));
+    let prompt = format!("tcp {addr}> ");
+    expect(&mut p, &prompt);
+    p.send_line("hello").unwrap();
+    expect(&mut p, &prompt);
+    p.send_line("second line").unwrap();
+    expect(&mut p, &prompt);
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+    let written = std::fs::read(&out).unwrap();
+    assert_eq!(String::from_utf8_lossy(&written), "HELLO\nSECOND LINE\n");
+}
+
+#[test]
+fn udp_interactive_with_stdout_redirected_writes_only_replies_to_stdout() {
+    let server = ServerProc::start(&["--udp-only"]);
+    let addr = server.udp().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let out = state.path().join("out");
+    let mut p = spawn_pty_in(&["udp", &addr], tempfile::tempdir().unwrap(), Some(&out));
+    let prompt = format!("udp {addr}> ");
+    expect(&mut p, &prompt);
+    p.send_line("hello").unwrap();
+    expect(&mut p, &prompt);
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+    assert_eq!(std::fs::read(&out).unwrap(), b"HELLO\n");
+}
+
+/// A server at `--max-connections` accepts and closes at once: the client says so, and why it
+/// may be, without waiting for a line to be typed.
+#[test]
+fn tcp_interactive_explains_a_close_right_after_accepting() {
+    let server = ServerProc::start(&["--tcp-only", "--max-connections", "1"]);
+    let addr = server.tcp().to_string();
+    let mut holder = server.connect();
+    // The holder's connection is served, so the server is at its limit from now on.
+    assert_eq!(util::roundtrip(&mut holder, b"mine"), b"MINE");
+    let mut p = spawn_pty(&["tcp", &addr]);
+    expect(
+        &mut p,
+        "closed the connection right after accepting it (it may be at its connection limit)",
+    );
+    assert_eq!(pty_exit_code(&mut p), 1);
+}
+
+/// The tutorial's client waits forever for a reply that never comes. This one says so after
+/// `--timeout` and goes on; the reply, when it does come, is shown as late (not as the answer
+/// to the next line), as soon as it comes.
+#[test]
+fn tcp_interactive_reports_a_missing_reply_after_the_timeout_and_goes_on() {
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = one_shot_tcp(move |mut conn| {
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"slow");
+        release_rx.recv_timeout(WAIT).unwrap();
+        conn.write_all(b"SLOW").unwrap();
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(&upper(&buf)).unwrap();
+        assert_eq!(conn.read(&mut buf).unwrap(), 0);
+    });
+    // Long enough for the next line's reply on a loaded machine; the first never comes in time.
+    let mut p = spawn_pty(&["tcp", &addr.to_string(), "--timeout", "2"]);
+    let prompt = format!("tcp {addr}> ");
+    expect(&mut p, &prompt);
+    p.send_line("slow").unwrap();
+    expect(&mut p, "no reply within 2 s");
+    expect(&mut p, &prompt);
+    release_tx.send(()).unwrap();
+    // Nothing typed: reported at the prompt as it arrives.
+    expect(&mut p, "late reply to \"slow\" after ");
+    expect(&mut p, "SLOW");
+    p.send_line("next").unwrap();
+    expect(&mut p, "NEXT  (");
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+    server.join().unwrap();
+}
+
+/// Reads the duration out of "... after 0.734 s" or "... after 734.123 ms".
+fn reported_duration(text: &str) -> Duration {
+    let rest = &text[text.rfind("after ").expect("no duration") + 6..];
+    let mut words = rest.split_whitespace();
+    let n: f64 = words.next().unwrap().parse().unwrap();
+    match words.next().unwrap().trim_end_matches(':') {
+        "ms" => Duration::from_secs_f64(n / 1e3),
+        "s" => Duration::from_secs_f64(n),
+        unit => panic!("unit {unit:?}"),
+    }
+}
+
+/// A late UDP reply is reported when it arrives, while the user sits at the prompt, with the
+/// time it took to arrive: not when the next line is typed, and not with that moment's time.
+#[test]
+fn udp_interactive_reports_a_late_reply_as_it_arrives_with_its_arrival_time() {
+    let (fake, addr) = fake_udp_server();
+    let mut p = spawn_pty(&["udp", &addr, "--timeout", "0.3"]);
+    let prompt = format!("udp {addr}> ");
+    expect(&mut p, &prompt);
+    let typed = Instant::now();
+    p.send_line("first").unwrap();
+    let (d, client) = recv_from(&fake);
+    // The client sent the line before this moment, and after `typed`.
+    let received = Instant::now();
+    assert_eq!(d, b"first");
+    expect(&mut p, "no reply within 0.3 s");
+    expect(&mut p, &prompt);
+    let before_answer = received.elapsed();
+    fake.send_to(b"FIRST", client).unwrap();
+    let seen = expect(&mut p, ": FIRST");
+    let seen_at = typed.elapsed();
+    // The clock started before the line was sent and stopped when the reply came: between the
+    // two moments the test knows, whatever the scheduling in between.
+    let t = reported_duration(&seen);
+    assert!(
+        t >= before_answer,
+        "{t:?} reported, answered after {before_answer:?}: {seen:?}"
+    );
+    assert!(
+        t <= seen_at,
+        "{t:?} reported, seen after {seen_at:?}: {seen:?}"
+    );
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+}
+
+/// A bracketed paste of several lines is several messages, each with its own reply.
+#[test]
+fn tcp_interactive_sends_each_line_of_a_multi_line_paste_as_its_own_message() {
+    let server = ServerProc::start(&["--tcp-only"]);
+    let addr = server.tcp().to_string();
+    let mut p = spawn_pty(&["tcp", &addr]);
+    let prompt = format!("tcp {addr}> ");
+    expect(&mut p, &prompt);
+    p.send("\x1b[200~one\ntwo\r\nthree\x1b[201~").unwrap();
+    p.send("\r").unwrap();
+    p.flush().unwrap();
+    expect(&mut p, "ONE  (");
+    expect(&mut p, "TWO  (");
+    expect(&mut p, "THREE  (");
+    expect(&mut p, &prompt);
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+}
+
+#[test]
+fn udp_interactive_sends_each_line_of_a_multi_line_paste_as_its_own_datagram() {
+    let server = ServerProc::start(&["--udp-only"]);
+    let addr = server.udp().to_string();
+    let mut p = spawn_pty(&["udp", &addr]);
+    let prompt = format!("udp {addr}> ");
+    expect(&mut p, &prompt);
+    p.send("\x1b[200~one\ntwo\x1b[201~\r").unwrap();
+    p.flush().unwrap();
+    expect(&mut p, "ONE  (");
+    expect(&mut p, "TWO  (");
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+}
+
+/// As in a shell: Ctrl-C abandons a half-typed line and prompts again; on an empty line it ends
+/// the session, exit 0.
+#[test]
+fn ctrl_c_on_a_half_typed_line_clears_it_and_the_session_goes_on() {
+    let server = ServerProc::start(&["--tcp-only"]);
+    let addr = server.tcp().to_string();
+    let mut p = spawn_pty(&["tcp", &addr]);
+    let prompt = format!("tcp {addr}> ");
+    expect(&mut p, &prompt);
+    p.send("half typed").unwrap();
+    p.flush().unwrap();
+    expect(&mut p, "half typed");
+    p.send_control('c').unwrap();
+    expect(&mut p, &prompt);
+    p.send_line("fresh").unwrap();
+    let reply = expect(&mut p, "  (");
+    assert!(reply.ends_with("FRESH"), "{reply:?}");
+    expect(&mut p, &prompt);
+    p.send_control('c').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+}
+
+/// Lines typed in one session are there (Up arrow) in the next, from the state directory.
+#[test]
+fn history_is_kept_across_sessions_under_the_state_directory() {
+    let server = ServerProc::start(&["--tcp-only"]);
+    let addr = server.tcp().to_string();
+    let prompt = format!("tcp {addr}> ");
+    let mut p = spawn_pty(&["tcp", &addr]);
+    expect(&mut p, &prompt);
+    p.send_line("remember me").unwrap();
+    expect(&mut p, "REMEMBER ME  (");
+    expect(&mut p, &prompt);
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+    let history = std::fs::read_to_string(p.history_file()).expect("a history file");
+    assert!(history.contains("remember me"), "{history:?}");
+
+    let Pty { session, state } = p;
+    drop(session);
+    let mut p = spawn_pty_in(&["tcp", &addr], state, None);
+    expect(&mut p, &prompt);
+    // Up arrow, then Enter: the line from the last session is sent again.
+    p.send("\x1b[A").unwrap();
+    p.send("\r").unwrap();
+    p.flush().unwrap();
+    expect(&mut p, "REMEMBER ME  (");
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+}
+
+#[test]
+fn no_history_writes_no_history_file() {
+    let server = ServerProc::start(&["--udp-only"]);
+    let addr = server.udp().to_string();
+    let mut p = spawn_pty(&["udp", &addr, "--no-history"]);
+    expect(&mut p, "> ");
+    p.send_line("forget me").unwrap();
+    expect(&mut p, "FORGET ME  (");
+    p.send_control('d').unwrap();
+    assert_eq!(pty_exit_code(&mut p), 0);
+    assert!(!p.history_file().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Getting it: help, completions, man page
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn help_of_upecho_serve_and_load_mentions_rust_log() {
+    for args in [&["--help"][..], &["serve", "--help"], &["load", "--help"]] {
+        let run = run_client(args, Stdin::HeldOpen, WAIT);
+        assert_eq!(run.code, Some(0), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stdout_str().contains("RUST_LOG"),
+            "{args:?}: {}",
+            run.stdout_str()
+        );
+    }
+}
+
+#[test]
+fn bash_completions_name_every_subcommand() {
+    let run = run_client(&["completions", "bash"], Stdin::HeldOpen, WAIT);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let script = run.stdout_str();
+    assert!(script.contains("complete "), "not a bash completion script");
+    for sub in ["serve", "tcp", "udp", "load", "completions", "man"] {
+        assert!(script.contains(sub), "{sub} missing");
+    }
+    assert!(script.contains("--max-connections") && script.contains("--no-history"));
+}
+
+#[test]
+fn man_prints_a_roff_page_covering_every_subcommand() {
+    let run = run_client(&["man"], Stdin::HeldOpen, WAIT);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let page = run.stdout_str();
+    assert!(page.contains(".TH upecho 1"), "no .TH title");
+    for section in [
+        "UPECHO SERVE",
+        "UPECHO TCP",
+        "UPECHO UDP",
+        "UPECHO LOAD",
+        "ENVIRONMENT",
+    ] {
+        assert!(page.contains(section), "{section} missing");
+    }
+    assert!(page.contains("RUST_LOG") && page.contains("\\-\\-timeout"));
 }

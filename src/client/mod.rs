@@ -3,6 +3,8 @@
 //!
 //! This module owns the command-line options and the entry points; the work is split by concern:
 //!
+//! - [`console`]: the interactive prompt both share (terminal rules, keys, history, messages
+//!   while the user types).
 //! - [`target`]: parsing `HOST:PORT`, resolving it, connecting, and the one-line error messages.
 //! - [`tcp`]: the TCP client (an interactive prompt, and a full-duplex pipe mode).
 //! - [`udp`]: the UDP client (an interactive prompt, and a windowed pipe mode).
@@ -10,18 +12,21 @@
 //! - [`display`]: how replies and durations are shown to a person.
 //!
 //! Both clients choose their mode the same way: if stdin is a terminal they prompt with line
-//! editing and history (rustyline); otherwise stdin is data. Replies go to stdout, everything else
-//! (errors, timeouts, late replies, loss counts) goes to stderr, so a pipeline sees only replies.
+//! editing and history ([`console`]); otherwise stdin is data. Replies go to stdout, everything
+//! else (errors, timeouts, late replies, loss counts) goes to stderr, so a pipeline sees only
+//! replies, even when stdin is the terminal and only stdout is redirected.
 //!
 //! Exit codes: 0 on success; 1 when the connection fails, the server goes away, or (UDP pipe mode)
 //! any datagram went unanswered; 2 for usage errors (clap's convention).
 
 use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
+pub mod console;
 pub mod display;
 pub mod matcher;
 pub mod target;
@@ -37,6 +42,35 @@ pub struct TcpArgs {
     /// Server address as HOST:PORT; a host name is resolved and every address tried in turn.
     #[arg(default_value = DEFAULT_ADDR)]
     pub addr: String,
+
+    /// Seconds to wait for each reply at the prompt before saying so (fractions allowed); the
+    /// session goes on, and a reply that comes later is shown as late. Pipe mode waits for the
+    /// server as long as it takes, like `nc -N`.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// The history option both clients share.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Do not read or write the line history ($XDG_STATE_HOME/upecho/history, or
+    /// ~/.local/state/upecho/history).
+    #[arg(long)]
+    pub no_history: bool,
+}
+
+impl HistoryArgs {
+    /// The history file to use, if any.
+    fn path(&self) -> Option<PathBuf> {
+        if self.no_history {
+            None
+        } else {
+            console::history_path()
+        }
+    }
 }
 
 /// Options of `upecho udp`.
@@ -49,10 +83,13 @@ pub struct UdpArgs {
     /// Seconds to wait for each reply before counting the datagram as lost (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_timeout)]
     pub timeout: Duration,
+
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
-/// Parses `--timeout`: a positive, finite number of seconds. Rejecting it here makes a bad value a
-/// usage error (exit 2) rather than a panic in `Duration::from_secs_f64`.
+/// Parses `--timeout` (both clients): a positive, finite number of seconds. Rejecting it here
+/// makes a bad value a usage error (exit 2) rather than a panic in `Duration::from_secs_f64`.
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
@@ -72,7 +109,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Runs `upecho tcp`.
 pub fn run_tcp(args: TcpArgs) -> ExitCode {
     let result = if io::stdin().is_terminal() {
-        tcp::interactive(&args.addr)
+        tcp::interactive(&args.addr, args.timeout, args.history.path())
     } else {
         tcp::pipe(&args.addr)
     };
@@ -82,7 +119,7 @@ pub fn run_tcp(args: TcpArgs) -> ExitCode {
 /// Runs `upecho udp`.
 pub fn run_udp(args: UdpArgs) -> ExitCode {
     let result = if io::stdin().is_terminal() {
-        udp::interactive(&args.addr, args.timeout)
+        udp::interactive(&args.addr, args.timeout, args.history.path())
     } else {
         udp::pipe(&args.addr, args.timeout)
     };

@@ -1,29 +1,35 @@
 //! `upecho tcp`: the TCP client.
 //!
-//! - **Interactive** ([`interactive`]): a rustyline prompt. Each line goes out as its UTF-8 bytes
-//!   (no newline, as in the tutorial) and exactly as many bytes are read back, because the server's
-//!   transform keeps the length: that is what solves the tutorial's "sticky packet" problem, since
-//!   a reply can no longer be cut short or glued to the next. Sending and receiving run together in
-//!   a small mio loop, so a pasted line larger than the socket buffers cannot deadlock, and Ctrl-C
-//!   while waiting ends the session as cleanly as Ctrl-C at the prompt.
+//! - **Interactive** ([`interactive`]): a prompt ([`Console`]). Each line goes out as its UTF-8
+//!   bytes (no newline, as in the tutorial) and exactly as many bytes are read back, because the
+//!   server's transform keeps the length: that is what solves the tutorial's "sticky packet"
+//!   problem, since a reply can no longer be cut short or glued to the next. A reader thread owns
+//!   the receiving side all session long: it stamps every byte with its arrival time and hands it
+//!   to the request it answers ([`Owed`]). While a line is in flight the main thread takes those
+//!   replies from it; while the user sits at the prompt the reader reports what comes by itself
+//!   (a late reply, bytes nobody asked for) and, if the server goes away, ends the prompt at once.
+//!   The main thread writes with a small mio loop, so a pasted line larger than the socket
+//!   buffers cannot deadlock, and a reply that does not come within `--timeout` is reported while
+//!   the session goes on.
 //! - **Pipe** ([`pipe`]): like `nc -N`. A thread copies stdin to the socket and half-closes it at
 //!   end of input, while the main thread copies the socket to stdout until the server closes. Two
 //!   blocking threads rather than one poll loop, because stdin may be a regular file, which epoll
 //!   refuses.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
-use rustyline::DefaultEditor;
-use rustyline::error::ReadlineError;
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
-use super::display::{printable, rtt};
+use super::console::{self, Console, Input, Notifier};
+use super::display::{printable, quoted, rtt, secs};
 use super::target::{connect_tcp, reason};
 use super::{DEFAULT_ADDR, Failure};
 
@@ -33,6 +39,12 @@ const CHUNK: usize = 64 * 1024;
 
 const SOCKET: Token = Token(0);
 const SIGNAL: Token = Token(1);
+const WAKE: Token = Token(2);
+
+/// A server that closes a connection this soon after it was made, having sent nothing, most
+/// likely refused it (a server at `--max-connections` accepts and closes at once). Generous, for
+/// a loaded machine; a close after a longer silence is an idle timeout or a crash, not a refusal.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(2);
 
 /// How a connection failed, in words that name the server.
 fn connection_error(addr: &str, e: &io::Error) -> Failure {
@@ -53,58 +65,248 @@ fn stdout_error(e: &io::Error) -> Failure {
     Failure::Error(format!("cannot write to stdout: {}", reason(e)))
 }
 
-/// The interactive session: prompt, send a line, print its reply and round-trip time, repeat.
-pub fn interactive(addr: &str) -> Result<(), Failure> {
+/// Identifies a line sent in the interactive session: 1 for the first.
+pub type Id = u64;
+
+/// What a run of received bytes completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// The whole reply to line `id`, which was still waited for.
+    Reply {
+        id: Id,
+        reply: Vec<u8>,
+        rtt: Duration,
+    },
+    /// The whole reply to a line already given up on (its timeout passed).
+    Late {
+        line: Vec<u8>,
+        reply: Vec<u8>,
+        rtt: Duration,
+    },
+    /// Bytes beyond every reply owed: nobody asked for them.
+    Unasked(Vec<u8>),
+}
+
+/// A line sent and the reply bytes received for it so far.
+#[derive(Debug)]
+struct Owing {
+    id: Id,
+    line: Vec<u8>,
+    sent: Instant,
+    reply: Vec<u8>,
+    timed_out: bool,
+}
+
+/// The replies the server owes, in send order. TCP keeps order and the transform keeps length, so
+/// the next `line.len()` bytes received are the oldest line's reply, whether or not it timed out:
+/// a line given up on is still owed, and its reply, when it comes, is *late* instead of being
+/// taken for the next line's. Pure: the caller passes the clock.
+#[derive(Debug, Default)]
+pub struct Owed {
+    next_id: Id,
+    queue: VecDeque<Owing>,
+}
+
+impl Owed {
+    pub fn new() -> Owed {
+        Owed {
+            next_id: 1,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Records that `line` was (about to be) sent at `now`; returns its id.
+    pub fn send(&mut self, line: &[u8], now: Instant) -> Id {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back(Owing {
+            id,
+            line: line.to_vec(),
+            sent: now,
+            reply: Vec::with_capacity(line.len()),
+            timed_out: false,
+        });
+        id
+    }
+
+    /// Hands `bytes`, received at `now`, to the replies they belong to.
+    pub fn feed(&mut self, mut bytes: &[u8], now: Instant) -> Vec<Arrival> {
+        let mut done = Vec::new();
+        while !bytes.is_empty() {
+            let Some(front) = self.queue.front_mut() else {
+                done.push(Arrival::Unasked(bytes.to_vec()));
+                break;
+            };
+            let take = (front.line.len() - front.reply.len()).min(bytes.len());
+            front.reply.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if front.reply.len() == front.line.len() {
+                if let Some(o) = self.queue.pop_front() {
+                    let rtt = now.saturating_duration_since(o.sent);
+                    done.push(if o.timed_out {
+                        Arrival::Late {
+                            line: o.line,
+                            reply: o.reply,
+                            rtt,
+                        }
+                    } else {
+                        Arrival::Reply {
+                            id: o.id,
+                            reply: o.reply,
+                            rtt,
+                        }
+                    });
+                }
+            }
+        }
+        done
+    }
+
+    /// Gives up waiting for line `id`: its reply, if it comes, is late.
+    pub fn time_out(&mut self, id: Id) {
+        if let Some(o) = self.queue.iter_mut().find(|o| o.id == id) {
+            o.timed_out = true;
+        }
+    }
+
+    /// How many of line `id`'s reply bytes have arrived, and how many are owed in all.
+    pub fn progress(&self, id: Id) -> Option<(usize, usize)> {
+        self.queue
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| (o.reply.len(), o.line.len()))
+    }
+}
+
+/// How the connection ended, as the reader thread found it.
+#[derive(Debug)]
+enum Ended {
+    Closed,
+    Failed(io::Error),
+}
+
+/// What the reader thread and the main thread share.
+#[derive(Debug)]
+struct Shared {
+    /// A line is in flight and the main thread takes the arrivals; otherwise the user is at the
+    /// prompt and the reader thread reports them itself.
+    busy: bool,
+    owed: Owed,
+    arrivals: VecDeque<Arrival>,
+    /// Set once, by the reader thread, with the time it noticed.
+    ended: Option<(Ended, Instant)>,
+    received: u64,
+    /// Set when the session is dropped, so the reader thread stops.
+    quit: bool,
+}
+
+/// How one exchange ended, when the session goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Exchange {
+    Reply(Vec<u8>, Duration),
+    TimedOut,
+    /// Ctrl-C while waiting.
+    Interrupted,
+}
+
+/// The interactive session: prompt, send each line, print its reply and round-trip time, repeat.
+pub fn interactive(addr: &str, timeout: Duration, history: Option<PathBuf>) -> Result<(), Failure> {
     let stream = connect_tcp(addr)?;
     // Each line is one small write awaiting its reply: Nagle's algorithm could only delay it.
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
-    let mut session = Session::new(addr, stream, signals)?;
-    let mut editor = DefaultEditor::new().map_err(|e| setup_error("line editor", &e))?;
-
-    eprintln!("connected to {peer}; type a line, Ctrl-D or Ctrl-C to quit");
     let prompt = if addr == DEFAULT_ADDR {
         "tcp> ".to_string()
     } else {
         format!("tcp {addr}> ")
     };
+    // Before the reader thread starts: it may raise SIGINT to wake the prompt, and SIGINT must
+    // find a handler then, not its default action.
+    let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
+    let mut console = Console::new(prompt, history)?;
+    let mut session = Session::new(addr, stream, signals, timeout)?;
+    session.start_reader(console.notifier(), Some(console.waker()))?;
+
+    eprintln!("connected to {peer}; type a line, Ctrl-D or Ctrl-C (on an empty line) to quit");
     loop {
-        let line = match editor.readline(&prompt) {
-            Ok(line) => line,
-            Err(ReadlineError::Eof | ReadlineError::Interrupted) => return Ok(()),
-            Err(e) => return Err(Failure::Error(format!("cannot read the terminal: {e}"))),
+        session.at_prompt()?;
+        let input = console.read()?;
+        session.busy()?;
+        let lines = match input {
+            Input::Lines(lines) => lines,
+            Input::End => return Ok(()),
+            // `busy` has reported why, unless the news was already old.
+            Input::Woken => continue,
         };
-        // An empty line sends nothing: there would be nothing to wait for (the tutorial's client
-        // hangs here forever).
-        if line.is_empty() {
-            continue;
-        }
-        let _ = editor.add_history_entry(line.as_str());
-        session.check_idle()?;
-        let started = Instant::now();
-        match session.exchange(line.as_bytes())? {
-            Some(reply) => println!("{}  ({})", printable(&reply), rtt(started.elapsed())),
-            // Ctrl-C while waiting: leave as cleanly as from the prompt.
-            None => return Ok(()),
+        for line in lines {
+            // An empty line sends nothing: there would be nothing to wait for (the tutorial's
+            // client hangs here forever).
+            if line.is_empty() {
+                continue;
+            }
+            match session.exchange(line.as_bytes())? {
+                Exchange::Reply(reply, t) => console.reply(&reply, t)?,
+                Exchange::TimedOut => eprintln!(
+                    "no reply within {}; still connected, and a reply that comes later is shown as late",
+                    secs(timeout)
+                ),
+                // Ctrl-C while waiting: leave as cleanly as from the prompt.
+                Exchange::Interrupted => return Ok(()),
+            }
         }
     }
 }
 
-/// The interactive client's connection and the poll that drives it.
+/// Words for what arrived unasked-for or too late; the reply to the line in flight is the caller's.
+fn describe(addr: &str, a: &Arrival) -> Option<String> {
+    match a {
+        Arrival::Reply { .. } => None,
+        Arrival::Late {
+            line,
+            reply,
+            rtt: t,
+        } => Some(format!(
+            "late reply to {} after {}: {}",
+            quoted(line, 40),
+            rtt(*t),
+            printable(reply)
+        )),
+        Arrival::Unasked(bytes) => Some(format!(
+            "{addr} sent {} bytes nobody asked for: {}",
+            bytes.len(),
+            printable(bytes)
+        )),
+    }
+}
+
+/// The interactive client's connection: the main thread's writing half and the state it shares
+/// with the reader thread.
 struct Session<'a> {
     addr: &'a str,
+    timeout: Duration,
+    connected: Instant,
     stream: mio::net::TcpStream,
     poll: Poll,
     events: Events,
     signals: Signals,
+    shared: Arc<Mutex<Shared>>,
+    /// Wakes this thread's poll when the reader has news for it.
+    waker: Arc<Waker>,
+    /// Wakes the reader thread's poll when the session is dropped.
+    reader_waker: Option<Arc<Waker>>,
+    sent_any: bool,
 }
 
 impl<'a> Session<'a> {
     /// Takes over a connected stream; `signals` ends a wait when SIGINT is among them.
-    fn new(addr: &'a str, stream: TcpStream, mut signals: Signals) -> Result<Self, Failure> {
+    fn new(
+        addr: &'a str,
+        stream: TcpStream,
+        mut signals: Signals,
+        timeout: Duration,
+    ) -> Result<Self, Failure> {
         stream
             .set_nonblocking(true)
             .map_err(|e| setup_error("socket", &e))?;
@@ -112,53 +314,139 @@ impl<'a> Session<'a> {
         let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
         let registry = poll.registry();
         registry
-            .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
+            .register(&mut stream, SOCKET, Interest::WRITABLE)
             .map_err(|e| setup_error("poll", &e))?;
         registry
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(|e| setup_error("poll", &e))?;
+        let waker = Arc::new(Waker::new(registry, WAKE).map_err(|e| setup_error("poll", &e))?);
         Ok(Session {
             addr,
+            timeout,
+            connected: Instant::now(),
             stream,
             poll,
             events: Events::with_capacity(8),
             signals,
+            shared: Arc::new(Mutex::new(Shared {
+                busy: true,
+                owed: Owed::new(),
+                arrivals: VecDeque::new(),
+                ended: None,
+                received: 0,
+                quit: false,
+            })),
+            waker,
+            reader_waker: None,
+            sent_any: false,
         })
     }
 
-    /// Reads whatever the server sent while the user was typing. Normally nothing; but a server
-    /// that has closed is found here, before a line is sent into the void, and bytes nobody asked
-    /// for are reported and dropped, so they cannot shift every later reply.
-    fn check_idle(&mut self) -> Result<(), Failure> {
-        let mut buf = [0u8; CHUNK];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    return Err(Failure::Error(format!(
-                        "{} closed the connection",
-                        self.addr
-                    )));
-                }
-                Ok(n) => eprintln!(
-                    "{} sent {n} bytes nobody asked for: {}",
-                    self.addr,
-                    printable(&buf[..n])
-                ),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(connection_error(self.addr, &e)),
+    /// Starts the thread that receives everything the server sends. `prompt` is woken when the
+    /// server goes away while the user is at the prompt.
+    fn start_reader(
+        &mut self,
+        notifier: Notifier,
+        prompt: Option<console::Waker>,
+    ) -> Result<(), Failure> {
+        let std_stream = dup(&self.stream).map_err(|e| setup_error("socket", &e))?;
+        let mut stream = mio::net::TcpStream::from_std(std_stream);
+        let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
+        poll.registry()
+            .register(&mut stream, SOCKET, Interest::READABLE)
+            .map_err(|e| setup_error("poll", &e))?;
+        let reader_waker =
+            Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
+        let reader = Reader {
+            addr: self.addr.to_string(),
+            stream,
+            poll,
+            shared: Arc::clone(&self.shared),
+            main: Arc::clone(&self.waker),
+            prompt,
+            notifier,
+        };
+        thread::Builder::new()
+            .name("tcp-reader".into())
+            .spawn(move || reader.run())
+            .map_err(|e| Failure::Error(format!("cannot start the reader thread: {e}")))?;
+        self.reader_waker = Some(reader_waker);
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A thread that panicked while holding the lock left the state as consistent as any
+        // other moment: every field is updated in one step.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands arrivals over to the reader thread's reporting while the user types, after
+    /// reporting any the main thread has not yet. Fails if the connection is over.
+    fn at_prompt(&mut self) -> Result<(), Failure> {
+        let mut shared = self.lock();
+        for a in shared.arrivals.drain(..) {
+            if let Some(msg) = describe(self.addr, &a) {
+                eprintln!("{msg}");
             }
+        }
+        self.check_ended(&shared)?;
+        shared.busy = false;
+        Ok(())
+    }
+
+    /// Takes the arrivals back for the lines about to be sent. Fails if the connection ended
+    /// while the user was at the prompt.
+    fn busy(&mut self) -> Result<(), Failure> {
+        let mut shared = self.lock();
+        shared.busy = true;
+        self.check_ended(&shared)
+    }
+
+    fn check_ended(&self, shared: &Shared) -> Result<(), Failure> {
+        match &shared.ended {
+            None => Ok(()),
+            Some((how, at)) => Err(self.ended_error(shared, how, *at, None)),
         }
     }
 
-    /// Sends `data` and reads back exactly `data.len()` bytes, writing and reading together.
-    /// `Ok(None)` means the user pressed Ctrl-C while waiting.
-    fn exchange(&mut self, data: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
+    /// The one line that says how the connection ended; `line` is the id of the line in flight.
+    fn ended_error(&self, shared: &Shared, how: &Ended, at: Instant, line: Option<Id>) -> Failure {
+        let refused =
+            shared.received == 0 && at.saturating_duration_since(self.connected) < REFUSAL_WINDOW;
+        if refused {
+            return Failure::Error(format!(
+                "the server at {} closed the connection right after accepting it \
+                 (it may be at its connection limit)",
+                self.addr
+            ));
+        }
+        match how {
+            Ended::Closed => {
+                let partial = match line.and_then(|id| shared.owed.progress(id)) {
+                    Some((got, want)) if got > 0 => {
+                        format!(" after {got} of {want} reply bytes")
+                    }
+                    _ => String::new(),
+                };
+                Failure::Error(format!("{} closed the connection{partial}", self.addr))
+            }
+            Ended::Failed(e) => connection_error(self.addr, e),
+        }
+    }
+
+    /// Sends `data` and waits for its reply until the timeout, writing while the reader thread
+    /// receives. Replies and bytes that arrive for earlier lines or for none are reported on the
+    /// way.
+    fn exchange(&mut self, data: &[u8]) -> Result<Exchange, Failure> {
+        // The clock starts before the first byte is handed to the kernel, and the line is
+        // registered before it can be answered.
+        let started = Instant::now();
+        let id = self.lock().owed.send(data, started);
+        self.sent_any = true;
+        let deadline = started + self.timeout;
         let mut written = 0;
-        let mut reply = Vec::with_capacity(data.len());
-        let mut buf = vec![0u8; CHUNK.min(data.len())];
         loop {
-            // The socket is edge-triggered: both directions run until WouldBlock before polling.
+            // The socket is edge-triggered: write until WouldBlock before polling.
             while written < data.len() {
                 match self.stream.write(&data[written..]) {
                     Ok(0) => {
@@ -167,35 +455,52 @@ impl<'a> Session<'a> {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(connection_error(self.addr, &e)),
+                    // The reader thread sees the end too, and says it better (how much of the
+                    // reply came); give it the moment it needs.
+                    Err(e) => return Err(self.write_failed(id, &e)),
                 }
             }
-            while reply.len() < data.len() {
-                // Never read past this reply: whatever follows is not its answer.
-                let want = buf.len().min(data.len() - reply.len());
-                match self.stream.read(&mut buf[..want]) {
-                    Ok(0) => {
-                        let partial = if reply.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" after {} of {} reply bytes", reply.len(), data.len())
-                        };
-                        return Err(Failure::Error(format!(
-                            "{} closed the connection{partial}",
-                            self.addr
-                        )));
+            {
+                let mut shared = self.lock();
+                let mut answer = None;
+                while let Some(a) = shared.arrivals.pop_front() {
+                    match a {
+                        Arrival::Reply {
+                            id: got,
+                            reply,
+                            rtt,
+                        } if got == id => {
+                            answer = Some(Exchange::Reply(reply, rtt));
+                            break;
+                        }
+                        other => {
+                            if let Some(msg) = describe(self.addr, &other) {
+                                eprintln!("{msg}");
+                            }
+                        }
                     }
-                    Ok(n) => reply.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(connection_error(self.addr, &e)),
+                }
+                if let Some(answer) = answer {
+                    return Ok(answer);
+                }
+                if let Some((how, at)) = &shared.ended {
+                    return Err(self.ended_error(&shared, how, *at, Some(id)));
                 }
             }
-            // The server cannot echo what it has not received, so a full reply means a full send.
-            if reply.len() == data.len() {
-                return Ok(Some(reply));
+            let now = Instant::now();
+            if now >= deadline {
+                if written < data.len() {
+                    return Err(Failure::Error(format!(
+                        "{} took only {written} of {} bytes within {}: it is not reading",
+                        self.addr,
+                        data.len(),
+                        secs(self.timeout)
+                    )));
+                }
+                self.lock().owed.time_out(id);
+                return Ok(Exchange::TimedOut);
             }
-            match self.poll.poll(&mut self.events, None) {
+            match self.poll.poll(&mut self.events, Some(deadline - now)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Failure::Error(format!("poll failed: {e}"))),
@@ -203,8 +508,130 @@ impl<'a> Session<'a> {
             let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
             if signalled && self.signals.pending().any(|s| s == SIGINT) {
                 eprintln!();
-                return Ok(None);
+                return Ok(Exchange::Interrupted);
             }
+        }
+    }
+
+    /// A failed write: the connection is over. The reader thread normally sees it within
+    /// moments and knows more (a close versus a reset, the bytes received), so wait briefly.
+    fn write_failed(&mut self, id: Id, e: &io::Error) -> Failure {
+        let until = Instant::now() + Duration::from_millis(500);
+        loop {
+            {
+                let shared = self.lock();
+                if let Some((how, at)) = &shared.ended {
+                    return self.ended_error(&shared, how, *at, Some(id));
+                }
+            }
+            let now = Instant::now();
+            if now >= until {
+                return connection_error(self.addr, e);
+            }
+            let _ = self.poll.poll(&mut self.events, Some(until - now));
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.lock().quit = true;
+        if let Some(w) = &self.reader_waker {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// A second handle on the same socket, for the reader thread.
+fn dup(stream: &mio::net::TcpStream) -> io::Result<TcpStream> {
+    use std::os::fd::{AsFd, OwnedFd};
+    let fd: OwnedFd = stream.as_fd().try_clone_to_owned()?;
+    Ok(TcpStream::from(fd))
+}
+
+/// The interactive session's receiving side, on a thread of its own.
+struct Reader {
+    addr: String,
+    stream: mio::net::TcpStream,
+    poll: Poll,
+    shared: Arc<Mutex<Shared>>,
+    main: Arc<Waker>,
+    prompt: Option<console::Waker>,
+    notifier: Notifier,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(4);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            // Edge-triggered: read until WouldBlock before polling again.
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => return self.end(Ended::Closed),
+                    Ok(n) => self.arrived(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return self.end(Ended::Failed(e)),
+                }
+            }
+            match self.poll.poll(&mut events, None) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.end(Ended::Failed(e)),
+            }
+            if self.lock().quit {
+                return;
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arrived(&mut self, bytes: &[u8]) {
+        let now = Instant::now();
+        let mut shared = self.lock();
+        shared.received += bytes.len() as u64;
+        let arrivals = shared.owed.feed(bytes, now);
+        if arrivals.is_empty() {
+            return;
+        }
+        if shared.busy {
+            shared.arrivals.extend(arrivals);
+            drop(shared);
+            self.wake_main();
+        } else {
+            drop(shared);
+            for a in &arrivals {
+                if let Some(msg) = describe(&self.addr, a) {
+                    self.notifier.say(msg);
+                }
+            }
+        }
+    }
+
+    fn end(self, how: Ended) {
+        let at_prompt = {
+            let mut shared = self.lock();
+            shared.ended = Some((how, Instant::now()));
+            !shared.busy && !shared.quit
+        };
+        self.wake_main();
+        if at_prompt {
+            if let Some(prompt) = &self.prompt {
+                if !prompt.wake() {
+                    self.notifier
+                        .say(format!("{} ended the connection; press Enter", self.addr));
+                }
+            }
+        }
+    }
+
+    fn wake_main(&self) {
+        if let Err(e) = self.main.wake() {
+            log::warn!("cannot wake the main thread: {e}");
         }
     }
 }
@@ -313,7 +740,6 @@ fn copy_stdin(socket: &mut TcpStream) -> Result<u64, PumpError> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
-    use std::time::Duration;
 
     /// A blocking echo server for one connection that upper-cases in small pieces, as slowly as
     /// the kernel lets it: the reply comes back split, not as one read.
@@ -339,11 +765,20 @@ mod tests {
         (addr, handle)
     }
 
-    fn session(addr: &str) -> Session<'_> {
+    fn session(addr: &str, timeout: Duration) -> Session<'_> {
         let stream = TcpStream::connect(addr).unwrap();
         // Not SIGINT: the test process keeps its own Ctrl-C.
         let signals = Signals::new([signal_hook::consts::SIGUSR2]).unwrap();
-        Session::new(addr, stream, signals).unwrap()
+        let mut s = Session::new(addr, stream, signals, timeout).unwrap();
+        s.start_reader(Notifier::stderr(), None).unwrap();
+        s
+    }
+
+    fn reply(e: Exchange) -> Vec<u8> {
+        match e {
+            Exchange::Reply(r, _) => r,
+            other => panic!("no reply: {other:?}"),
+        }
     }
 
     /// A line far larger than the socket buffers on both sides: written and read together, it
@@ -351,28 +786,88 @@ mod tests {
     #[test]
     fn exchange_of_a_huge_line_reads_back_exactly_its_length() {
         let (addr, server) = echo_server();
-        let mut s = session(&addr);
+        let mut s = session(&addr, Duration::from_secs(60));
         let line: Vec<u8> = (0..8_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let reply = s.exchange(&line).unwrap().unwrap();
-        assert_eq!(reply.len(), line.len());
-        assert!(reply == line.to_ascii_uppercase());
+        let got = reply(s.exchange(&line).unwrap());
+        assert_eq!(got.len(), line.len());
+        assert!(got == line.to_ascii_uppercase());
         // Back to back, replies stay apart: the next one is exactly the next line's.
-        assert_eq!(s.exchange(b"next").unwrap().unwrap(), b"NEXT");
-        s.check_idle().unwrap();
+        assert_eq!(reply(s.exchange(b"next").unwrap()), b"NEXT");
         drop(s);
         server.join().unwrap();
     }
 
     #[test]
-    fn a_closed_connection_is_reported_by_address() {
+    fn a_server_that_closes_at_once_is_reported_as_maybe_at_its_limit() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = thread::spawn(move || drop(listener.accept().unwrap()));
-        let mut s = session(&addr);
+        let mut s = session(&addr, Duration::from_secs(20));
         server.join().unwrap();
         let Err(Failure::Error(msg)) = s.exchange(b"hello") else {
             panic!("a closed connection was not reported");
         };
-        assert_eq!(msg, format!("{addr} closed the connection"));
+        assert!(
+            msg.contains("closed the connection right after accepting it"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_close_after_replies_names_the_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 2];
+            conn.read_exact(&mut buf).unwrap();
+            conn.write_all(b"OK").unwrap();
+            conn.read_exact(&mut buf).unwrap();
+            // Half the reply, then gone.
+            conn.write_all(b"A").unwrap();
+        });
+        let mut s = session(&addr, Duration::from_secs(20));
+        assert_eq!(reply(s.exchange(b"ok").unwrap()), b"OK");
+        let Err(Failure::Error(msg)) = s.exchange(b"ab") else {
+            panic!("a closed connection was not reported");
+        };
+        server.join().unwrap();
+        assert_eq!(
+            msg,
+            format!("{addr} closed the connection after 1 of 2 reply bytes")
+        );
+    }
+
+    #[test]
+    fn owed_bytes_go_to_the_oldest_line_and_a_timed_out_line_gets_a_late_reply() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut owed = Owed::new();
+        let first = owed.send(b"first", t0);
+        owed.time_out(first);
+        let second = owed.send(b"two", t0 + ms(1000));
+        // One segment carrying the end of the late reply and the start of the next.
+        assert_eq!(owed.feed(b"FIR", t0 + ms(1500)), []);
+        assert_eq!(
+            owed.feed(b"STT", t0 + ms(1700)),
+            [Arrival::Late {
+                line: b"first".to_vec(),
+                reply: b"FIRST".to_vec(),
+                rtt: ms(1700)
+            }]
+        );
+        assert_eq!(owed.progress(second), Some((1, 3)));
+        assert_eq!(
+            owed.feed(b"WOextra", t0 + ms(1800)),
+            [
+                Arrival::Reply {
+                    id: second,
+                    reply: b"TWO".to_vec(),
+                    rtt: ms(800)
+                },
+                Arrival::Unasked(b"extra".to_vec())
+            ]
+        );
+        assert_eq!(owed.progress(second), None);
     }
 }

@@ -6,7 +6,9 @@
 //! instead of being shown as the answer to the next line.
 //!
 //! - **Interactive** ([`interactive`]): one request at a time; a reply that does not come within
-//!   the timeout is reported ("UDP does not retransmit") and the session goes on.
+//!   the timeout is reported ("UDP does not retransmit") and the session goes on. A receiving
+//!   thread takes every reply the moment it arrives, so a late one is reported at once, with its
+//!   real round-trip time, even while the user sits at the prompt.
 //! - **Pipe** ([`pipe`]): a sliding window. A thread reads stdin lines into a bounded channel; the
 //!   main thread runs a mio loop that sends while the window has room, receives, expires requests
 //!   at their deadlines (the poll timeout is the nearest deadline) and prints replies in line
@@ -15,18 +17,18 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufWriter, Read, Write};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rustyline::DefaultEditor;
-use rustyline::error::ReadlineError;
 use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
+use super::console::{self, Console, Notifier};
 use super::display::{printable, quoted, rtt, secs};
 use super::matcher::{Id, Tracker, Verdict};
 use super::target::{connect_udp, reason};
@@ -115,172 +117,403 @@ fn refused_message(addr: &str) -> String {
 // Interactive mode
 // ---------------------------------------------------------------------------------------------
 
+/// What the receiving thread found, for the main thread to report while a line is in flight.
+#[derive(Debug)]
+enum Arrival {
+    Reply(Vec<u8>, Verdict),
+    /// An ICMP "port unreachable": the line in flight will not be answered.
+    Refused,
+}
+
+/// What the receiving thread and the main thread share.
+#[derive(Debug)]
+struct Shared {
+    /// A line is in flight and the main thread takes the arrivals; otherwise the user is at the
+    /// prompt and the receiving thread reports them itself, as they come.
+    busy: bool,
+    tracker: Tracker,
+    arrivals: VecDeque<Arrival>,
+    /// The socket failed for good (not a refusal): the session is over.
+    failed: Option<String>,
+    /// Set when the session is dropped, so the receiving thread stops.
+    quit: bool,
+}
+
+/// How waiting for one line's reply ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Done,
+    /// Ctrl-C while waiting.
+    Interrupted,
+}
+
 /// The interactive session: prompt, send the line as one datagram, wait up to `timeout` for its
-/// reply, print it with its round-trip time, repeat.
-pub fn interactive(addr: &str, timeout: Duration) -> Result<(), Failure> {
-    let (socket, poll) = open(addr, Interest::READABLE)?;
-    let mut signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
-    poll.registry()
-        .register(&mut signals, SIGNAL, Interest::READABLE)
-        .map_err(|e| setup_error("poll", &e))?;
+/// reply, print it with its round-trip time, repeat. Replies that come while the user types are
+/// reported as they come, with the time they came.
+pub fn interactive(addr: &str, timeout: Duration, history: Option<PathBuf>) -> Result<(), Failure> {
+    let socket = connect_udp(addr)?;
     let peer = socket
         .peer_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let mut editor = DefaultEditor::new().map_err(|e| setup_error("line editor", &e))?;
-    let mut session = Interactive {
-        addr,
-        timeout,
-        socket,
-        poll,
-        events: Events::with_capacity(8),
-        signals,
-        tracker: Tracker::new(timeout),
-        buf: vec![0u8; MAX_DATAGRAM],
-    };
-
-    eprintln!("talking UDP to {peer}: one datagram per line; Ctrl-D or Ctrl-C to quit");
     let prompt = if addr == DEFAULT_ADDR {
         "udp> ".to_string()
     } else {
         format!("udp {addr}> ")
     };
+    // Before the receiving thread starts: it may raise SIGINT to wake the prompt, and SIGINT must
+    // find a handler then, not its default action.
+    let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
+    let mut console = Console::new(prompt, history)?;
+    let mut session = Interactive::new(addr, timeout, socket, signals)?;
+    session.start_receiver(console.notifier(), Some(console.waker()))?;
+
+    eprintln!(
+        "talking UDP to {peer}: one datagram per line; Ctrl-D or Ctrl-C (on an empty line) to quit"
+    );
     loop {
-        let line = match editor.readline(&prompt) {
-            Ok(line) => line,
-            Err(ReadlineError::Eof | ReadlineError::Interrupted) => return Ok(()),
-            Err(e) => return Err(Failure::Error(format!("cannot read the terminal: {e}"))),
+        session.at_prompt()?;
+        let input = console.read()?;
+        session.busy()?;
+        let lines = match input {
+            console::Input::Lines(lines) => lines,
+            console::Input::End => return Ok(()),
+            console::Input::Woken => continue,
         };
-        if !line.is_empty() {
-            let _ = editor.add_history_entry(line.as_str());
+        for line in lines {
+            let Some(id) = session.send(line.as_bytes())? else {
+                continue;
+            };
+            if session.wait(id, &console)? == Waited::Interrupted {
+                eprintln!();
+                return Ok(());
+            }
         }
-        // Replies that came in while the user was typing: late or duplicate, never this line's.
-        session.receive(None)?;
-        let Some(id) = session.send(line.as_bytes())? else {
-            continue;
-        };
-        if !session.wait(id)? {
-            eprintln!();
-            return Ok(());
-        }
+    }
+}
+
+/// Words for a reply that is not the answer to the line in flight.
+fn describe(reply: &[u8], verdict: &Verdict) -> String {
+    match verdict {
+        // Only the line in flight can be waiting in this mode; kept total for safety.
+        Verdict::Answer { rtt: t, .. } => format!("reply after {}: {}", rtt(*t), printable(reply)),
+        Verdict::Late {
+            rtt: t, request, ..
+        } => format!(
+            "late reply to {} after {}: {}",
+            quoted(request, 40),
+            rtt(*t),
+            printable(reply)
+        ),
+        Verdict::Duplicate { request, .. } => format!(
+            "duplicate reply to {}: {}",
+            quoted(request, 40),
+            printable(reply)
+        ),
+        Verdict::Unexpected => format!(
+            "unexpected reply, matching no line sent: {}",
+            printable(reply)
+        ),
     }
 }
 
 struct Interactive<'a> {
     addr: &'a str,
     timeout: Duration,
-    socket: UdpSocket,
+    socket: std::net::UdpSocket,
     poll: Poll,
     events: Events,
     signals: Signals,
-    tracker: Tracker,
-    buf: Vec<u8>,
+    shared: Arc<Mutex<Shared>>,
+    waker: Arc<Waker>,
+    receiver_waker: Option<Arc<Waker>>,
 }
 
-impl Interactive<'_> {
+impl<'a> Interactive<'a> {
+    fn new(
+        addr: &'a str,
+        timeout: Duration,
+        socket: std::net::UdpSocket,
+        mut signals: Signals,
+    ) -> Result<Self, Failure> {
+        let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
+        poll.registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)
+            .map_err(|e| setup_error("poll", &e))?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
+        Ok(Interactive {
+            addr,
+            timeout,
+            socket,
+            poll,
+            events: Events::with_capacity(8),
+            signals,
+            shared: Arc::new(Mutex::new(Shared {
+                busy: true,
+                tracker: Tracker::new(timeout),
+                arrivals: VecDeque::new(),
+                failed: None,
+                quit: false,
+            })),
+            waker,
+            receiver_waker: None,
+        })
+    }
+
+    /// Starts the thread that receives every reply; `prompt` is woken if the socket fails for
+    /// good while the user is at the prompt.
+    fn start_receiver(
+        &mut self,
+        notifier: Notifier,
+        prompt: Option<console::Waker>,
+    ) -> Result<(), Failure> {
+        let clone = self
+            .socket
+            .try_clone()
+            .map_err(|e| setup_error("socket", &e))?;
+        // Both handles share the file's flags: the main thread's sends become non-blocking too,
+        // which a UDP send to a connected peer only notices when the send buffer is full.
+        clone
+            .set_nonblocking(true)
+            .map_err(|e| setup_error("socket", &e))?;
+        let mut socket = UdpSocket::from_std(clone);
+        let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)
+            .map_err(|e| setup_error("poll", &e))?;
+        let receiver_waker =
+            Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
+        let receiver = ReplyReceiver {
+            addr: self.addr.to_string(),
+            socket,
+            poll,
+            shared: Arc::clone(&self.shared),
+            main: Arc::clone(&self.waker),
+            prompt,
+            notifier,
+        };
+        thread::Builder::new()
+            .name("udp-receiver".into())
+            .spawn(move || receiver.run())
+            .map_err(|e| Failure::Error(format!("cannot start the receiver thread: {e}")))?;
+        self.receiver_waker = Some(receiver_waker);
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Every field is updated in one step, so a panic elsewhere left nothing half-done.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports what came after the last answer, then lets the receiving thread report the rest
+    /// as it comes.
+    fn at_prompt(&mut self) -> Result<(), Failure> {
+        let mut shared = self.lock();
+        for a in shared.arrivals.drain(..) {
+            match a {
+                Arrival::Reply(reply, verdict) => eprintln!("{}", describe(&reply, &verdict)),
+                Arrival::Refused => eprintln!("{}", refused_message(self.addr)),
+            }
+        }
+        if let Some(msg) = &shared.failed {
+            return Err(Failure::Error(msg.clone()));
+        }
+        shared.busy = false;
+        Ok(())
+    }
+
+    fn busy(&mut self) -> Result<(), Failure> {
+        let mut shared = self.lock();
+        shared.busy = true;
+        match &shared.failed {
+            Some(msg) => Err(Failure::Error(msg.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Sends one datagram; `None` if it could not be sent (already reported: the session goes on).
     fn send(&mut self, line: &[u8]) -> Result<Option<Id>, Failure> {
         // An ICMP error caused by an earlier datagram is reported by the next call on the socket,
         // which may be this send; the error is consumed with it, so one retry sends the line.
         for attempt in 0..2 {
+            // The clock starts before the send, and the line is known before it can be answered.
+            let id = self.lock().tracker.send(line, Instant::now());
             match self.socket.send(line) {
-                Ok(_) => return Ok(Some(self.tracker.send(line, Instant::now()))),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && attempt == 0 => {
-                    eprintln!("{}", refused_message(self.addr));
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    eprintln!(
-                        "not sent: {} bytes is too long for one UDP datagram",
-                        line.len()
-                    );
-                    return Ok(None);
-                }
-                // Unreachable networks, a full send buffer: this line is lost, the session goes on.
+                Ok(_) => return Ok(Some(id)),
                 Err(e) => {
-                    eprintln!("not sent to {}: {}", self.addr, reason(&e));
-                    return Ok(None);
+                    self.lock().tracker.abandon(id);
+                    match e {
+                        e if e.kind() == io::ErrorKind::ConnectionRefused && attempt == 0 => {
+                            eprintln!("{}", refused_message(self.addr));
+                        }
+                        e if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                            eprintln!(
+                                "not sent: {} bytes is too long for one UDP datagram",
+                                line.len()
+                            );
+                            return Ok(None);
+                        }
+                        // Unreachable networks, a full send buffer: this line is lost, the
+                        // session goes on.
+                        e => {
+                            eprintln!("not sent to {}: {}", self.addr, reason(&e));
+                            return Ok(None);
+                        }
+                    }
                 }
             }
         }
         Ok(None)
     }
 
-    /// Waits for the answer to `id` until its deadline. `Ok(false)` means Ctrl-C was pressed.
-    fn wait(&mut self, id: Id) -> Result<bool, Failure> {
+    /// Waits for the answer to `id` until its deadline, reporting whatever else arrives.
+    fn wait(&mut self, id: Id, console: &Console) -> Result<Waited, Failure> {
         loop {
-            if self.receive(Some(id))? {
-                return Ok(true);
+            let mut answer = None;
+            {
+                let mut shared = self.lock();
+                while let Some(a) = shared.arrivals.pop_front() {
+                    match a {
+                        Arrival::Reply(reply, Verdict::Answer { id: got, rtt }) if got == id => {
+                            answer = Some((reply, rtt));
+                            break;
+                        }
+                        Arrival::Reply(reply, verdict) => {
+                            eprintln!("{}", describe(&reply, &verdict));
+                        }
+                        Arrival::Refused => {
+                            eprintln!("{}", refused_message(self.addr));
+                            shared.tracker.abandon(id);
+                        }
+                    }
+                }
+                if let Some(msg) = &shared.failed {
+                    return Err(Failure::Error(msg.clone()));
+                }
+                if answer.is_none() {
+                    // Replies already received were handled first, so only a truly missing one
+                    // expires.
+                    if shared.tracker.expire(Instant::now()).contains(&id) {
+                        eprintln!(
+                            "no reply within {}: UDP does not retransmit",
+                            secs(self.timeout)
+                        );
+                        return Ok(Waited::Done);
+                    }
+                    if !shared.tracker.is_waiting(id) {
+                        // Abandoned: the server refused it, which has been reported.
+                        return Ok(Waited::Done);
+                    }
+                }
             }
-            // Replies already received were handled first, so only a truly missing one expires.
-            let expired = self.tracker.expire(Instant::now());
-            if expired.contains(&id) {
-                eprintln!(
-                    "no reply within {}: UDP does not retransmit",
-                    secs(self.timeout)
-                );
-                return Ok(true);
+            if let Some((reply, t)) = answer {
+                console.reply(&reply, t)?;
+                return Ok(Waited::Done);
             }
-            if !self.tracker.is_waiting(id) {
-                // Abandoned: the server refused it, which `receive` has reported.
-                return Ok(true);
-            }
-            poll_until(
-                &mut self.poll,
-                &mut self.events,
-                self.tracker.next_deadline(),
-            )?;
+            let deadline = self.lock().tracker.next_deadline();
+            poll_until(&mut self.poll, &mut self.events, deadline)?;
             let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
             if signalled && self.signals.pending().any(|s| s == SIGINT) {
-                return Ok(false);
+                return Ok(Waited::Interrupted);
+            }
+        }
+    }
+}
+
+impl Drop for Interactive<'_> {
+    fn drop(&mut self) {
+        self.lock().quit = true;
+        if let Some(w) = &self.receiver_waker {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// The interactive session's receiving side, on a thread of its own, so that a reply is seen
+/// (and timed) when it arrives, not when the user next presses Enter.
+struct ReplyReceiver {
+    addr: String,
+    socket: UdpSocket,
+    poll: Poll,
+    shared: Arc<Mutex<Shared>>,
+    main: Arc<Waker>,
+    prompt: Option<console::Waker>,
+    notifier: Notifier,
+}
+
+impl ReplyReceiver {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(4);
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            // Edge-triggered: receive until WouldBlock before polling again.
+            loop {
+                match recv_next(&self.socket, &mut buf, &self.addr) {
+                    Ok(Received::Datagram(n)) => self.arrived(&buf[..n]),
+                    Ok(Received::Nothing) => break,
+                    Ok(Received::Refused) => self.refused(),
+                    Err(Failure::Error(msg)) => return self.fail(msg),
+                    Err(Failure::Reported) => return self.fail("receive failed".into()),
+                }
+            }
+            if let Err(Failure::Error(msg)) = poll_until(&mut self.poll, &mut events, None) {
+                return self.fail(msg);
+            }
+            if self.lock().quit {
+                return;
             }
         }
     }
 
-    /// Receives every datagram waiting on the socket and reports each one. Returns whether the
-    /// answer to `current` was among them.
-    fn receive(&mut self, current: Option<Id>) -> Result<bool, Failure> {
-        let mut answered = false;
-        loop {
-            let n = match recv_next(&self.socket, &mut self.buf, self.addr)? {
-                Received::Datagram(n) => n,
-                Received::Nothing => return Ok(answered),
-                Received::Refused => {
-                    eprintln!("{}", refused_message(self.addr));
-                    if let Some(id) = current {
-                        self.tracker.abandon(id);
-                    }
-                    continue;
-                }
-            };
-            let reply = &self.buf[..n];
-            match self.tracker.on_reply(reply, Instant::now()) {
-                Verdict::Answer { id, rtt: t } if Some(id) == current => {
-                    answered = true;
-                    println!("{}  ({})", printable(reply), rtt(t));
-                }
-                // Only the current line can be waiting in this mode; kept total for safety.
-                Verdict::Answer { rtt: t, .. } => {
-                    eprintln!("reply after {}: {}", rtt(t), printable(reply));
-                }
-                Verdict::Late {
-                    rtt: t, request, ..
-                } => eprintln!(
-                    "late reply to {} after {}: {}",
-                    quoted(&request, 40),
-                    rtt(t),
-                    printable(reply)
-                ),
-                Verdict::Duplicate { request, .. } => eprintln!(
-                    "duplicate reply to {}: {}",
-                    quoted(&request, 40),
-                    printable(reply)
-                ),
-                Verdict::Unexpected => {
-                    eprintln!(
-                        "unexpected reply, matching no line sent: {}",
-                        printable(reply)
-                    );
-                }
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arrived(&self, reply: &[u8]) {
+        let now = Instant::now();
+        let mut shared = self.lock();
+        let verdict = shared.tracker.on_reply(reply, now);
+        if shared.busy {
+            shared
+                .arrivals
+                .push_back(Arrival::Reply(reply.to_vec(), verdict));
+            drop(shared);
+            self.wake_main();
+        } else {
+            drop(shared);
+            self.notifier.say(describe(reply, &verdict));
+        }
+    }
+
+    fn refused(&self) {
+        let mut shared = self.lock();
+        if shared.busy {
+            shared.arrivals.push_back(Arrival::Refused);
+            drop(shared);
+            self.wake_main();
+        } else {
+            drop(shared);
+            self.notifier.say(refused_message(&self.addr));
+        }
+    }
+
+    fn fail(self, msg: String) {
+        let at_prompt = {
+            let mut shared = self.lock();
+            shared.failed = Some(msg);
+            !shared.busy && !shared.quit
+        };
+        self.wake_main();
+        if at_prompt {
+            if let Some(prompt) = &self.prompt {
+                prompt.wake();
             }
+        }
+    }
+
+    fn wake_main(&self) {
+        if let Err(e) = self.main.wake() {
+            log::warn!("cannot wake the main thread: {e}");
         }
     }
 }
