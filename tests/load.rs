@@ -312,3 +312,60 @@ fn bad_options_are_usage_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("open files"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile peers, odd signals and absurd values (issue 7).
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn absurd_values_are_one_line_usage_errors() {
+    for args in [
+        &["--rate", "1e-19"][..],
+        &["--rate", "1e-300"],
+        &["--rate", "1e19"],
+        &["-t", "1e19"],
+        &["-t", "1e-9"],
+        &["--warmup", "1e19"],
+        &["--timeout", "1e19"],
+        &["--timeout", "1e-9"],
+        &["--connect-timeout", "1e19"],
+        &["--connect-timeout", "1e-9"],
+        &["-c", "1e19"],
+        &["-c", "99999999999"],
+        &["--depth", "99999999999"],
+        &["-s", "99999999999"],
+        // Bookkeeping for every message in flight would not fit in memory.
+        &[
+            "-c", "100", "--depth", "65536", "-t", "0.5", "--warmup", "0",
+        ],
+    ] {
+        let mut full = vec!["127.0.0.1:9"];
+        full.extend_from_slice(args);
+        let out = load(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        assert!(first.starts_with("error: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // Where a floor applies, the message says why.
+    let out = load(&["127.0.0.1:9", "--timeout", "1e-9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least"), "{err}");
+}
+
+#[test]
+fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
+    // At 1e9 messages/s the schedule is always behind: handing out the backlog must cost per
+    // connection, not per message, or the generator sends nothing and overruns its window.
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let t0 = Instant::now();
+    let (code, v, err) = load_json(&[
+        &addr, "-c", "2", "--rate", "1e9", "-t", "2", "--warmup", "0",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["messages"].as_u64().unwrap() > 1000, "{v:#}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}

@@ -131,8 +131,9 @@ impl Stats {
     /// Records one latency.
     #[inline]
     pub fn latency(&mut self, d: Duration) {
-        self.hist
-            .saturating_record((d.as_nanos() as u64).clamp(1, HIST_MAX_NS));
+        // Clamped before narrowing, so no duration can wrap around to a small one.
+        let ns = d.as_nanos().clamp(1, u128::from(HIST_MAX_NS)) as u64;
+        self.hist.saturating_record(ns);
     }
 
     /// Records a wrong reply; `what` names the connection or socket.
@@ -454,7 +455,8 @@ pub fn proc_cpu(pid: u32) -> Option<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    // Split, so that no tick count can overflow the multiplication.
+    Some(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
 }
 
 /// Resident set size of a process from `/proc/PID/status`, if it can be read.

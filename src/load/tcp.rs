@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::config::{Close, Mode};
 use super::payload::{Mismatch, PERIOD};
-use super::schedule::{InFlight, RateSchedule};
+use super::schedule::{InFlight, RateSchedule, lane_share};
 use super::stats::{ErrorClass, Stats};
 use super::timer::Timer;
 use super::{Ctx, Phase};
@@ -39,7 +39,7 @@ use super::{Ctx, Phase};
 /// Largest read: 64 KiB takes a whole loopback segment train in one system call.
 const SCRATCH: usize = 64 * 1024;
 /// How often timeouts, phase changes and the progress counters are looked at when idle.
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = super::config::CHECK_INTERVAL;
 /// Connection attempts in progress at once per worker: enough to open 15,000 connections in a
 /// few seconds without overflowing the server's accept backlog (a dropped SYN costs a second).
 const MAX_CONNECTING: usize = 256;
@@ -438,15 +438,30 @@ impl Env<'_> {
 
     /// Hands out the open-loop messages due by `now`, round-robin over the slots.
     fn issue_scheduled(&mut self, conns: &mut [Conn], now: Instant) {
+        let Some(due) = self.sched.as_mut().map(|s| s.take_due(now)) else {
+            return;
+        };
         let n = conns.len() as u64;
-        while let Some(k) = self.sched.as_mut().and_then(|s| s.pop_due(now)) {
-            let i = (k % n) as usize;
-            let c = &mut conns[i];
-            c.due += 1;
-            if c.state == State::Open && !c.inflight.is_full() {
-                self.refill(c, now);
-                self.flush(c, i);
+        if due.end - due.start < n {
+            for k in due {
+                let i = (k % n) as usize;
+                conns[i].due += 1;
+                self.issue_due(&mut conns[i], i, now);
             }
+        } else {
+            // At least a message for every slot: set each slot's count at once, so that a
+            // generator far behind its schedule spends a turn per slot, not per message.
+            for (i, c) in conns.iter_mut().enumerate() {
+                c.due = lane_share(due.end, i as u64, n);
+                self.issue_due(c, i, now);
+            }
+        }
+    }
+
+    fn issue_due(&mut self, c: &mut Conn, i: usize, now: Instant) {
+        if c.state == State::Open && !c.inflight.is_full() {
+            self.refill(c, now);
+            self.flush(c, i);
         }
     }
 

@@ -16,13 +16,13 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::config::{MAX_DATAGRAM, UDP_HEADER};
 use super::payload::{Mismatch, decode_seq, encode_seq, udp_body_pos};
-use super::schedule::RateSchedule;
+use super::schedule::{RateSchedule, lane_share};
 use super::stats::{ErrorClass, Stats};
 use super::timer::Timer;
 use super::{Ctx, Phase};
 
-/// How often timeouts and phase changes are looked at when idle.
-const TICK: Duration = Duration::from_millis(100);
+/// How often timeouts, phase changes and the progress counters are looked at when idle.
+const TICK: Duration = super::config::CHECK_INTERVAL;
 /// Datagrams received from one socket per wake-up at most.
 const RECV_BUDGET: usize = 4096;
 /// The open-loop timer's token: beyond any socket.
@@ -344,8 +344,7 @@ impl Env<'_> {
     /// Moves slot `d` on to its next sequence number and sends it (closed loop) or frees it
     /// for the schedule (open loop).
     fn next_in_slot(&mut self, s: &mut Sock, d: usize, now: Instant) {
-        let depth = s.slots.len() as u32;
-        s.slots[d].seq = s.slots[d].seq.wrapping_add(depth);
+        s.slots[d].seq = next_seq(s.slots[d].seq, s.slots.len() as u32);
         s.slots[d].state = SlotState::Free;
         match &self.sched {
             None => self.send(s, d, now),
@@ -372,11 +371,22 @@ impl Env<'_> {
     }
 
     fn issue_scheduled(&mut self, socks: &mut [Sock], now: Instant) {
+        let Some(due) = self.sched.as_mut().map(|s| s.take_due(now)) else {
+            return;
+        };
         let n = socks.len() as u64;
-        while let Some(k) = self.sched.as_mut().and_then(|s| s.pop_due(now)) {
-            let s = &mut socks[(k % n) as usize];
-            s.due += 1;
-            self.take_due(s);
+        if due.end - due.start < n {
+            for k in due {
+                let s = &mut socks[(k % n) as usize];
+                s.due += 1;
+                self.take_due(s);
+            }
+        } else {
+            // A message or more for every socket: a turn per socket, not per message (see tcp).
+            for s in socks.iter_mut() {
+                s.due = lane_share(due.end, s.lane, n);
+                self.take_due(s);
+            }
         }
     }
 
@@ -415,6 +425,15 @@ impl Env<'_> {
     }
 }
 
+/// The sequence number after `seq` in its slot. Sequence numbers wrap at the largest multiple
+/// of `depth` that fits in a u32, not at 2^32, so that `seq % depth` keeps naming the same slot
+/// across the wrap (a day at full speed on one socket can get there).
+fn next_seq(seq: u32, depth: u32) -> u32 {
+    let depth = u64::from(depth.max(1));
+    let wrap = (1u64 << 32) / depth * depth;
+    ((u64::from(seq) + depth) % wrap) as u32
+}
+
 /// A non-blocking UDP socket bound to `source` (or any local address) and connected to `addr`.
 fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
     let local = match (source, addr) {
@@ -425,4 +444,23 @@ fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket
     let sock = UdpSocket::bind(local)?;
     sock.connect(addr)?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_stay_in_their_slot_across_the_wrap() {
+        for depth in [1u32, 3, 4, 7, 65_536] {
+            for d in 0..depth.min(5) {
+                // The last sequence number of slot d before the wrap.
+                let wrap = (1u64 << 32) / u64::from(depth) * u64::from(depth);
+                let last = (wrap - u64::from(depth) + u64::from(d)) as u32;
+                assert_eq!(last % depth, d);
+                assert_eq!(next_seq(last, depth), d, "depth {depth}");
+                assert_eq!(next_seq(d, depth), d + depth);
+            }
+        }
+    }
 }
