@@ -369,3 +369,321 @@ fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
     assert!(v["messages"].as_u64().unwrap() > 1000, "{v:#}");
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 }
+
+mod broken {
+    //! Small deliberately broken servers on loopback port 0, each on its own threads, stopped and
+    //! joined on drop. Every socket has a short timeout so no thread outlives its test.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+
+    /// How often a broken server's threads look at their stop flag.
+    const POLL: Duration = Duration::from_millis(20);
+
+    #[derive(Clone, Copy)]
+    pub enum Tcp {
+        /// Echoes (upper-cased) the first N bytes of each connection, then reads and discards.
+        StallAfter(usize),
+        /// Closes its sending side (FIN) as soon as it accepts, then discards what comes in.
+        Fin,
+        /// Resets (RST) each connection as soon as it accepts it.
+        Rst,
+    }
+
+    #[derive(Clone, Copy)]
+    pub enum Udp {
+        /// Answers every datagram twice.
+        Twice,
+        /// Answers with the datagram upper-cased and `delta` bytes shorter (< 0) or longer.
+        Resize(isize),
+    }
+
+    pub struct Server {
+        pub addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    }
+
+    impl Server {
+        pub fn tcp(kind: Tcp) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let addr = listener.local_addr().expect("local addr");
+            let stop = Arc::new(AtomicBool::new(false));
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let (st, th) = (stop.clone(), threads.clone());
+            let accept = thread::spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let st = st.clone();
+                            match kind {
+                                Tcp::Rst => {
+                                    let _ =
+                                        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                                }
+                                _ => th
+                                    .lock()
+                                    .unwrap()
+                                    .push(thread::spawn(move || serve_tcp(s, kind, &st))),
+                            }
+                        }
+                        Err(_) => thread::sleep(POLL),
+                    }
+                }
+            });
+            threads.lock().unwrap().push(accept);
+            Server {
+                addr,
+                stop,
+                threads,
+            }
+        }
+
+        pub fn udp(kind: Udp) -> Server {
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            sock.set_read_timeout(Some(POLL)).expect("timeout");
+            let addr = sock.local_addr().expect("local addr");
+            let stop = Arc::new(AtomicBool::new(false));
+            let st = stop.clone();
+            let t = thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !st.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    buf[..n].make_ascii_uppercase();
+                    match kind {
+                        Udp::Twice => {
+                            let _ = sock.send_to(&buf[..n], from);
+                            let _ = sock.send_to(&buf[..n], from);
+                        }
+                        Udp::Resize(d) => {
+                            let len = n.saturating_add_signed(d).min(buf.len());
+                            let _ = sock.send_to(&buf[..len], from);
+                        }
+                    }
+                }
+            });
+            Server {
+                addr,
+                stop,
+                threads: Arc::new(Mutex::new(vec![t])),
+            }
+        }
+    }
+
+    fn serve_tcp(mut s: TcpStream, kind: Tcp, stop: &AtomicBool) {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(POLL));
+        let mut echo_left = match kind {
+            Tcp::StallAfter(n) => n,
+            Tcp::Fin => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                0
+            }
+            Tcp::Rst => 0,
+        };
+        let mut buf = [0u8; 16 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let k = n.min(echo_left);
+                    echo_left -= k;
+                    buf[..k].make_ascii_uppercase();
+                    if k > 0 && s.write_all(&buf[..k]).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            // Connection threads may still be added by the accept thread until it has stopped, so
+            // take the list only after joining the accept thread (which is first).
+            let first = {
+                let mut v = self.threads.lock().unwrap();
+                if v.is_empty() {
+                    None
+                } else {
+                    Some(v.remove(0))
+                }
+            };
+            // The accept thread was pushed after it started: it may not be first. Join whatever
+            // is there until the list stays empty.
+            if let Some(t) = first {
+                let _ = t.join();
+            }
+            loop {
+                let Some(t) = self.threads.lock().unwrap().pop() else {
+                    break;
+                };
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The failure reasons of a JSON report, as one string.
+fn failures(v: &Value) -> String {
+    v["failures"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn load_fails_a_run_whose_server_stops_echoing() {
+    let srv = broken::Server::tcp(broken::Tcp::StallAfter(1000));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "2",
+        "-t",
+        "2",
+        "--warmup",
+        "0.5",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert!(v["errors"]["timeout"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("timeout"), "{v:#}");
+}
+
+#[test]
+fn load_counts_a_stream_stalled_at_the_end_of_the_run_as_a_timeout() {
+    // The stall begins at once, but --timeout is longer than the run: only the end-of-run check
+    // for replies still owed can see it.
+    let srv = broken::Server::tcp(broken::Tcp::StallAfter(1000));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "--warmup",
+        "0",
+        "--timeout",
+        "3",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["errors"]["timeout"], 2, "{v:#}");
+}
+
+#[test]
+fn load_fails_a_run_whose_server_closes_connections() {
+    let srv = broken::Server::tcp(broken::Tcp::Fin);
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[&addr, "-c", "2", "-t", "1", "--warmup", "0.5"]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["errors"]["closed"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("closed"), "{v:#}");
+}
+
+#[test]
+fn load_fails_a_run_whose_server_resets_connections() {
+    let srv = broken::Server::tcp(broken::Tcp::Rst);
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[&addr, "-c", "2", "-t", "1", "--warmup", "0.5"]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["errors"]["reset"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("reset"), "{v:#}");
+    // The human summary names the reason on its result line.
+    let out = load(&[&addr, "-q", "-c", "1", "-t", "1", "--warmup", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result = text.lines().find(|l| l.contains("result")).unwrap_or("");
+    assert!(
+        result.contains("FAIL") && result.contains("reset"),
+        "{text}"
+    );
+}
+
+#[test]
+fn load_fails_a_run_that_gets_duplicate_udp_replies() {
+    let srv = broken::Server::udp(broken::Udp::Twice);
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "--proto", "udp", "-c", "2", "-t", "1", "--warmup", "0.5",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert_eq!(v["mismatches"], 0, "{v:#}");
+    assert!(v["duplicate_replies"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("duplicate"), "{v:#}");
+}
+
+#[test]
+fn tolerate_errors_passes_a_run_whose_bytes_were_right() {
+    let srv = broken::Server::tcp(broken::Tcp::StallAfter(1000));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "2",
+        "-t",
+        "2",
+        "--warmup",
+        "0.5",
+        "--timeout",
+        "0.5",
+        "--tolerate-errors",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["errors"]["timeout"].as_u64().unwrap() > 0, "{v:#}");
+    let udp = broken::Server::udp(broken::Udp::Twice);
+    let addr = udp.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "--proto",
+        "udp",
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "--warmup",
+        "0.5",
+        "--tolerate-errors",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["duplicate_replies"].as_u64().unwrap() > 0, "{v:#}");
+    // Tolerating errors does not tolerate wrong bytes.
+    let short = broken::Server::udp(broken::Udp::Resize(-1));
+    let addr = short.addr.to_string();
+    let (code, v, _) = load_json(&[
+        &addr,
+        "--proto",
+        "udp",
+        "-c",
+        "1",
+        "-t",
+        "0.5",
+        "--warmup",
+        "0",
+        "--tolerate-errors",
+    ]);
+    assert_eq!(code, 1, "{v:#}");
+}

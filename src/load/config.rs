@@ -176,6 +176,11 @@ pub struct LoadArgs {
     /// Seconds a connection attempt may take before it counts as timed out.
     #[arg(long, default_value_t = 10.0, value_parser = parse_timeout)]
     pub connect_timeout: f64,
+    /// Count connection errors (refused, reset, closed, timed out), UDP losses and duplicate
+    /// replies, but pass the run if every byte was right and messages got through. Without it
+    /// any of them fails the run.
+    #[arg(long)]
+    pub tolerate_errors: bool,
     /// Print one JSON object on stdout (the human summary then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -263,6 +268,7 @@ pub struct Config {
     pub threads: usize,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub tolerate_errors: bool,
     pub json: bool,
     pub histogram: Option<PathBuf>,
     pub server_pid: Option<u32>,
@@ -376,6 +382,7 @@ impl Config {
             threads,
             timeout: Duration::from_secs_f64(a.timeout),
             connect_timeout: Duration::from_secs_f64(a.connect_timeout),
+            tolerate_errors: a.tolerate_errors,
             json: a.json,
             histogram: a.histogram,
             server_pid: a.server_pid,

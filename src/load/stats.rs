@@ -23,7 +23,7 @@ pub enum ErrorClass {
     Refused,
     Reset,
     Timeout,
-    /// The server closed a connection that still owed replies.
+    /// The server closed (FIN) a connection the generator was still using.
     Closed,
     /// No local port or address left (EADDRNOTAVAIL): spread over more `--source` addresses.
     NoPorts,
@@ -100,8 +100,10 @@ pub struct Stats {
     pub first_mismatch: Option<String>,
     /// UDP datagrams with no reply within `--timeout`.
     pub losses: u64,
-    /// UDP replies that came after their datagram was counted lost (or were duplicated).
+    /// UDP replies that came after their datagram was counted lost.
     pub late: u64,
+    /// UDP replies to a datagram that had already been answered.
+    pub duplicates: u64,
     /// Connections that completed their handshake (all modes; churn's unit of work).
     pub connects: u64,
     /// hold: connections open when the hold ended, and how many of them answered.
@@ -122,6 +124,7 @@ impl Stats {
             first_mismatch: None,
             losses: 0,
             late: 0,
+            duplicates: 0,
             connects: 0,
             held: 0,
             answered: 0,
@@ -167,6 +170,7 @@ impl Stats {
         }
         self.losses += o.losses;
         self.late += o.late;
+        self.duplicates += o.duplicates;
         self.connects += o.connects;
         self.held += o.held;
         self.answered += o.answered;
@@ -288,12 +292,18 @@ pub struct Report {
     pub first_mismatch: Option<String>,
     pub losses: u64,
     pub late_replies: u64,
+    pub duplicate_replies: u64,
     pub held: Option<u64>,
     pub answered: Option<u64>,
     pub client: CpuUse,
     pub server: Option<ServerUse>,
-    /// False when any byte was wrong, nothing got through, or (hold) a connection did not answer.
+    /// Whether errors, losses and duplicates were only counted (`--tolerate-errors`).
+    pub tolerate_errors: bool,
+    /// False when any byte was wrong, nothing got through, (hold) a connection was lost or did
+    /// not answer, or (unless errors are tolerated) any error, loss or duplicate was counted.
     pub ok: bool,
+    /// Why the run failed, one reason each; empty when `ok`.
+    pub failures: Vec<String>,
 }
 
 impl Report {
@@ -362,8 +372,8 @@ impl Report {
         if self.proto == "udp" {
             let _ = writeln!(
                 s,
-                "  losses      {} (late replies {})",
-                self.losses, self.late_replies
+                "  losses      {} (late replies {}, duplicate replies {})",
+                self.losses, self.late_replies, self.duplicate_replies
             );
         }
         let per = |v: Option<f64>| v.map(|v| format!("{v:.2} µs/msg")).unwrap_or("-".into());
@@ -383,7 +393,17 @@ impl Report {
                 sv.rss_bytes / 1024
             );
         }
-        let _ = writeln!(s, "  result      {}", if self.ok { "ok" } else { "FAILED" });
+        if self.ok {
+            let counted = self.errors.total + self.losses + self.duplicate_replies;
+            let tolerated = if self.tolerate_errors && counted > 0 {
+                " (errors tolerated)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  result      ok{tolerated}");
+        } else {
+            let _ = writeln!(s, "  result      FAILED: {}", self.failures.join("; "));
+        }
         s
     }
 }
