@@ -687,3 +687,72 @@ fn tolerate_errors_passes_a_run_whose_bytes_were_right() {
     ]);
     assert_eq!(code, 1, "{v:#}");
 }
+
+/// Spawns `upecho load ARGS...` with stdout and/or stderr connected to a pipe whose reading end
+/// is closed at once, and returns its exit code and (when open) its stderr.
+fn load_with_closed(stdout: bool, stderr: bool, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin())
+        .arg("load")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upecho load");
+    if stdout {
+        drop(child.stdout.take());
+    }
+    if stderr {
+        drop(child.stderr.take());
+    }
+    let deadline = Instant::now() + RUN_BOUND;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("upecho load {args:?} ran past {RUN_BOUND:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_report_that_cannot_be_written_is_an_error_not_a_panic() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    for json in [false, true] {
+        let mut args = vec![addr.as_str(), "-q", "-c", "1", "-t", "0.5", "--warmup", "0"];
+        if json {
+            args.push("--json");
+        }
+        let (code, err) = load_with_closed(true, false, &args);
+        assert_eq!(code, Some(1), "json {json}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("upecho load: cannot write the report: "))
+            .unwrap_or_else(|| panic!("json {json}: {err}"));
+        assert!(line.contains("pipe"), "{line}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_run() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    // Not quiet: progress lines go to the closed stderr once a second.
+    let (code, _) = load_with_closed(false, true, &[&addr, "-c", "1", "-t", "2", "--warmup", "0"]);
+    assert_eq!(code, Some(0));
+    let (code, _) = load_with_closed(
+        false,
+        true,
+        &[&addr, "--json", "-c", "1", "-t", "1", "--warmup", "0"],
+    );
+    assert_eq!(code, Some(0));
+}

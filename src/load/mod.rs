@@ -108,7 +108,9 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let cfg = match Config::from_args(args, Limits::probe()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}\n\nFor more information, try '--help'.");
+            say(&format!(
+                "error: {e}\n\nFor more information, try '--help'.\n"
+            ));
             return ExitCode::from(2);
         }
     };
@@ -116,25 +118,50 @@ pub fn run(args: LoadArgs) -> ExitCode {
     if let Some(path) = &cfg.histogram
         && let Err(e) = std::fs::write(path, stats::hgrm(&hist))
     {
-        eprintln!("upecho load: cannot write {}: {e}", path.display());
+        say(&format!(
+            "upecho load: cannot write {}: {e}\n",
+            path.display()
+        ));
         return ExitCode::FAILURE;
     }
     let text = report.text();
-    if cfg.json {
-        eprint!("{text}");
+    // The report is the product: if it cannot be written (a closed pipe, a full disk), the
+    // run did not deliver, whatever it measured.
+    let written = if cfg.json {
+        say(&text);
         let json =
             serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{json}");
-        let _ = out.flush();
+        write_stdout(&format!("{json}\n"))
     } else {
-        print!("{text}");
+        write_stdout(&text)
+    };
+    if let Err(e) = written {
+        say(&format!("upecho load: cannot write the report: {e}\n"));
+        return ExitCode::FAILURE;
     }
     if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Writes `text` to stdout and flushes it. Explicit, because `print!` panics on a write error
+/// (and Rust ignores SIGPIPE, so a closed pipe is such an error, EPIPE).
+fn write_stdout(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Writes `text` to stderr, returning whether it could. Everything the generator says besides
+/// the report goes through here: `eprint!` would panic on a closed stderr, and there is nowhere
+/// left to report that failure, so it is only returned.
+fn say(text: &str) -> bool {
+    let mut err = io::stderr().lock();
+    err.write_all(text.as_bytes())
+        .and_then(|()| err.flush())
+        .is_ok()
 }
 
 /// Runs the load described by `cfg` and returns the report and the merged latency histogram.
@@ -354,12 +381,15 @@ impl ProgressLine {
         if now < self.next {
             return;
         }
-        self.next += Duration::from_secs(1);
+        // After a stall, one line for the whole gap rather than a burst of catch-up lines.
+        while self.next <= now {
+            self.next += Duration::from_secs(1);
+        }
         let s = Progress::sum(&shared.progress);
         let dt = (now - self.last_at).as_secs_f64().max(1e-9);
         if !self.quiet {
-            eprintln!(
-                "[{:6.1}s] {what:6} {:>10.0} msg/s {:>9.2} MB/s  open {:>6}  errors {}  mismatches {}",
+            let line = format!(
+                "[{:6.1}s] {what:6} {:>10.0} msg/s {:>9.2} MB/s  open {:>6}  errors {}  mismatches {}\n",
                 (now - self.started).as_secs_f64(),
                 (s[0] - self.last[0]) as f64 / dt,
                 (s[1] - self.last[1]) as f64 / dt / 1e6,
@@ -367,6 +397,10 @@ impl ProgressLine {
                 s[2],
                 s[3]
             );
+            // Progress is a courtesy: a closed stderr only ends it, not the run.
+            if !say(&line) {
+                self.quiet = true;
+            }
         }
         self.last = s;
         self.last_at = now;
