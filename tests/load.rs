@@ -317,59 +317,6 @@ fn bad_options_are_usage_errors() {
 // Hostile peers, odd signals and absurd values (issue 7).
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn absurd_values_are_one_line_usage_errors() {
-    for args in [
-        &["--rate", "1e-19"][..],
-        &["--rate", "1e-300"],
-        &["--rate", "1e19"],
-        &["-t", "1e19"],
-        &["-t", "1e-9"],
-        &["--warmup", "1e19"],
-        &["--timeout", "1e19"],
-        &["--timeout", "1e-9"],
-        &["--connect-timeout", "1e19"],
-        &["--connect-timeout", "1e-9"],
-        &["-c", "1e19"],
-        &["-c", "99999999999"],
-        &["--depth", "99999999999"],
-        &["-s", "99999999999"],
-        // Bookkeeping for every message in flight would not fit in memory.
-        &[
-            "-c", "100", "--depth", "65536", "-t", "0.5", "--warmup", "0",
-        ],
-    ] {
-        let mut full = vec!["127.0.0.1:9"];
-        full.extend_from_slice(args);
-        let out = load(&full);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
-        let first = err.lines().next().unwrap_or("");
-        assert!(first.starts_with("error: "), "{args:?}: {err}");
-        assert!(out.stdout.is_empty(), "{args:?}");
-    }
-    // Where a floor applies, the message says why.
-    let out = load(&["127.0.0.1:9", "--timeout", "1e-9"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("at least"), "{err}");
-}
-
-#[test]
-fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
-    // At 1e9 messages/s the schedule is always behind: handing out the backlog must cost per
-    // connection, not per message, or the generator sends nothing and overruns its window.
-    let server = ServerProc::start(&[]);
-    let addr = server.tcp().to_string();
-    let t0 = Instant::now();
-    let (code, v, err) = load_json(&[
-        &addr, "-c", "2", "--rate", "1e9", "-t", "2", "--warmup", "0",
-    ]);
-    assert_eq!(code, 0, "{v:#}\n{err}");
-    assert!(v["messages"].as_u64().unwrap() > 1000, "{v:#}");
-    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
-}
-
 mod broken {
     //! Small deliberately broken servers on loopback port 0, each on its own threads, stopped and
     //! joined on drop. Every socket has a short timeout so no thread outlives its test.
@@ -513,21 +460,8 @@ mod broken {
     impl Drop for Server {
         fn drop(&mut self) {
             self.stop.store(true, Ordering::Relaxed);
-            // Connection threads may still be added by the accept thread until it has stopped, so
-            // take the list only after joining the accept thread (which is first).
-            let first = {
-                let mut v = self.threads.lock().unwrap();
-                if v.is_empty() {
-                    None
-                } else {
-                    Some(v.remove(0))
-                }
-            };
-            // The accept thread was pushed after it started: it may not be first. Join whatever
-            // is there until the list stays empty.
-            if let Some(t) = first {
-                let _ = t.join();
-            }
+            // The accept thread may add connection threads until it is joined itself; it stays
+            // in the list until then, so popping until the list is empty joins every thread.
             loop {
                 let Some(t) = self.threads.lock().unwrap().pop() else {
                     break;
@@ -688,6 +622,76 @@ fn tolerate_errors_passes_a_run_whose_bytes_were_right() {
     assert_eq!(code, 1, "{v:#}");
 }
 
+#[test]
+fn udp_replies_of_the_wrong_length_say_so() {
+    for (delta, want) in [
+        (-1, "reply is 63 bytes, expected 64"),
+        (1, "reply is 65 bytes, expected 64"),
+    ] {
+        let srv = broken::Server::udp(broken::Udp::Resize(delta));
+        let addr = srv.addr.to_string();
+        let (code, v, err) = load_json(&[
+            &addr, "--proto", "udp", "-c", "1", "-t", "0.5", "--warmup", "0",
+        ]);
+        assert_eq!(code, 1, "{v:#}\n{err}");
+        let first = v["first_mismatch"].as_str().unwrap_or("");
+        assert!(first.contains(want), "{first}");
+    }
+}
+
+#[test]
+fn absurd_values_are_one_line_usage_errors() {
+    for args in [
+        &["--rate", "1e-19"][..],
+        &["--rate", "1e-300"],
+        &["--rate", "1e19"],
+        &["-t", "1e19"],
+        &["-t", "1e-9"],
+        &["--warmup", "1e19"],
+        &["--timeout", "1e19"],
+        &["--timeout", "1e-9"],
+        &["--connect-timeout", "1e19"],
+        &["--connect-timeout", "1e-9"],
+        &["-c", "1e19"],
+        &["-c", "99999999999"],
+        &["--depth", "99999999999"],
+        &["-s", "99999999999"],
+        // Bookkeeping for every message in flight would not fit in memory.
+        &[
+            "-c", "100", "--depth", "65536", "-t", "0.5", "--warmup", "0",
+        ],
+    ] {
+        let mut full = vec!["127.0.0.1:9"];
+        full.extend_from_slice(args);
+        let out = load(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        assert!(first.starts_with("error: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // Where a floor applies, the message says why.
+    let out = load(&["127.0.0.1:9", "--timeout", "1e-9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least"), "{err}");
+}
+
+#[test]
+fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
+    // At 1e9 messages/s the schedule is always behind: handing out the backlog must cost per
+    // connection, not per message, or the generator sends nothing and overruns its window.
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let t0 = Instant::now();
+    let (code, v, err) = load_json(&[
+        &addr, "-c", "2", "--rate", "1e9", "-t", "2", "--warmup", "0",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["messages"].as_u64().unwrap() > 1000, "{v:#}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}
+
 /// Spawns `upecho load ARGS...` with stdout and/or stderr connected to a pipe whose reading end
 /// is closed at once, and returns its exit code and (when open) its stderr.
 fn load_with_closed(stdout: bool, stderr: bool, args: &[&str]) -> (Option<i32>, String) {
@@ -755,4 +759,71 @@ fn a_closed_stderr_does_not_stop_the_run() {
         &[&addr, "--json", "-c", "1", "-t", "1", "--warmup", "0"],
     );
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn server_pid_of_no_process_is_a_usage_error() {
+    let out = load(&["127.0.0.1:9", "--server-pid", "999999999", "-t", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no process 999999999"), "{err}");
+}
+
+#[test]
+fn server_figures_are_unavailable_when_the_process_vanishes() {
+    use std::io::{BufRead, BufReader};
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    // A stand-in for a server process that exits during the run.
+    let mut victim = Command::new("sleep")
+        .arg("60")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
+    let pid = victim.id().to_string();
+    let mut child = Command::new(bin())
+        .args([
+            "load", &addr, "--json", "-c", "1", "-t", "2", "--warmup", "1",
+        ])
+        .args(["--server-pid", &pid])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upecho load");
+    // The first progress line means the run has begun (and the pid was accepted): end the
+    // process then, and reap it so that it is gone, not a zombie.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let started = rx.recv_timeout(RUN_BOUND).is_ok();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let deadline = Instant::now() + RUN_BOUND;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = reader.join().unwrap_or_default();
+    assert!(started, "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(out.status.code(), Some(0), "{v:#}\n{err}");
+    assert_eq!(v["server"]["pid"], pid.parse::<u64>().unwrap(), "{v:#}");
+    assert!(v["server"]["cpu_s"].is_null(), "{v:#}");
+    assert!(v["server"]["rss_bytes"].is_null(), "{v:#}");
+    assert!(err.contains("unavailable"), "{err}");
 }

@@ -114,6 +114,16 @@ pub fn run(args: LoadArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A pid that names nothing would only show up as figures of zero at the end.
+    if let Some(pid) = cfg.server_pid
+        && stats::proc_cpu(pid).is_none()
+    {
+        say(&format!(
+            "error: --server-pid {pid}: no process {pid} (or /proc/{pid}/stat cannot be read)\n\n\
+             For more information, try '--help'.\n"
+        ));
+        return ExitCode::from(2);
+    }
     let (report, hist) = execute(&cfg);
     if let Some(path) = &cfg.histogram
         && let Err(e) = std::fs::write(path, stats::hgrm(&hist))
@@ -447,9 +457,9 @@ fn build_report(cfg: &Config, s: &Stats, w: &Window) -> Report {
         tolerate_errors: cfg.tolerate_errors,
         server: cfg.server_pid.map(|pid| ServerUse {
             pid,
-            cpu_s: w.server_cpu.unwrap_or_default().as_secs_f64(),
+            cpu_s: w.server_cpu.map(|d| d.as_secs_f64()),
             cpu_us_per_msg: w.server_cpu.and_then(per_msg),
-            rss_bytes: w.server_rss.unwrap_or(0),
+            rss_bytes: w.server_rss,
         }),
         ok: failures.is_empty(),
         failures,

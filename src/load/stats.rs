@@ -139,6 +139,16 @@ impl Stats {
         self.hist.saturating_record(ns);
     }
 
+    /// Records a reply that is wrong as a whole rather than in its bytes (its length, its
+    /// header, more bytes than were sent); `what` says so in full.
+    pub fn wrong_reply(&mut self, wrong_bytes: u64, what: impl FnOnce() -> String) {
+        self.mismatch_events += 1;
+        self.mismatched_bytes += wrong_bytes;
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(what());
+        }
+    }
+
     /// Records a wrong reply; `what` names the connection or socket.
     pub fn mismatch(&mut self, m: Mismatch, what: impl FnOnce() -> String) {
         self.mismatch_events += 1;
@@ -256,10 +266,13 @@ pub struct CpuUse {
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct ServerUse {
     pub pid: u32,
-    pub cpu_s: f64,
+    /// CPU time over the window; `None` (JSON null) when it could not be sampled at both ends,
+    /// e.g. the process ended during the run: unknown, not zero.
+    pub cpu_s: Option<f64>,
     pub cpu_us_per_msg: Option<f64>,
-    /// RSS at the end of the window (hold: with every connection still open).
-    pub rss_bytes: u64,
+    /// RSS at the end of the window (hold: with every connection still open); `None` when the
+    /// process could not be read then.
+    pub rss_bytes: Option<u64>,
 }
 
 /// The final report: printed as text, or as one JSON object with `--json`.
@@ -384,14 +397,20 @@ impl Report {
             per(self.client.cpu_us_per_msg)
         );
         if let Some(sv) = &self.server {
-            let _ = writeln!(
-                s,
-                "  server cpu  {:.2} s, {} (pid {}, rss {} KiB)",
-                sv.cpu_s,
-                per(sv.cpu_us_per_msg),
-                sv.pid,
-                sv.rss_bytes / 1024
-            );
+            let cpu = match sv.cpu_s {
+                Some(c) => format!("{c:.2} s, {}", per(sv.cpu_us_per_msg)),
+                None => "unavailable".into(),
+            };
+            let rss = match sv.rss_bytes {
+                Some(b) => format!("{} KiB", b / 1024),
+                None => "unavailable".into(),
+            };
+            let why = if sv.cpu_s.is_none() || sv.rss_bytes.is_none() {
+                ": the process ended or could not be read during the run"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  server cpu  {cpu} (pid {}, rss {rss}){why}", sv.pid);
         }
         if self.ok {
             let counted = self.errors.total + self.losses + self.duplicate_replies;

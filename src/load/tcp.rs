@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::config::{Close, Mode};
-use super::payload::{Mismatch, PERIOD};
+use super::payload::PERIOD;
 use super::schedule::{InFlight, RateSchedule, lane_share};
 use super::stats::{ErrorClass, Stats};
 use super::timer::Timer;
@@ -602,15 +602,13 @@ impl Env<'_> {
                         // More bytes back than were sent: the stream can no longer be matched.
                         let extra = c.rx + n as u64 - c.tx;
                         let id = self.ctx.first_conn + i;
-                        self.stats.mismatch(
-                            Mismatch {
-                                offset: c.tx,
-                                expected: 0,
-                                got: got[(c.tx - c.rx) as usize],
-                                wrong_bytes: extra,
-                            },
-                            || format!("connection {id}: {extra} bytes more than were sent"),
-                        );
+                        self.stats.wrong_reply(extra, || {
+                            format!(
+                                "connection {id}: {extra} bytes back more than were sent \
+                                 (after stream byte {})",
+                                c.tx
+                            )
+                        });
                         self.fail(c, i, ErrorClass::Other, &"server sent unsolicited bytes");
                         return false;
                     }

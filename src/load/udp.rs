@@ -20,7 +20,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use super::config::{MAX_DATAGRAM, UDP_HEADER};
-use super::payload::{Mismatch, decode_seq, encode_seq, udp_body_pos};
+use super::payload::{decode_seq, encode_seq, udp_body_pos};
 use super::schedule::{RateSchedule, lane_share};
 use super::stats::{ErrorClass, Stats};
 use super::timer::Timer;
@@ -378,19 +378,21 @@ impl Env<'_> {
             let now = Instant::now();
             let id = self.ctx.first_conn + i;
             let Some(seq) = decode_seq(&buf[..n]) else {
-                self.stats.mismatch(
-                    Mismatch {
-                        offset: 0,
-                        expected: b'A',
-                        got: buf.first().copied().unwrap_or(0),
-                        wrong_bytes: n.clamp(1, UDP_HEADER) as u64,
-                    },
-                    || {
+                let head = &buf[..n.min(UDP_HEADER)];
+                self.stats.wrong_reply(n.clamp(1, UDP_HEADER) as u64, || {
+                    if n < UDP_HEADER {
                         format!(
-                            "udp socket {id}: reply of {n} bytes without a valid sequence header"
+                            "udp socket {id}: reply is {n} bytes, shorter than the \
+                                 {UDP_HEADER}-byte sequence header of every datagram sent"
                         )
-                    },
-                );
+                    } else {
+                        format!(
+                            "udp socket {id}: reply of {n} bytes has no valid sequence \
+                                 header (it starts {:?}, expected 8 letters A-P)",
+                            String::from_utf8_lossy(head)
+                        )
+                    }
+                });
                 continue;
             };
             let d = (seq % depth) as usize;
@@ -401,27 +403,19 @@ impl Env<'_> {
                 slot.classify(seq, depth)
             };
             if kind == Reply::Unsent {
-                self.stats.mismatch(
-                    Mismatch {
-                        offset: 0,
-                        expected: 0,
-                        got: 0,
-                        wrong_bytes: n as u64,
-                    },
-                    || format!("udp socket {id}: reply to datagram {seq}, which was never sent"),
-                );
+                self.stats.wrong_reply(n as u64, || {
+                    format!("udp socket {id}: reply to datagram {seq}, which was never sent")
+                });
                 continue;
             }
             if n != size {
-                self.stats.mismatch(
-                    Mismatch {
-                        offset: n.min(size) as u64,
-                        expected: 0,
-                        got: 0,
-                        wrong_bytes: n.abs_diff(size) as u64,
-                    },
-                    || format!("udp socket {id}: reply of {n} bytes to a datagram of {size}"),
-                );
+                // The buffer is one byte longer than any datagram, so a full one was truncated.
+                let at_least = if n == buf.len() { "at least " } else { "" };
+                self.stats.wrong_reply(n.abs_diff(size) as u64, || {
+                    format!(
+                        "udp socket {id}, datagram {seq}: reply is {at_least}{n} bytes, expected {size}"
+                    )
+                });
             } else if let Err(m) = self.ctx.pattern.check(
                 udp_body_pos(seq, s.start),
                 &buf[UDP_HEADER..n],
