@@ -312,3 +312,518 @@ fn bad_options_are_usage_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("open files"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile peers, odd signals and absurd values (issue 7).
+// ---------------------------------------------------------------------------------------------
+
+mod broken {
+    //! Small deliberately broken servers on loopback port 0, each on its own threads, stopped and
+    //! joined on drop. Every socket has a short timeout so no thread outlives its test.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+
+    /// How often a broken server's threads look at their stop flag.
+    const POLL: Duration = Duration::from_millis(20);
+
+    #[derive(Clone, Copy)]
+    pub enum Tcp {
+        /// Echoes (upper-cased) the first N bytes of each connection, then reads and discards.
+        StallAfter(usize),
+        /// Closes its sending side (FIN) as soon as it accepts, then discards what comes in.
+        Fin,
+        /// Resets (RST) each connection as soon as it accepts it.
+        Rst,
+    }
+
+    #[derive(Clone, Copy)]
+    pub enum Udp {
+        /// Answers every datagram twice.
+        Twice,
+        /// Answers with the datagram upper-cased and `delta` bytes shorter (< 0) or longer.
+        Resize(isize),
+    }
+
+    pub struct Server {
+        pub addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    }
+
+    impl Server {
+        pub fn tcp(kind: Tcp) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let addr = listener.local_addr().expect("local addr");
+            let stop = Arc::new(AtomicBool::new(false));
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let (st, th) = (stop.clone(), threads.clone());
+            let accept = thread::spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let st = st.clone();
+                            match kind {
+                                Tcp::Rst => {
+                                    let _ =
+                                        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                                }
+                                _ => th
+                                    .lock()
+                                    .unwrap()
+                                    .push(thread::spawn(move || serve_tcp(s, kind, &st))),
+                            }
+                        }
+                        Err(_) => thread::sleep(POLL),
+                    }
+                }
+            });
+            threads.lock().unwrap().push(accept);
+            Server {
+                addr,
+                stop,
+                threads,
+            }
+        }
+
+        pub fn udp(kind: Udp) -> Server {
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            sock.set_read_timeout(Some(POLL)).expect("timeout");
+            let addr = sock.local_addr().expect("local addr");
+            let stop = Arc::new(AtomicBool::new(false));
+            let st = stop.clone();
+            let t = thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !st.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    buf[..n].make_ascii_uppercase();
+                    match kind {
+                        Udp::Twice => {
+                            let _ = sock.send_to(&buf[..n], from);
+                            let _ = sock.send_to(&buf[..n], from);
+                        }
+                        Udp::Resize(d) => {
+                            let len = n.saturating_add_signed(d).min(buf.len());
+                            let _ = sock.send_to(&buf[..len], from);
+                        }
+                    }
+                }
+            });
+            Server {
+                addr,
+                stop,
+                threads: Arc::new(Mutex::new(vec![t])),
+            }
+        }
+    }
+
+    fn serve_tcp(mut s: TcpStream, kind: Tcp, stop: &AtomicBool) {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(POLL));
+        let mut echo_left = match kind {
+            Tcp::StallAfter(n) => n,
+            Tcp::Fin => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                0
+            }
+            Tcp::Rst => 0,
+        };
+        let mut buf = [0u8; 16 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let k = n.min(echo_left);
+                    echo_left -= k;
+                    buf[..k].make_ascii_uppercase();
+                    if k > 0 && s.write_all(&buf[..k]).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            // The accept thread may add connection threads until it is joined itself; it stays
+            // in the list until then, so popping until the list is empty joins every thread.
+            loop {
+                let Some(t) = self.threads.lock().unwrap().pop() else {
+                    break;
+                };
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The failure reasons of a JSON report, as one string.
+fn failures(v: &Value) -> String {
+    v["failures"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn load_fails_a_run_whose_server_stops_echoing() {
+    let srv = broken::Server::tcp(broken::Tcp::StallAfter(1000));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "2",
+        "-t",
+        "2",
+        "--warmup",
+        "0.5",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert!(v["errors"]["timeout"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("timeout"), "{v:#}");
+}
+
+#[test]
+fn load_counts_a_stream_stalled_at_the_end_of_the_run_as_a_timeout() {
+    // The stall begins at once, but --timeout is longer than the run: only the end-of-run check
+    // for replies still owed can see it.
+    let srv = broken::Server::tcp(broken::Tcp::StallAfter(1000));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "--warmup",
+        "0",
+        "--timeout",
+        "3",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["errors"]["timeout"], 2, "{v:#}");
+}
+
+#[test]
+fn load_fails_a_run_whose_server_closes_connections() {
+    let srv = broken::Server::tcp(broken::Tcp::Fin);
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[&addr, "-c", "2", "-t", "1", "--warmup", "0.5"]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["errors"]["closed"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("closed"), "{v:#}");
+}
+
+#[test]
+fn load_fails_a_run_whose_server_resets_connections() {
+    let srv = broken::Server::tcp(broken::Tcp::Rst);
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[&addr, "-c", "2", "-t", "1", "--warmup", "0.5"]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["errors"]["reset"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("reset"), "{v:#}");
+    // The human summary names the reason on its result line.
+    let out = load(&[&addr, "-q", "-c", "1", "-t", "1", "--warmup", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result = text.lines().find(|l| l.contains("result")).unwrap_or("");
+    assert!(
+        result.contains("FAIL") && result.contains("reset"),
+        "{text}"
+    );
+}
+
+#[test]
+fn load_fails_a_run_that_gets_duplicate_udp_replies() {
+    let srv = broken::Server::udp(broken::Udp::Twice);
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "--proto", "udp", "-c", "2", "-t", "1", "--warmup", "0.5",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert_eq!(v["mismatches"], 0, "{v:#}");
+    assert!(v["duplicate_replies"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(failures(&v).contains("duplicate"), "{v:#}");
+}
+
+#[test]
+fn tolerate_errors_passes_a_run_whose_bytes_were_right() {
+    let srv = broken::Server::tcp(broken::Tcp::StallAfter(1000));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "2",
+        "-t",
+        "2",
+        "--warmup",
+        "0.5",
+        "--timeout",
+        "0.5",
+        "--tolerate-errors",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["errors"]["timeout"].as_u64().unwrap() > 0, "{v:#}");
+    let udp = broken::Server::udp(broken::Udp::Twice);
+    let addr = udp.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "--proto",
+        "udp",
+        "-c",
+        "2",
+        "-t",
+        "1",
+        "--warmup",
+        "0.5",
+        "--tolerate-errors",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["duplicate_replies"].as_u64().unwrap() > 0, "{v:#}");
+    // Tolerating errors does not tolerate wrong bytes.
+    let short = broken::Server::udp(broken::Udp::Resize(-1));
+    let addr = short.addr.to_string();
+    let (code, v, _) = load_json(&[
+        &addr,
+        "--proto",
+        "udp",
+        "-c",
+        "1",
+        "-t",
+        "0.5",
+        "--warmup",
+        "0",
+        "--tolerate-errors",
+    ]);
+    assert_eq!(code, 1, "{v:#}");
+}
+
+#[test]
+fn udp_replies_of_the_wrong_length_say_so() {
+    for (delta, want) in [
+        (-1, "reply is 63 bytes, expected 64"),
+        (1, "reply is 65 bytes, expected 64"),
+    ] {
+        let srv = broken::Server::udp(broken::Udp::Resize(delta));
+        let addr = srv.addr.to_string();
+        let (code, v, err) = load_json(&[
+            &addr, "--proto", "udp", "-c", "1", "-t", "0.5", "--warmup", "0",
+        ]);
+        assert_eq!(code, 1, "{v:#}\n{err}");
+        let first = v["first_mismatch"].as_str().unwrap_or("");
+        assert!(first.contains(want), "{first}");
+    }
+}
+
+#[test]
+fn absurd_values_are_one_line_usage_errors() {
+    for args in [
+        &["--rate", "1e-19"][..],
+        &["--rate", "1e-300"],
+        &["--rate", "1e19"],
+        &["-t", "1e19"],
+        &["-t", "1e-9"],
+        &["--warmup", "1e19"],
+        &["--timeout", "1e19"],
+        &["--timeout", "1e-9"],
+        &["--connect-timeout", "1e19"],
+        &["--connect-timeout", "1e-9"],
+        &["-c", "1e19"],
+        &["-c", "99999999999"],
+        &["--depth", "99999999999"],
+        &["-s", "99999999999"],
+        // Bookkeeping for every message in flight would not fit in memory.
+        &[
+            "-c", "100", "--depth", "65536", "-t", "0.5", "--warmup", "0",
+        ],
+    ] {
+        let mut full = vec!["127.0.0.1:9"];
+        full.extend_from_slice(args);
+        let out = load(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        assert!(first.starts_with("error: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // Where a floor applies, the message says why.
+    let out = load(&["127.0.0.1:9", "--timeout", "1e-9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least"), "{err}");
+}
+
+#[test]
+fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
+    // At 1e9 messages/s the schedule is always behind: handing out the backlog must cost per
+    // connection, not per message, or the generator sends nothing and overruns its window.
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let t0 = Instant::now();
+    let (code, v, err) = load_json(&[
+        &addr, "-c", "2", "--rate", "1e9", "-t", "2", "--warmup", "0",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{err}");
+    assert!(v["messages"].as_u64().unwrap() > 1000, "{v:#}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}
+
+/// Spawns `upecho load ARGS...` with stdout and/or stderr connected to a pipe whose reading end
+/// is closed at once, and returns its exit code and (when open) its stderr.
+fn load_with_closed(stdout: bool, stderr: bool, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin())
+        .arg("load")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upecho load");
+    if stdout {
+        drop(child.stdout.take());
+    }
+    if stderr {
+        drop(child.stderr.take());
+    }
+    let deadline = Instant::now() + RUN_BOUND;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("upecho load {args:?} ran past {RUN_BOUND:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_report_that_cannot_be_written_is_an_error_not_a_panic() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    for json in [false, true] {
+        let mut args = vec![addr.as_str(), "-q", "-c", "1", "-t", "0.5", "--warmup", "0"];
+        if json {
+            args.push("--json");
+        }
+        let (code, err) = load_with_closed(true, false, &args);
+        assert_eq!(code, Some(1), "json {json}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("upecho load: cannot write the report: "))
+            .unwrap_or_else(|| panic!("json {json}: {err}"));
+        assert!(line.contains("pipe"), "{line}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_run() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    // Not quiet: progress lines go to the closed stderr once a second.
+    let (code, _) = load_with_closed(false, true, &[&addr, "-c", "1", "-t", "2", "--warmup", "0"]);
+    assert_eq!(code, Some(0));
+    let (code, _) = load_with_closed(
+        false,
+        true,
+        &[&addr, "--json", "-c", "1", "-t", "1", "--warmup", "0"],
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn server_pid_of_no_process_is_a_usage_error() {
+    let out = load(&["127.0.0.1:9", "--server-pid", "999999999", "-t", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no process 999999999"), "{err}");
+}
+
+#[test]
+fn server_figures_are_unavailable_when_the_process_vanishes() {
+    use std::io::{BufRead, BufReader};
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    // A stand-in for a server process that exits during the run.
+    let mut victim = Command::new("sleep")
+        .arg("60")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
+    let pid = victim.id().to_string();
+    let mut child = Command::new(bin())
+        .args([
+            "load", &addr, "--json", "-c", "1", "-t", "2", "--warmup", "1",
+        ])
+        .args(["--server-pid", &pid])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upecho load");
+    // The first progress line means the run has begun (and the pid was accepted): end the
+    // process then, and reap it so that it is gone, not a zombie.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let started = rx.recv_timeout(RUN_BOUND).is_ok();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let deadline = Instant::now() + RUN_BOUND;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = reader.join().unwrap_or_default();
+    assert!(started, "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(out.status.code(), Some(0), "{v:#}\n{err}");
+    assert_eq!(v["server"]["pid"], pid.parse::<u64>().unwrap(), "{v:#}");
+    assert!(v["server"]["cpu_s"].is_null(), "{v:#}");
+    assert!(v["server"]["rss_bytes"].is_null(), "{v:#}");
+    assert!(err.contains("unavailable"), "{err}");
+}

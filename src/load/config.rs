@@ -27,6 +27,19 @@ pub const UDP_HEADER: usize = 8;
 const FD_RESERVE: u64 = 32;
 /// Source addresses a `--source` list may name; far more than 127.0.0.0/8 needs for any `-c`.
 const MAX_SOURCES: u128 = 1 << 16;
+/// How often a worker looks at its timeouts and the main thread's phase when no event wakes it.
+/// It is also the floor of `-t` and the timeouts: finer values could not be honoured.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest any duration option may be: a day.
+const MAX_SECS: f64 = 86_400.0;
+/// Slowest and fastest `--rate`. Below the floor hardly a message would be sent in the longest
+/// run; above the ceiling the schedule is only ever behind.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1e9;
+/// Messages in flight over all connections (`-c` x `--depth`) at most: each has its latency
+/// origin stored (16 bytes; a UDP slot ~40), allocated up front, so this bounds that to 64 MiB
+/// (UDP: 160 MiB) instead of letting an absurd product exhaust memory.
+pub const MAX_IN_FLIGHT: u64 = 1 << 22;
 
 /// What each connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,10 +148,10 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub depth: u32,
     /// Seconds to measure (hold: seconds to hold the connections open).
-    #[arg(short = 't', long = "duration", default_value_t = 10.0, value_parser = parse_secs)]
+    #[arg(short = 't', long = "duration", default_value_t = 10.0, value_parser = parse_window)]
     pub duration: f64,
     /// Seconds of load before measuring starts.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_secs)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_warmup)]
     pub warmup: f64,
     /// Open loop: a fixed total rate in messages/s; latency counts from each message's intended
     /// send time, so a stalled server shows in the percentiles (no coordinated omission).
@@ -158,11 +171,16 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
     /// Seconds without a reply before a message counts as timed out (UDP: lost).
-    #[arg(long, default_value_t = 2.0, value_parser = parse_secs)]
+    #[arg(long, default_value_t = 2.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// Seconds a connection attempt may take before it counts as timed out.
-    #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_timeout)]
     pub connect_timeout: f64,
+    /// Count connection errors (refused, reset, closed, timed out), UDP losses and duplicate
+    /// replies, but pass the run if every byte was right and messages got through. Without it
+    /// any of them fails the run.
+    #[arg(long)]
+    pub tolerate_errors: bool,
     /// Print one JSON object on stdout (the human summary then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -177,19 +195,48 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
-fn parse_secs(s: &str) -> Result<f64, String> {
+/// Seconds between `min` and a day; `why` says what the floor is for.
+fn parse_secs(s: &str, min: f64, why: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        Ok(v) if v.is_finite() && (min..=MAX_SECS).contains(&v) => Ok(v),
         _ => Err(format!(
-            "{s:?} is not a number of seconds between 0 and 86400"
+            "{s:?} is not a number of seconds between {min} and {MAX_SECS}{why}"
         )),
     }
 }
 
+fn parse_warmup(s: &str) -> Result<f64, String> {
+    parse_secs(s, 0.0, "")
+}
+
+fn parse_window(s: &str) -> Result<f64, String> {
+    let floor = CHECK_INTERVAL.as_secs_f64();
+    parse_secs(
+        s,
+        floor,
+        &format!(
+            " (at least {floor}: idle workers look at the clock every {floor} s, so a shorter \
+             window may count nothing)"
+        ),
+    )
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let floor = CHECK_INTERVAL.as_secs_f64();
+    parse_secs(
+        s,
+        floor,
+        &format!(" (at least {floor}: timeouts are checked every {floor} s)"),
+    )
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e9 => Ok(v),
-        _ => Err(format!("{s:?} is not a rate between 0 and 1e9 messages/s")),
+        Ok(v) if v.is_finite() && (MIN_RATE..=MAX_RATE).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a rate between {MIN_RATE} and {MAX_RATE:e} messages/s (at least \
+             {MIN_RATE}: a slower rate would hardly send a message in a day)"
+        )),
     }
 }
 
@@ -221,6 +268,7 @@ pub struct Config {
     pub threads: usize,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub tolerate_errors: bool,
     pub json: bool,
     pub histogram: Option<PathBuf>,
     pub server_pid: Option<u32>,
@@ -285,12 +333,6 @@ impl Config {
                 a.addr
             ));
         }
-        if a.duration <= 0.0 {
-            return err("-t must be more than 0 seconds".into());
-        }
-        if a.timeout <= 0.0 || a.connect_timeout <= 0.0 {
-            return err("--timeout and --connect-timeout must be more than 0 seconds".into());
-        }
         let conns = a.connections as usize;
         let threads = (a.threads as usize).min(conns);
         let need = conns as u64 + FD_RESERVE + 2 * threads as u64;
@@ -316,6 +358,14 @@ impl Config {
                 ));
             }
         }
+        let in_flight = u64::from(a.connections) * u64::from(a.depth);
+        if a.mode == Mode::Pingpong && in_flight > MAX_IN_FLIGHT {
+            return err(format!(
+                "-c {conns} x --depth {} is {in_flight} messages in flight, more than the \
+                 {MAX_IN_FLIGHT} the generator keeps latency origins for; lower -c or --depth",
+                a.depth
+            ));
+        }
         Ok(Config {
             addr: a.addr,
             mode: a.mode,
@@ -332,6 +382,7 @@ impl Config {
             threads,
             timeout: Duration::from_secs_f64(a.timeout),
             connect_timeout: Duration::from_secs_f64(a.connect_timeout),
+            tolerate_errors: a.tolerate_errors,
             json: a.json,
             histogram: a.histogram,
             server_pid: a.server_pid,
@@ -458,6 +509,53 @@ mod tests {
         assert!(parse(&["--rate", "-1"]).is_err());
         assert!(parse(&["--warmup", "nan"]).is_err());
         assert!(parse(&["--mode", "sideways"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_rates_have_floors_that_say_why_and_a_ceiling() {
+        for (flag, tiny) in [
+            ("-t", "0.01"),
+            ("--timeout", "1e-9"),
+            ("--connect-timeout", "0.099"),
+        ] {
+            let e = parse(&[flag, tiny]).unwrap_err();
+            assert!(e.contains("at least 0.1"), "{flag}: {e}");
+        }
+        let e = parse(&["--rate", "1e-19"]).unwrap_err();
+        assert!(e.contains("at least 0.001"), "{e}");
+        for (flag, huge) in [
+            ("-t", "1e19"),
+            ("--warmup", "1e19"),
+            ("--timeout", "86400.5"),
+            ("--connect-timeout", "inf"),
+            ("--rate", "1e19"),
+        ] {
+            assert!(parse(&[flag, huge]).is_err(), "{flag} {huge}");
+        }
+        // The floors and ceilings themselves are accepted, and no warm-up is fine.
+        let c = parse(&[
+            "-t",
+            "0.1",
+            "--timeout",
+            "86400",
+            "--warmup",
+            "0",
+            "--rate",
+            "0.001",
+        ])
+        .unwrap();
+        assert_eq!(c.duration, CHECK_INTERVAL);
+        assert!(parse(&["--rate", "1e9", "--connect-timeout", "0.1"]).is_ok());
+    }
+
+    #[test]
+    fn messages_in_flight_are_bounded() {
+        let e = parse(&["-c", "19000", "--depth", "65536"]).unwrap_err();
+        assert!(e.contains("in flight") && e.contains("4194304"), "{e}");
+        assert!(parse(&["-c", "64", "--depth", "65536"]).is_ok());
+        assert!(parse(&["--proto", "udp", "-c", "65", "--depth", "65536"]).is_err());
+        // Only ping-pong keeps a latency origin per message of depth.
+        assert!(parse(&["--mode", "bulk", "-c", "19000", "--depth", "65536"]).is_ok());
     }
 
     #[test]

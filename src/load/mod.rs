@@ -13,6 +13,12 @@
 //! workers counted. Workers read the phase once per loop turn, so the window they count in and the
 //! window the CPU time is sampled over line up to within one loop turn. Every worker also has its
 //! own hard deadline, so nothing runs on if the main thread's plan goes wrong.
+//!
+//! A run ends with a drain (hold: with its check): no new messages, and what is still owed
+//! must come back within `--timeout`. So a server that stalled near the end is caught as a
+//! timeout like one that stalled earlier, the last replies are verified too, and the
+//! generator's own closing of its connections afterwards can never be mistaken for the
+//! server's doing.
 
 pub mod config;
 pub mod payload;
@@ -43,8 +49,11 @@ pub enum Phase {
     Measure = 1,
     /// hold only: one message on every connection, then each worker ends by itself.
     Check = 2,
+    /// Every mode but hold: no new messages or connections; each worker ends by itself once
+    /// nothing is owed, counting what is still owed after `--timeout` as timed out (UDP: lost).
+    Drain = 3,
     /// Close everything and return.
-    Stop = 3,
+    Stop = 4,
 }
 
 /// State shared by the main thread and the workers.
@@ -59,6 +68,7 @@ impl Shared {
             0 => Phase::Warmup,
             1 => Phase::Measure,
             2 => Phase::Check,
+            3 => Phase::Drain,
             _ => Phase::Stop,
         }
     }
@@ -84,11 +94,11 @@ impl Ctx<'_> {
         &self.shared.progress[self.thread]
     }
 
-    /// The longest a worker may run whatever the main thread does: every phase at its longest,
-    /// plus slack.
+    /// The longest a worker may run whatever the main thread does: every phase at its longest
+    /// (the hold's check or the drain each take up to `--timeout`), plus slack.
     fn hard_limit(&self) -> Duration {
         let c = self.cfg;
-        c.warmup + c.duration + 2 * c.connect_timeout + c.timeout + Duration::from_secs(30)
+        c.warmup + c.duration + 2 * c.connect_timeout + 2 * c.timeout + Duration::from_secs(30)
     }
 }
 
@@ -98,33 +108,70 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let cfg = match Config::from_args(args, Limits::probe()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}\n\nFor more information, try '--help'.");
+            say(&format!(
+                "error: {e}\n\nFor more information, try '--help'.\n"
+            ));
             return ExitCode::from(2);
         }
     };
+    // A pid that names nothing would only show up as figures of zero at the end.
+    if let Some(pid) = cfg.server_pid
+        && stats::proc_cpu(pid).is_none()
+    {
+        say(&format!(
+            "error: --server-pid {pid}: no process {pid} (or /proc/{pid}/stat cannot be read)\n\n\
+             For more information, try '--help'.\n"
+        ));
+        return ExitCode::from(2);
+    }
     let (report, hist) = execute(&cfg);
     if let Some(path) = &cfg.histogram
         && let Err(e) = std::fs::write(path, stats::hgrm(&hist))
     {
-        eprintln!("upecho load: cannot write {}: {e}", path.display());
+        say(&format!(
+            "upecho load: cannot write {}: {e}\n",
+            path.display()
+        ));
         return ExitCode::FAILURE;
     }
     let text = report.text();
-    if cfg.json {
-        eprint!("{text}");
+    // The report is the product: if it cannot be written (a closed pipe, a full disk), the
+    // run did not deliver, whatever it measured.
+    let written = if cfg.json {
+        say(&text);
         let json =
             serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{json}");
-        let _ = out.flush();
+        write_stdout(&format!("{json}\n"))
     } else {
-        print!("{text}");
+        write_stdout(&text)
+    };
+    if let Err(e) = written {
+        say(&format!("upecho load: cannot write the report: {e}\n"));
+        return ExitCode::FAILURE;
     }
     if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Writes `text` to stdout and flushes it. Explicit, because `print!` panics on a write error
+/// (and Rust ignores SIGPIPE, so a closed pipe is such an error, EPIPE).
+fn write_stdout(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Writes `text` to stderr, returning whether it could. Everything the generator says besides
+/// the report goes through here: `eprint!` would panic on a closed stderr, and there is nowhere
+/// left to report that failure, so it is only returned.
+fn say(text: &str) -> bool {
+    let mut err = io::stderr().lock();
+    err.write_all(text.as_bytes())
+        .and_then(|()| err.flush())
+        .is_ok()
 }
 
 /// Runs the load described by `cfg` and returns the report and the merged latency histogram.
@@ -260,9 +307,14 @@ fn drive(
     let cpu1 = stats::own_cpu();
     let srv1 = cfg.server_pid.and_then(stats::proc_cpu);
     let rss = cfg.server_pid.and_then(stats::proc_rss);
-    if cfg.mode == Mode::Hold && !interrupted.load(Ordering::Relaxed) {
-        // Phase 3 (hold): every worker sends its one message per connection and ends itself.
-        shared.set_phase(Phase::Check);
+    // Phase 3: hold's check, or the drain; each worker ends itself within --timeout. An
+    // interrupted run skips it: whoever pressed Ctrl-C wants the figures now.
+    if !interrupted.load(Ordering::Relaxed) {
+        shared.set_phase(if cfg.mode == Mode::Hold {
+            Phase::Check
+        } else {
+            Phase::Drain
+        });
         let check_end = Instant::now() + cfg.timeout + Duration::from_secs(1);
         while Instant::now() < check_end && !all_done() && !interrupted.load(Ordering::Relaxed) {
             thread::sleep(Duration::from_millis(10));
@@ -339,12 +391,15 @@ impl ProgressLine {
         if now < self.next {
             return;
         }
-        self.next += Duration::from_secs(1);
+        // After a stall, one line for the whole gap rather than a burst of catch-up lines.
+        while self.next <= now {
+            self.next += Duration::from_secs(1);
+        }
         let s = Progress::sum(&shared.progress);
         let dt = (now - self.last_at).as_secs_f64().max(1e-9);
         if !self.quiet {
-            eprintln!(
-                "[{:6.1}s] {what:6} {:>10.0} msg/s {:>9.2} MB/s  open {:>6}  errors {}  mismatches {}",
+            let line = format!(
+                "[{:6.1}s] {what:6} {:>10.0} msg/s {:>9.2} MB/s  open {:>6}  errors {}  mismatches {}\n",
                 (now - self.started).as_secs_f64(),
                 (s[0] - self.last[0]) as f64 / dt,
                 (s[1] - self.last[1]) as f64 / dt / 1e6,
@@ -352,6 +407,10 @@ impl ProgressLine {
                 s[2],
                 s[3]
             );
+            // Progress is a courtesy: a closed stderr only ends it, not the run.
+            if !say(&line) {
+                self.quiet = true;
+            }
         }
         self.last = s;
         self.last_at = now;
@@ -363,12 +422,7 @@ fn build_report(cfg: &Config, s: &Stats, w: &Window) -> Report {
     let per_msg = |d: Duration| (s.msgs > 0).then(|| d.as_secs_f64() * 1e6 / s.msgs as f64);
     let hold = cfg.mode == Mode::Hold;
     let mismatches = s.mismatch_events;
-    let ok = mismatches == 0
-        && if hold {
-            s.held == cfg.conns as u64 && s.answered == s.held
-        } else {
-            s.msgs > 0
-        };
+    let failures = failures(cfg, s);
     Report {
         mode: config::mode_name(cfg.mode),
         proto: if cfg.udp { "udp" } else { "tcp" },
@@ -399,12 +453,81 @@ fn build_report(cfg: &Config, s: &Stats, w: &Window) -> Report {
             cpu_s: w.client_cpu.as_secs_f64(),
             cpu_us_per_msg: per_msg(w.client_cpu),
         },
+        duplicate_replies: s.duplicates,
+        tolerate_errors: cfg.tolerate_errors,
         server: cfg.server_pid.map(|pid| ServerUse {
             pid,
-            cpu_s: w.server_cpu.unwrap_or_default().as_secs_f64(),
+            cpu_s: w.server_cpu.map(|d| d.as_secs_f64()),
             cpu_us_per_msg: w.server_cpu.and_then(per_msg),
-            rss_bytes: w.server_rss.unwrap_or(0),
+            rss_bytes: w.server_rss,
         }),
-        ok,
+        ok: failures.is_empty(),
+        failures,
     }
+}
+
+/// Why the run failed (empty: it passed). Wrong bytes always fail it; so do, unless
+/// `--tolerate-errors`, errors (the generator's own closes are never counted as errors: churn
+/// closes a connection only once it is answered, and the end of the run closes only drained
+/// ones), UDP losses and duplicate replies. hold has its own rule: every connection held, and
+/// every held connection answered.
+fn failures(cfg: &Config, s: &Stats) -> Vec<String> {
+    let mut why = Vec::new();
+    if s.mismatch_events > 0 {
+        why.push(format!(
+            "{} wrong repl{} ({} wrong bytes)",
+            s.mismatch_events,
+            if s.mismatch_events == 1 { "y" } else { "ies" },
+            s.mismatched_bytes
+        ));
+    }
+    if cfg.mode == Mode::Hold {
+        if s.held != cfg.conns as u64 {
+            why.push(format!(
+                "{} of {} connections held to the end",
+                s.held, cfg.conns
+            ));
+        }
+        if s.answered != s.held {
+            why.push(format!(
+                "{} of {} held connections answered",
+                s.answered, s.held
+            ));
+        }
+        return why;
+    }
+    if s.msgs == 0 {
+        why.push("no message was answered in the measurement window".into());
+    }
+    if cfg.tolerate_errors {
+        return why;
+    }
+    let e = &s.errors;
+    if e.total > 0 {
+        let classes: Vec<String> = [
+            ("refused", e.refused),
+            ("reset", e.reset),
+            ("timeout", e.timeout),
+            ("closed by the server", e.closed),
+            ("no ports", e.no_ports),
+            ("other", e.other),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect();
+        why.push(format!(
+            "{} error{} ({})",
+            e.total,
+            if e.total == 1 { "" } else { "s" },
+            classes.join(", ")
+        ));
+    }
+    if s.losses > 0 {
+        why.push(format!("{} datagrams lost", s.losses));
+    }
+    if s.duplicates > 0 {
+        why.push(format!("{} duplicate replies", s.duplicates));
+    }
+    why
 }

@@ -10,7 +10,12 @@
 //! [`InFlight`] remembers, per connection, the time each in-flight message counts from, in a
 //! fixed ring allocated once per connection.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
+
+/// Latest a message is ever due, in seconds after the start: far beyond the longest run (a
+/// day), near enough that adding it to an `Instant` cannot overflow, whatever the rate.
+const HORIZON_SECS: f64 = 1e9;
 
 /// The open-loop send clock of one worker.
 #[derive(Debug, Clone)]
@@ -24,18 +29,25 @@ pub struct RateSchedule {
 impl RateSchedule {
     /// A schedule of `rate` messages per second starting at `start`.
     pub fn new(start: Instant, rate: f64) -> RateSchedule {
+        // `!(rate > 0)` also catches NaN; a rate too slow to matter is one that never sends again.
+        let interval = if rate > 0.0 {
+            (1.0 / rate).min(HORIZON_SECS)
+        } else {
+            HORIZON_SECS
+        };
         RateSchedule {
             start,
-            interval: 1.0 / rate,
+            interval,
             next: 0,
         }
     }
 
-    /// The due time of message `k`.
+    /// The due time of message `k` (never later than the horizon).
     #[inline]
     pub fn due_time(&self, k: u64) -> Instant {
         // f64 keeps nanosecond precision for ~100 days of schedule, far past any run.
-        self.start + Duration::from_secs_f64(k as f64 * self.interval)
+        let secs = (k as f64 * self.interval).min(HORIZON_SECS);
+        self.start + Duration::from_secs_f64(secs)
     }
 
     /// The next message not yet handed out, and its due time.
@@ -53,6 +65,36 @@ impl RateSchedule {
             None
         }
     }
+
+    /// Hands out every message due by `now` at once, as a range of message numbers. Its cost
+    /// does not depend on how many are due, so a schedule far ahead of what the machine can
+    /// send (the generator is behind) cannot make a loop turn longer and longer.
+    pub fn take_due(&mut self, now: Instant) -> Range<u64> {
+        let first = self.next;
+        if self.due_time(first) > now {
+            return first..first;
+        }
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        // The estimate is off by a message or so from rounding; settle on the exact boundary.
+        let mut end = ((elapsed / self.interval) as u64)
+            .saturating_add(1)
+            .max(first + 1);
+        while end > first + 1 && self.due_time(end - 1) > now {
+            end -= 1;
+        }
+        while self.due_time(end) <= now {
+            end += 1;
+        }
+        self.next = end;
+        first..end
+    }
+}
+
+/// How many of the messages `0..end`, dealt round-robin over `lanes` lanes, fall to `lane`.
+#[inline]
+pub fn lane_share(end: u64, lane: u64, lanes: u64) -> u64 {
+    debug_assert!(lane < lanes);
+    (end + (lanes - 1 - lane)) / lanes
 }
 
 /// Latency origins of the messages in flight on one connection, oldest first.
@@ -160,6 +202,51 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 101);
+    }
+
+    #[test]
+    fn absurdly_slow_rates_saturate_instead_of_overflowing() {
+        let t0 = Instant::now();
+        for rate in [1e-19, 1e-300, 5e-324, 0.0, f64::NAN] {
+            let mut s = RateSchedule::new(t0, rate);
+            let far = t0 + Duration::from_secs(86_400);
+            // Message 0 is due at once, and none after it within a day.
+            assert_eq!(s.take_due(far), 0..1, "rate {rate}");
+            assert!(s.due_time(u64::MAX) > far, "rate {rate}");
+            assert_eq!(s.pop_due(far), None);
+        }
+    }
+
+    #[test]
+    fn take_due_hands_out_the_same_messages_as_pop_due() {
+        let t0 = Instant::now();
+        for rate in [3.0, 1000.0, 7_777.7, 1e7] {
+            let mut a = RateSchedule::new(t0, rate);
+            let mut b = a.clone();
+            for step_us in [0u64, 1, 10, 333, 1000, 5000, 100_000] {
+                let now = t0 + Duration::from_micros(step_us);
+                let r = a.take_due(now);
+                let mut n = 0;
+                while b.pop_due(now).is_some() {
+                    n += 1;
+                }
+                assert_eq!(r.end - r.start, n, "rate {rate} at {step_us} µs");
+                assert_eq!(a.peek(), b.peek());
+            }
+        }
+    }
+
+    #[test]
+    fn lane_shares_add_up_to_round_robin() {
+        for lanes in 1..6u64 {
+            for end in 0..40u64 {
+                let shares: Vec<u64> = (0..lanes).map(|j| lane_share(end, j, lanes)).collect();
+                let want: Vec<u64> = (0..lanes)
+                    .map(|j| (0..end).filter(|k| k % lanes == j).count() as u64)
+                    .collect();
+                assert_eq!(shares, want, "{end} over {lanes}");
+            }
+        }
     }
 
     proptest! {

@@ -23,7 +23,7 @@ pub enum ErrorClass {
     Refused,
     Reset,
     Timeout,
-    /// The server closed a connection that still owed replies.
+    /// The server closed (FIN) a connection the generator was still using.
     Closed,
     /// No local port or address left (EADDRNOTAVAIL): spread over more `--source` addresses.
     NoPorts,
@@ -100,8 +100,10 @@ pub struct Stats {
     pub first_mismatch: Option<String>,
     /// UDP datagrams with no reply within `--timeout`.
     pub losses: u64,
-    /// UDP replies that came after their datagram was counted lost (or were duplicated).
+    /// UDP replies that came after their datagram was counted lost.
     pub late: u64,
+    /// UDP replies to a datagram that had already been answered.
+    pub duplicates: u64,
     /// Connections that completed their handshake (all modes; churn's unit of work).
     pub connects: u64,
     /// hold: connections open when the hold ended, and how many of them answered.
@@ -122,6 +124,7 @@ impl Stats {
             first_mismatch: None,
             losses: 0,
             late: 0,
+            duplicates: 0,
             connects: 0,
             held: 0,
             answered: 0,
@@ -131,8 +134,19 @@ impl Stats {
     /// Records one latency.
     #[inline]
     pub fn latency(&mut self, d: Duration) {
-        self.hist
-            .saturating_record((d.as_nanos() as u64).clamp(1, HIST_MAX_NS));
+        // Clamped before narrowing, so no duration can wrap around to a small one.
+        let ns = d.as_nanos().clamp(1, u128::from(HIST_MAX_NS)) as u64;
+        self.hist.saturating_record(ns);
+    }
+
+    /// Records a reply that is wrong as a whole rather than in its bytes (its length, its
+    /// header, more bytes than were sent); `what` says so in full.
+    pub fn wrong_reply(&mut self, wrong_bytes: u64, what: impl FnOnce() -> String) {
+        self.mismatch_events += 1;
+        self.mismatched_bytes += wrong_bytes;
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(what());
+        }
     }
 
     /// Records a wrong reply; `what` names the connection or socket.
@@ -166,6 +180,7 @@ impl Stats {
         }
         self.losses += o.losses;
         self.late += o.late;
+        self.duplicates += o.duplicates;
         self.connects += o.connects;
         self.held += o.held;
         self.answered += o.answered;
@@ -251,10 +266,13 @@ pub struct CpuUse {
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct ServerUse {
     pub pid: u32,
-    pub cpu_s: f64,
+    /// CPU time over the window; `None` (JSON null) when it could not be sampled at both ends,
+    /// e.g. the process ended during the run: unknown, not zero.
+    pub cpu_s: Option<f64>,
     pub cpu_us_per_msg: Option<f64>,
-    /// RSS at the end of the window (hold: with every connection still open).
-    pub rss_bytes: u64,
+    /// RSS at the end of the window (hold: with every connection still open); `None` when the
+    /// process could not be read then.
+    pub rss_bytes: Option<u64>,
 }
 
 /// The final report: printed as text, or as one JSON object with `--json`.
@@ -287,12 +305,18 @@ pub struct Report {
     pub first_mismatch: Option<String>,
     pub losses: u64,
     pub late_replies: u64,
+    pub duplicate_replies: u64,
     pub held: Option<u64>,
     pub answered: Option<u64>,
     pub client: CpuUse,
     pub server: Option<ServerUse>,
-    /// False when any byte was wrong, nothing got through, or (hold) a connection did not answer.
+    /// Whether errors, losses and duplicates were only counted (`--tolerate-errors`).
+    pub tolerate_errors: bool,
+    /// False when any byte was wrong, nothing got through, (hold) a connection was lost or did
+    /// not answer, or (unless errors are tolerated) any error, loss or duplicate was counted.
     pub ok: bool,
+    /// Why the run failed, one reason each; empty when `ok`.
+    pub failures: Vec<String>,
 }
 
 impl Report {
@@ -361,8 +385,8 @@ impl Report {
         if self.proto == "udp" {
             let _ = writeln!(
                 s,
-                "  losses      {} (late replies {})",
-                self.losses, self.late_replies
+                "  losses      {} (late replies {}, duplicate replies {})",
+                self.losses, self.late_replies, self.duplicate_replies
             );
         }
         let per = |v: Option<f64>| v.map(|v| format!("{v:.2} µs/msg")).unwrap_or("-".into());
@@ -373,16 +397,32 @@ impl Report {
             per(self.client.cpu_us_per_msg)
         );
         if let Some(sv) = &self.server {
-            let _ = writeln!(
-                s,
-                "  server cpu  {:.2} s, {} (pid {}, rss {} KiB)",
-                sv.cpu_s,
-                per(sv.cpu_us_per_msg),
-                sv.pid,
-                sv.rss_bytes / 1024
-            );
+            let cpu = match sv.cpu_s {
+                Some(c) => format!("{c:.2} s, {}", per(sv.cpu_us_per_msg)),
+                None => "unavailable".into(),
+            };
+            let rss = match sv.rss_bytes {
+                Some(b) => format!("{} KiB", b / 1024),
+                None => "unavailable".into(),
+            };
+            let why = if sv.cpu_s.is_none() || sv.rss_bytes.is_none() {
+                ": the process ended or could not be read during the run"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  server cpu  {cpu} (pid {}, rss {rss}){why}", sv.pid);
         }
-        let _ = writeln!(s, "  result      {}", if self.ok { "ok" } else { "FAILED" });
+        if self.ok {
+            let counted = self.errors.total + self.losses + self.duplicate_replies;
+            let tolerated = if self.tolerate_errors && counted > 0 {
+                " (errors tolerated)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  result      ok{tolerated}");
+        } else {
+            let _ = writeln!(s, "  result      FAILED: {}", self.failures.join("; "));
+        }
         s
     }
 }
@@ -454,7 +494,8 @@ pub fn proc_cpu(pid: u32) -> Option<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    // Split, so that no tick count can overflow the multiplication.
+    Some(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
 }
 
 /// Resident set size of a process from `/proc/PID/status`, if it can be read.

@@ -10,6 +10,10 @@
 //!                          └── hold: any failure ──▶ Done ◀── hold: any failure ──────┘
 //! ```
 //!
+//! At the end (`Phase::Drain`) nothing new is issued or connected, connects still in progress
+//! are abandoned, and the worker ends once no open connection owes a reply; one that still owes
+//! after `--timeout` is counted as timed out, exactly as it would have been during the run.
+//!
 //! Bytes: a connection's stream is the shared pattern from the connection's own start offset
 //! (see `payload`), so "what to send next" is `tx` and "what the next reply byte must be" is
 //! `rx`; both are counters, and the only buffers are the shared pattern and one scratch read
@@ -30,8 +34,8 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::config::{Close, Mode};
-use super::payload::{Mismatch, PERIOD};
-use super::schedule::{InFlight, RateSchedule};
+use super::payload::PERIOD;
+use super::schedule::{InFlight, RateSchedule, lane_share};
 use super::stats::{ErrorClass, Stats};
 use super::timer::Timer;
 use super::{Ctx, Phase};
@@ -39,7 +43,7 @@ use super::{Ctx, Phase};
 /// Largest read: 64 KiB takes a whole loopback segment train in one system call.
 const SCRATCH: usize = 64 * 1024;
 /// How often timeouts, phase changes and the progress counters are looked at when idle.
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = super::config::CHECK_INTERVAL;
 /// Connection attempts in progress at once per worker: enough to open 15,000 connections in a
 /// few seconds without overflowing the server's accept backlog (a dropped SYN costs a second).
 const MAX_CONNECTING: usize = 256;
@@ -184,6 +188,7 @@ pub fn run(ctx: &Ctx) -> Stats {
     let hard_end = now + ctx.hard_limit();
     let mut next_tick = now;
     let mut check_until = None;
+    let mut drain_until = None;
 
     loop {
         let now = Instant::now();
@@ -194,14 +199,32 @@ pub fn run(ctx: &Ctx) -> Stats {
         if phase != env.phase {
             env.phase = phase;
             env.measuring = phase == Phase::Measure;
-            if phase == Phase::Check {
-                env.begin_check(&mut conns, now);
-                check_until = Some(now + cfg.timeout);
+            match phase {
+                Phase::Check => {
+                    env.begin_check(&mut conns, now);
+                    check_until = Some(now + cfg.timeout);
+                }
+                Phase::Drain => {
+                    env.begin_drain(&mut conns);
+                    // One tick more than --timeout: the housekeeping that counts a connection
+                    // silent for --timeout runs once a tick.
+                    drain_until = Some(now + cfg.timeout + TICK);
+                }
+                Phase::Warmup | Phase::Measure | Phase::Stop => {}
             }
         }
         if now >= next_tick {
             env.housekeeping(&mut conns, now);
             next_tick = now + TICK;
+        }
+        if phase == Phase::Drain {
+            if !conns.iter().any(owes) {
+                break;
+            }
+            if drain_until.is_some_and(|t| now >= t) {
+                env.end_drain(&mut conns);
+                break;
+            }
         }
         if cfg.mode == Mode::Hold {
             let settled = env.ready.is_empty() && env.retry.is_empty() && env.connecting == 0;
@@ -219,7 +242,10 @@ pub fn run(ctx: &Ctx) -> Stats {
         env.publish();
 
         let mut wake = next_tick;
+        // Not while draining: nothing more is issued, so the next due time stays in the past
+        // and would wake the loop at once, over and over.
         if let (Some(s), Some(t)) = (&env.sched, &mut timer)
+            && phase != Phase::Drain
             && let Err(e) = t.arm(s.peek().1, now)
         {
             env.stats
@@ -228,6 +254,9 @@ pub fn run(ctx: &Ctx) -> Stats {
             break;
         }
         if let Some(&(at, _)) = env.retry.front() {
+            wake = wake.min(at);
+        }
+        if let Some(at) = drain_until {
             wake = wake.min(at);
         }
         if !env.ready.is_empty() && env.connecting < MAX_CONNECTING && env.may_connect() {
@@ -251,7 +280,8 @@ pub fn run(ctx: &Ctx) -> Stats {
         }
     }
     env.publish();
-    // Dropping the streams closes them; the server sees ordinary closes.
+    // Dropping the streams closes them; the server sees ordinary closes (and after a drain,
+    // closes of connections that owe nothing).
     drop(conns);
     env.stats
 }
@@ -261,7 +291,31 @@ impl Env<'_> {
         match self.ctx.cfg.mode {
             // hold opens its connections once, before the hold starts.
             Mode::Hold => self.phase == Phase::Warmup,
-            _ => true,
+            _ => self.phase != Phase::Drain,
+        }
+    }
+
+    /// The run is over: stop connecting (a connect in progress owes nothing, so it is simply
+    /// abandoned); what is already issued is still written and must still be answered.
+    fn begin_drain(&mut self, conns: &mut [Conn]) {
+        self.ready.clear();
+        self.retry.clear();
+        for c in conns.iter_mut() {
+            if c.state == State::Connecting {
+                self.close(c);
+            }
+        }
+    }
+
+    /// The drain's time is up: whatever is still owed counts as timed out.
+    fn end_drain(&mut self, conns: &mut [Conn]) {
+        for (i, c) in conns.iter_mut().enumerate() {
+            if owes(c) {
+                let owed = c.tx - c.rx;
+                let e =
+                    format!("no reply within --timeout at the end of the run ({owed} bytes owed)");
+                self.fail(c, i, ErrorClass::Timeout, &e);
+            }
         }
     }
 
@@ -415,6 +469,9 @@ impl Env<'_> {
 
     /// Issues messages up to the depth: at once in closed loop, when due in open loop.
     fn refill(&mut self, c: &mut Conn, now: Instant) {
+        if self.phase == Phase::Drain {
+            return;
+        }
         let n = self.ctx.nconns as u64;
         while !c.inflight.is_full() {
             let origin = match &self.sched {
@@ -438,22 +495,43 @@ impl Env<'_> {
 
     /// Hands out the open-loop messages due by `now`, round-robin over the slots.
     fn issue_scheduled(&mut self, conns: &mut [Conn], now: Instant) {
+        if self.phase == Phase::Drain {
+            return;
+        }
+        let Some(due) = self.sched.as_mut().map(|s| s.take_due(now)) else {
+            return;
+        };
         let n = conns.len() as u64;
-        while let Some(k) = self.sched.as_mut().and_then(|s| s.pop_due(now)) {
-            let i = (k % n) as usize;
-            let c = &mut conns[i];
-            c.due += 1;
-            if c.state == State::Open && !c.inflight.is_full() {
-                self.refill(c, now);
-                self.flush(c, i);
+        if due.end - due.start < n {
+            for k in due {
+                let i = (k % n) as usize;
+                conns[i].due += 1;
+                self.issue_due(&mut conns[i], i, now);
             }
+        } else {
+            // At least a message for every slot: set each slot's count at once, so that a
+            // generator far behind its schedule spends a turn per slot, not per message.
+            for (i, c) in conns.iter_mut().enumerate() {
+                c.due = lane_share(due.end, i as u64, n);
+                self.issue_due(c, i, now);
+            }
+        }
+    }
+
+    fn issue_due(&mut self, c: &mut Conn, i: usize, now: Instant) {
+        if c.state == State::Open && !c.inflight.is_full() {
+            self.refill(c, now);
+            self.flush(c, i);
         }
     }
 
     /// Writes what has been issued (bulk: as much as the socket takes) until `WouldBlock`.
     fn flush(&mut self, c: &mut Conn, i: usize) {
         let bulk = self.ctx.cfg.mode == Mode::Bulk;
-        let goal = if bulk {
+        let goal = if bulk && self.phase == Phase::Drain {
+            // Draining: what is written is owed; nothing more is sent.
+            c.tx
+        } else if bulk {
             // Stream, but never more than the window ahead of the replies: a flooded server
             // receive queue makes the kernel collapse and prune it on the *sender's* CPU, which
             // nearly doubled the generator's cost per byte here without adding throughput.
@@ -524,15 +602,13 @@ impl Env<'_> {
                         // More bytes back than were sent: the stream can no longer be matched.
                         let extra = c.rx + n as u64 - c.tx;
                         let id = self.ctx.first_conn + i;
-                        self.stats.mismatch(
-                            Mismatch {
-                                offset: c.tx,
-                                expected: 0,
-                                got: got[(c.tx - c.rx) as usize],
-                                wrong_bytes: extra,
-                            },
-                            || format!("connection {id}: {extra} bytes more than were sent"),
-                        );
+                        self.stats.wrong_reply(extra, || {
+                            format!(
+                                "connection {id}: {extra} bytes back more than were sent \
+                                 (after stream byte {})",
+                                c.tx
+                            )
+                        });
                         self.fail(c, i, ErrorClass::Other, &"server sent unsolicited bytes");
                         return false;
                     }
@@ -630,10 +706,7 @@ impl Env<'_> {
         for (i, c) in conns.iter_mut().enumerate() {
             let late = match c.state {
                 State::Connecting => now.duration_since(c.began) > cfg.connect_timeout,
-                // Owing replies, or owing writes of issued messages: either way stuck.
-                State::Open => {
-                    (c.rx < c.tx || c.done < c.issued) && now.duration_since(c.last) > cfg.timeout
-                }
+                State::Open => owes(c) && now.duration_since(c.last) > cfg.timeout,
                 State::Idle | State::Done => false,
             };
             if late {
@@ -655,6 +728,12 @@ impl Env<'_> {
         p.mismatches.store(self.stats.mismatch_events, Relaxed);
         p.open.store(self.open, Relaxed);
     }
+}
+
+/// Whether an open connection still owes replies, or owes writes of issued messages (either
+/// way it is waiting on the server).
+fn owes(c: &Conn) -> bool {
+    c.state == State::Open && (c.rx < c.tx || c.done < c.issued)
 }
 
 /// A non-blocking socket connecting to `addr`, bound first to `source` if given.
