@@ -299,9 +299,9 @@ fn one_spoofed_datagram_between_two_servers_dies_out() {
         eprintln!("SKIP one_spoofed_datagram_between_two_servers_dies_out: no raw sockets here");
         return;
     }
-    // The loop runs until the budget (ten seconds' worth at 10,000/s) is spent: about two
-    // seconds here at full speed, longer on a loaded machine. It has died once a full second
-    // passes in which A receives nothing.
+    // Each bounce is an echo of the server's own last reply, which costs a hundred times a
+    // fresh datagram: the loop spends its burst within a second or so, longer on a loaded
+    // machine. It has died once a full second passes in which A receives nothing.
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last = datagrams_in(&a);
     let quiet = loop {

@@ -82,8 +82,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub udp_any_source: bool,
     /// Most UDP replies per second to one source (address and port), sustained, after a burst
-    /// of ten seconds' worth; more are ignored and counted. It ends echo loops between servers
-    /// started by one spoofed datagram. 0 = no limit (for long benchmarks from one socket).
+    /// of ten seconds' worth; more are ignored and counted. A datagram that is the server's own
+    /// last reply to that source coming back (an echo loop with another server, started by one
+    /// spoofed datagram) costs 100 replies, so such a loop ends within seconds. 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = reactor::DEFAULT_UDP_SOURCE_RATE)]
     pub udp_source_rate: u32,
 }

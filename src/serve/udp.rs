@@ -22,7 +22,7 @@ use std::time::Instant;
 use log::debug;
 use mio::net::UdpSocket;
 
-use super::limit::SourceLimiter;
+use super::limit::{SourceLimiter, fingerprint};
 use super::stats::Stats;
 use crate::Transform;
 
@@ -205,13 +205,25 @@ impl UdpPolicy {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `src` is answered; `now_ns` is read once per batch.
-    fn allows(&mut self, src: SocketAddr, now_ns: u64) -> Result<(), &'static str> {
+    /// Transforms `buf` (a datagram from `src`) into its reply and says whether to send it;
+    /// `now_ns` is read once per batch.
+    fn answer(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        transform: Transform,
+        now_ns: u64,
+    ) -> Result<(), &'static str> {
         if self.guard && !reply_allowed(src) {
             return Err("reflection guard");
         }
-        let within_budget = self.limiter.as_mut().is_none_or(|l| l.allow(src, now_ns));
-        if within_budget {
+        let Some(limiter) = &mut self.limiter else {
+            transform.apply(buf);
+            return Ok(());
+        };
+        let payload = fingerprint(buf);
+        transform.apply(buf);
+        if limiter.allow(src, payload, fingerprint(buf), now_ns) {
             Ok(())
         } else {
             Err("reply budget per source spent")
@@ -291,12 +303,11 @@ impl UdpEndpoint {
             let now_ns = policy.now_ns();
             for i in 0..n {
                 let verdict = match batch.srcs[i] {
-                    Some(src) => policy.allows(src, now_ns),
+                    Some(src) => policy.answer(src, batch.buf(i), transform, now_ns),
                     None => Err("not an IP source"),
                 };
                 match verdict {
                     Ok(()) => {
-                        transform.apply(batch.buf(i));
                         answer[m] = i;
                         m += 1;
                     }
