@@ -155,7 +155,7 @@ mod tests {
         l.allow(
             src,
             fingerprint(&n.to_le_bytes()),
-            fingerprint(&(n + 1 << 32).to_le_bytes()),
+            fingerprint(&((n + 1) << 32).to_le_bytes()),
             now,
         )
     }
