@@ -6,10 +6,13 @@
 //! - [`client`]: `upecho tcp` / `upecho udp`.
 //! - [`load`]: `upecho load`.
 
+pub mod addr;
 pub mod client;
+pub mod io_outcome;
 pub mod load;
 pub mod net;
 pub mod serve;
 pub mod transform;
+pub mod units;
 
 pub use transform::Transform;

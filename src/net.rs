@@ -10,6 +10,25 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Largest UDP payload over IPv4: 65,535 less the 20-byte IP header and the 8-byte UDP header.
+pub const MAX_DATAGRAM_V4: usize = 65_507;
+/// Largest UDP payload over IPv6 (jumbograms aside): 65,535 less the 8-byte UDP header (the
+/// 40-byte IPv6 header is not counted in its payload length).
+pub const MAX_DATAGRAM_V6: usize = 65_527;
+
+/// The largest datagram that can be sent to `addr`.
+pub fn max_datagram(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => MAX_DATAGRAM_V4,
+        SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => MAX_DATAGRAM_V4,
+        SocketAddr::V6(_) => MAX_DATAGRAM_V6,
+    }
+}
+
+/// Descriptors a process keeps back from its connections: stdio, the poll, the signal pipe,
+/// listeners and UDP sockets, timers, the files it reads in /proc, and some slack.
+pub const FD_RESERVE: u64 = 32;
+
 /// The transport a socket speaks, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {

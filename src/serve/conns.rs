@@ -16,6 +16,7 @@ use super::conn::{Conn, Ctx, Moved, Progress};
 use super::stats::Stats;
 use super::token;
 use crate::Transform;
+use crate::io_outcome::{Class, classify};
 
 /// The reactor-wide read buffer. Chosen by measurement on this machine (64 KiB bulk over one
 /// connection, `upecho load --mode bulk`, server on CPU 0): 16 KiB gave 1.73-1.89 GB/s at
@@ -206,17 +207,18 @@ impl Connections {
                 debug!("conn {key} {peer:?}: idle timeout");
             }
             Close::DrainTimeout => debug!("conn {key} {peer:?}: drain timeout"),
-            Close::Failed(e) => {
-                stats.reset += 1;
-                match e.kind() {
-                    io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted => {
-                        debug!("conn {key} {peer:?}: reset by peer ({e})")
-                    }
-                    _ => debug!("conn {key} {peer:?}: error: {e}"),
+            Close::Failed(e) => match classify(&e) {
+                Class::Local => {
+                    // Not the peer's doing: an operator should see it, with whom it happened.
+                    stats.errors += 1;
+                    let peer = c.socket().peer_addr().ok();
+                    warn!("conn {key} {peer:?}: local error: {e}");
                 }
-            }
+                _ => {
+                    stats.reset += 1;
+                    debug!("conn {key} {peer:?}: reset by peer ({e})");
+                }
+            },
         }
         // Dropping the stream closes the descriptor, which also removes it from the poll.
         drop(c);

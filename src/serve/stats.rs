@@ -13,8 +13,10 @@ pub struct Stats {
     pub active: u64,
     /// Connections accepted and closed at once because `--max-connections` was reached.
     pub refused: u64,
-    /// Connections that ended with a reset, broken pipe or other socket error.
+    /// Connections the peer (or the path to it) ended abnormally: reset, broken pipe, timed out.
     pub reset: u64,
+    /// Connections ended by an error on this side (out of memory or buffers, ...), logged at warn.
+    pub errors: u64,
     /// Connections closed by the idle timeout.
     pub idle_closed: u64,
     pub bytes_in: u64,
@@ -68,12 +70,13 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tcp: active={} accepted={} refused={} reset={} idle_closed={} bytes_in={} bytes_out={} \
+            "tcp: active={} accepted={} refused={} reset={} errors={} idle_closed={} bytes_in={} bytes_out={} \
              pending={} ceiling_reached={}; udp: in={} out={} dropped={} ignored={}",
             self.active,
             self.accepted,
             self.refused,
             self.reset,
+            self.errors,
             self.idle_closed,
             self.bytes_in,
             self.bytes_out,

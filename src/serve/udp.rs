@@ -19,12 +19,13 @@ use std::os::fd::AsRawFd;
 
 use std::time::Instant;
 
-use log::debug;
+use log::{debug, warn};
 use mio::net::UdpSocket;
 
 use super::limit::{SourceLimiter, fingerprint};
 use super::stats::Stats;
 use crate::Transform;
+use crate::io_outcome::{Class, classify};
 
 /// Datagrams handled per wake-up before other sources get a turn.
 pub const UDP_BUDGET: usize = 64;
@@ -287,7 +288,10 @@ impl UdpEndpoint {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they concern no one now.
-                    debug!("udp recv: {e}");
+                    match classify(&e) {
+                        Class::Local => warn!("udp recv: {e}"),
+                        _ => debug!("udp recv: {e}"),
+                    }
                     handled += 1;
                     continue;
                 }
@@ -337,7 +341,7 @@ impl UdpEndpoint {
                 Err(e) => {
                     // The first datagram failed alone (sendmmsg reports an error only then).
                     stats.datagrams_dropped += 1;
-                    debug!("udp send to {:?}: {e}", batch.srcs[which[0]]);
+                    log_send_error(batch.srcs[which[0]], &e);
                     which = &which[1..];
                 }
             }
@@ -368,7 +372,7 @@ impl UdpEndpoint {
                 }
                 Err(e) => {
                     stats.datagrams_dropped += 1;
-                    debug!("udp send to {dst}: {e}");
+                    log_send_error(Some(*dst), &e);
                 }
             }
             if let Some((_, d)) = self.queue.pop_front() {
@@ -425,6 +429,14 @@ impl UdpSide {
     pub(crate) fn close(&mut self) -> Vec<UdpEndpoint> {
         self.owed = false;
         std::mem::take(&mut self.endpoints)
+    }
+}
+
+/// A failed reply: the peer's side (unreachable, refused) at debug, ours at warn.
+fn log_send_error(dst: Option<SocketAddr>, e: &io::Error) {
+    match classify(e) {
+        Class::Local => warn!("udp send to {dst:?}: {e}"),
+        _ => debug!("udp send to {dst:?}: {e}"),
     }
 }
 

@@ -1,0 +1,137 @@
+//! One classification of socket I/O results, used by the server, the clients and the load
+//! generator alike, so that "the peer went away" and "something is wrong here" are told apart the
+//! same way everywhere (sozu's `SocketResult` is the model).
+//!
+//! | outcome | what it means | what callers do |
+//! |---|---|---|
+//! | [`Outcome::Moved`] | bytes moved | go on |
+//! | [`Outcome::WouldBlock`] | nothing now | wait for readiness |
+//! | [`Outcome::Interrupted`] | a signal arrived | retry at once |
+//! | [`Outcome::PeerClosed`] | orderly end (read 0) | finish what is owed |
+//! | [`Outcome::PeerReset`] | the peer or the path failed: reset, broken pipe, refused, unreachable, timed out | close; an ordinary event, logged at debug |
+//! | [`Outcome::Local`] | this side failed: out of memory or buffers, bad descriptor, anything unexpected | close; logged at warn with the peer, counted apart |
+
+use std::io::{self, ErrorKind};
+
+/// What one read or write (or send/recv) came to.
+#[derive(Debug)]
+pub enum Outcome {
+    Moved(usize),
+    WouldBlock,
+    Interrupted,
+    PeerClosed,
+    PeerReset(io::Error),
+    Local(io::Error),
+}
+
+impl Outcome {
+    /// A read's result: `Ok(0)` is the peer's orderly close (for a non-empty buffer).
+    pub fn of_read(r: io::Result<usize>) -> Outcome {
+        match r {
+            Ok(0) => Outcome::PeerClosed,
+            Ok(n) => Outcome::Moved(n),
+            Err(e) => Outcome::of_error(e),
+        }
+    }
+
+    /// A write's result: `Ok(0)` for a non-empty buffer means the socket takes nothing more,
+    /// which for a stream is the peer gone.
+    pub fn of_write(r: io::Result<usize>) -> Outcome {
+        match r {
+            Ok(0) => Outcome::PeerClosed,
+            Ok(n) => Outcome::Moved(n),
+            Err(e) => Outcome::of_error(e),
+        }
+    }
+
+    /// An error's class.
+    pub fn of_error(e: io::Error) -> Outcome {
+        match classify(&e) {
+            Class::WouldBlock => Outcome::WouldBlock,
+            Class::Interrupted => Outcome::Interrupted,
+            Class::PeerClosed => Outcome::PeerClosed,
+            Class::PeerReset => Outcome::PeerReset(e),
+            Class::Local => Outcome::Local(e),
+        }
+    }
+}
+
+/// The class of an error, without taking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    WouldBlock,
+    Interrupted,
+    PeerClosed,
+    PeerReset,
+    Local,
+}
+
+/// Classifies an I/O error.
+pub fn classify(e: &io::Error) -> Class {
+    match e.kind() {
+        ErrorKind::WouldBlock => Class::WouldBlock,
+        ErrorKind::Interrupted => Class::Interrupted,
+        ErrorKind::UnexpectedEof | ErrorKind::WriteZero => Class::PeerClosed,
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::ConnectionRefused
+        | ErrorKind::NotConnected
+        | ErrorKind::TimedOut
+        | ErrorKind::HostUnreachable
+        | ErrorKind::NetworkUnreachable
+        | ErrorKind::NetworkDown => Class::PeerReset,
+        _ => match e.raw_os_error() {
+            // Kinds std does not name on every version: a path or peer failure all the same.
+            Some(libc::EHOSTDOWN | libc::EPROTO | libc::ENETRESET) => Class::PeerReset,
+            _ => Class::Local,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> Class {
+        classify(&io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn peer_failures_and_local_failures_are_told_apart() {
+        for code in [
+            libc::ECONNRESET,
+            libc::EPIPE,
+            libc::ECONNABORTED,
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::EHOSTDOWN,
+        ] {
+            assert_eq!(os(code), Class::PeerReset, "errno {code}");
+        }
+        for code in [
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EBADF,
+            libc::EINVAL,
+            libc::EFAULT,
+        ] {
+            assert_eq!(os(code), Class::Local, "errno {code}");
+        }
+        assert_eq!(os(libc::EAGAIN), Class::WouldBlock);
+        assert_eq!(os(libc::EINTR), Class::Interrupted);
+    }
+
+    #[test]
+    fn zero_bytes_is_the_peer_closing() {
+        assert!(matches!(Outcome::of_read(Ok(0)), Outcome::PeerClosed));
+        assert!(matches!(Outcome::of_write(Ok(0)), Outcome::PeerClosed));
+        assert!(matches!(Outcome::of_read(Ok(5)), Outcome::Moved(5)));
+        assert!(matches!(
+            Outcome::of_write(Err(ErrorKind::WriteZero.into())),
+            Outcome::PeerClosed
+        ));
+    }
+}
