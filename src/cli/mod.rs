@@ -1,0 +1,79 @@
+//! The command line: the clap definitions of every subcommand, logging set-up, exit codes, and
+//! the hand-over to the library. Nothing here serves a client; everything here is about talking
+//! to the person (or script) that started the process.
+//!
+//! - `serve`: `upecho serve`'s options, binding, the `listening` lines.
+//! - `man`: the man page.
+
+mod man;
+
+use std::io;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Shown under `--help` of the commands that log: how to turn logging up or down.
+const LOG_HELP: &str = "\
+Logging goes to stderr and is filtered by RUST_LOG: e.g. RUST_LOG=debug for one line per \
+connection, RUST_LOG=trace for more, RUST_LOG=warn for quiet. The default is info for serve and \
+load, warn for the clients.";
+
+/// upecho: an upper-casing echo server (TCP and UDP), its clients, and a verifying load generator.
+#[derive(Debug, Parser)]
+#[command(
+    name = "upecho",
+    version,
+    about,
+    propagate_version = true,
+    after_help = LOG_HELP
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve TCP and UDP: every byte comes back with ASCII letters upper-cased.
+    #[command(after_help = LOG_HELP)]
+    Serve(upecho::serve::ServeArgs),
+    /// TCP client: interactive at a terminal, full-duplex like `nc -N` in a pipe.
+    Tcp(upecho::client::TcpArgs),
+    /// UDP client: one datagram per line, replies matched to requests.
+    Udp(upecho::client::UdpArgs),
+    /// Load generator: throughput, latency percentiles, every byte verified.
+    #[command(after_help = LOG_HELP)]
+    Load(upecho::load::LoadArgs),
+    /// Print a shell completion script, e.g. `upecho completions bash > ~/.local/share/bash-completion/completions/upecho`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `upecho man | man -l -`.
+    Man,
+}
+
+/// Parses the command line and runs the subcommand; returns the process's exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    // Clients keep stderr quiet unless asked; the server and the load generator narrate at info.
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Load(_) => "info",
+        Command::Tcp(_) | Command::Udp(_) | Command::Completions { .. } | Command::Man => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_timestamp_millis()
+        .init();
+    match cli.command {
+        Command::Serve(args) => upecho::serve::main(args),
+        Command::Tcp(args) => upecho::client::run_tcp(args),
+        Command::Udp(args) => upecho::client::run_udp(args),
+        Command::Load(args) => upecho::load::run(args),
+        Command::Completions { shell } => {
+            // Generated from the same clap definitions as the parser, so they cannot drift apart.
+            clap_complete::generate(shell, &mut Cli::command(), "upecho", &mut io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => man::print_man(),
+    }
+}
