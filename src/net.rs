@@ -107,9 +107,36 @@ fn new_socket(proto: Proto, addr: SocketAddr) -> Result<Socket, BindError> {
     Ok(socket)
 }
 
+/// What is set on a socket before it is bound: a parameter, so that workers sharing a port
+/// (`reuse_port`) and tests with small backlogs use the same code as the plain server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Listen backlog (pending connections the kernel queues); clamped to what `listen` takes.
+    pub backlog: u32,
+    /// `SO_REUSEPORT`: several processes bind the same address and the kernel spreads new
+    /// connections and datagrams over them.
+    pub reuse_port: bool,
+    /// Receive buffer asked for UDP sockets (the kernel clamps it to `net.core.rmem_max`).
+    pub udp_recv_buffer: usize,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            backlog: 4096,
+            reuse_port: false,
+            // A burst of datagrams waits in the kernel rather than being dropped.
+            udp_recv_buffer: 4 << 20,
+        }
+    }
+}
+
 /// A non-blocking TCP listener on `addr` with `SO_REUSEADDR` (so a restart does not wait out
-/// TIME_WAIT), `SO_OOBINLINE`, and the given accept backlog.
-pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> Result<mio::net::TcpListener, BindError> {
+/// TIME_WAIT), `SO_OOBINLINE`, and the given options.
+pub fn bind_tcp(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+) -> Result<mio::net::TcpListener, BindError> {
     let fail = |step| {
         move |source| BindError {
             proto: Proto::Tcp,
@@ -122,29 +149,37 @@ pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> Result<mio::net::TcpListener,
     socket
         .set_reuse_address(true)
         .map_err(fail(Step::SetOption))?;
+    if opts.reuse_port {
+        socket.set_reuse_port(true).map_err(fail(Step::SetOption))?;
+    }
     // Urgent data arrives in line, as an ordinary byte of the stream: the contract is that every
     // byte received comes back. Accepted sockets inherit the option.
     socket
         .set_out_of_band_inline(true)
         .map_err(fail(Step::SetOption))?;
     socket.bind(&addr.into()).map_err(fail(Step::Bind))?;
-    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    let backlog = i32::try_from(opts.backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(fail(Step::Listen))?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
-/// A non-blocking UDP socket bound to `addr`. The receive buffer is enlarged (as far as the
-/// kernel allows) so that a burst of datagrams waits in the kernel rather than being dropped.
-pub fn bind_udp(addr: SocketAddr) -> Result<mio::net::UdpSocket, BindError> {
+/// A non-blocking UDP socket bound to `addr` with the given options.
+pub fn bind_udp(addr: SocketAddr, opts: &SocketOptions) -> Result<mio::net::UdpSocket, BindError> {
+    let fail = |step| {
+        move |source| BindError {
+            proto: Proto::Udp,
+            addr,
+            step,
+            source,
+        }
+    };
     let socket = new_socket(Proto::Udp, addr)?;
-    // Best effort: the kernel clamps it to net.core.rmem_max, and a smaller buffer still works.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    socket.bind(&addr.into()).map_err(|source| BindError {
-        proto: Proto::Udp,
-        addr,
-        step: Step::Bind,
-        source,
-    })?;
+    // Best effort: a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(opts.udp_recv_buffer);
+    if opts.reuse_port {
+        socket.set_reuse_port(true).map_err(fail(Step::SetOption))?;
+    }
+    socket.bind(&addr.into()).map_err(fail(Step::Bind))?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
 }
 
@@ -180,15 +215,43 @@ mod tests {
 
     #[test]
     fn bind_error_names_protocol_address_and_reason() {
-        let a = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let opts = SocketOptions::default();
+        let a = bind_tcp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
         let addr = a.local_addr().unwrap();
-        let e = bind_tcp(addr, 16).unwrap_err();
+        let e = bind_tcp(addr, &opts).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!("cannot bind tcp {addr}: ")),
             "{msg}"
         );
         assert_eq!(e.source.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn reuse_port_lets_two_sockets_share_an_address() {
+        let opts = SocketOptions {
+            reuse_port: true,
+            ..SocketOptions::default()
+        };
+        let a = bind_tcp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let addr = a.local_addr().unwrap();
+        assert!(bind_tcp(addr, &opts).is_ok());
+        let u = bind_udp(addr, &opts).unwrap();
+        assert!(bind_udp(u.local_addr().unwrap(), &opts).is_ok());
+        assert!(
+            bind_tcp(addr, &SocketOptions::default()).is_err(),
+            "only if both ask"
+        );
+    }
+
+    #[test]
+    fn datagram_limits_depend_on_the_family() {
+        assert_eq!(max_datagram(&"127.0.0.1:1".parse().unwrap()), 65_507);
+        assert_eq!(max_datagram(&"[::1]:1".parse().unwrap()), 65_527);
+        assert_eq!(
+            max_datagram(&"[::ffff:127.0.0.1]:1".parse().unwrap()),
+            65_507
+        );
     }
 
     #[test]

@@ -7,13 +7,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use upecho::net::{bind_tcp, bind_udp};
+use upecho::net::{SocketOptions, bind_tcp, bind_udp};
 use upecho::serve::{Config, Server};
 
 #[test]
 fn in_process_server_serves_and_stops_on_its_handle_with_counters() {
-    let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), 64).unwrap();
-    let udp = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let opts = SocketOptions::default();
+    let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+    let udp = bind_udp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
     let (tcp_addr, udp_addr) = (listener.local_addr().unwrap(), udp.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
     let reactor = thread::spawn(move || {

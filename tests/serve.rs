@@ -435,7 +435,8 @@ fn bad_flags_and_malformed_addresses_are_usage_errors() {
     for args in [
         vec!["serve", "--no-such-flag"],
         vec!["serve", "--listen", "127.0.0.1"],
-        vec!["serve", "--listen", "not-an-address:80"],
+        vec!["serve", "--listen", "localhost:http"],
+        vec!["serve", "--listen", "[::1:80"],
         vec!["serve", "--max-connections", "0"],
         vec!["serve", "--idle-timeout", "soon"],
         vec!["serve", "--tcp-only", "--udp-only"],
@@ -449,6 +450,22 @@ fn bad_flags_and_malformed_addresses_are_usage_errors() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn listen_takes_host_names_and_one_that_does_not_resolve_is_one_line_and_exit_one() {
+    let s = ServerProc::start_raw(&["serve", "--listen", "localhost:0", "--tcp-only"], None);
+    let mut c = s.connect();
+    assert_eq!(roundtrip(&mut c, b"named"), b"NAMED");
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "no-such-host.invalid:8005"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot resolve no-such-host.invalid:8005"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - `man`: the man page.
 
 mod man;
+mod serve;
 
 use std::io;
 use std::process::ExitCode;
@@ -36,7 +37,7 @@ pub(crate) struct Cli {
 enum Command {
     /// Serve TCP and UDP: every byte comes back with ASCII letters upper-cased.
     #[command(after_help = LOG_HELP)]
-    Serve(upecho::serve::ServeArgs),
+    Serve(serve::ServeArgs),
     /// TCP client: interactive at a terminal, full-duplex like `nc -N` in a pipe.
     Tcp(upecho::client::TcpArgs),
     /// UDP client: one datagram per line, replies matched to requests.
@@ -65,7 +66,7 @@ pub fn run() -> ExitCode {
         .format_timestamp_millis()
         .init();
     match cli.command {
-        Command::Serve(args) => upecho::serve::main(args),
+        Command::Serve(args) => serve::main(args),
         Command::Tcp(args) => upecho::client::run_tcp(args),
         Command::Udp(args) => upecho::client::run_udp(args),
         Command::Load(args) => upecho::load::run(args),

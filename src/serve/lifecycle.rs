@@ -154,7 +154,7 @@ impl Lifecycle {
         }
         self.drain_deadline = Some(
             now.checked_add(self.drain_timeout)
-                .unwrap_or(now + super::MAX_DURATION),
+                .unwrap_or(now + crate::units::MAX_DURATION),
         );
         true
     }

@@ -387,7 +387,8 @@ mod tests {
         ShutdownHandle,
         thread::JoinHandle<Summary>,
     ) {
-        let listener = crate::net::bind_tcp("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let listener =
+            crate::net::bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
         let t = thread::spawn(move || {

@@ -1,0 +1,216 @@
+//! `upecho serve` on the command line: its options, where its sockets come from, the `listening`
+//! lines, the final counters and the exit code. Serving itself is the library's
+//! ([`upecho::serve::Server`]).
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use log::{info, warn};
+
+use upecho::Transform;
+use upecho::addr::{DEFAULT_ADDR, HostPort};
+use upecho::net::{self, FD_RESERVE, SocketOptions};
+use upecho::serve::{
+    Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Protocols, Server, SocketSource,
+};
+use upecho::units::{self, parse_duration, parse_duration_floor, parse_nonzero_size};
+
+/// Options of `upecho serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve TCP and UDP on, as HOST:PORT (a name is resolved, and every address it
+    /// has is served); repeat for several (IPv6 as `[::1]:8005`). Port 0 picks a free port (the
+    /// same one for TCP and UDP); the `listening` lines say which.
+    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub listen: Vec<HostPort>,
+    /// Serve TCP only.
+    #[arg(long, conflicts_with = "udp_only")]
+    pub tcp_only: bool,
+    /// Serve UDP only.
+    #[arg(long)]
+    pub udp_only: bool,
+    /// Most TCP connections served at once; more are accepted and closed at once.
+    /// [default: the open-file limit less a small reserve]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// Unsent output one connection may hold (e.g. 1MiB); above it the server stops reading that
+    /// connection until it drains.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_nonzero_size)]
+    pub max_pending: u64,
+    /// Unsent output all connections together may hold; above it, a connection that owes output
+    /// is not read until it has drained (its client is slowed down by TCP; nothing is lost).
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_PENDING_TOTAL as u64, value_parser = parse_nonzero_size)]
+    pub max_pending_total: u64,
+    /// Close a connection that has moved no byte for this long (e.g. 30s, 5m; 0 = never; at
+    /// least 10ms).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_idle_timeout)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, SIGINT, SIGHUP or SIGQUIT, how long connections get to flush what they owe.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Listen backlog (pending connections the kernel queues).
+    #[arg(long, value_name = "N", default_value_t = SocketOptions::default().backlog)]
+    pub backlog: u32,
+    /// Bind with SO_REUSEPORT, so that separately started servers share the address (the kernel
+    /// spreads connections and datagrams over them).
+    #[arg(long)]
+    pub reuse_port: bool,
+    /// Log one line of counters this often (e.g. 10s; 0 = never; at least 100ms). SIGUSR1 logs
+    /// one at any time.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_stats_interval)]
+    pub stats_interval: Duration,
+    /// What to do to each byte: `upper` (the tutorial's protocol) or `none` (RFC 862 echo).
+    #[arg(long, value_enum, default_value_t = Transform::Upper)]
+    pub transform: Transform,
+    /// Answer UDP from any source, including privileged ports and broadcast/multicast addresses
+    /// (by default they are ignored, as inetd's echo does, to prevent reflection and echo loops).
+    #[arg(long)]
+    pub udp_any_source: bool,
+    /// Most UDP replies per second to one source (address and port), sustained, after a burst
+    /// of ten seconds' worth; more are ignored and counted. A datagram that is the server's own
+    /// last reply to that source coming back (an echo loop with another server, started by one
+    /// spoofed datagram) costs 100 replies, so such a loop ends within seconds. 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_UDP_SOURCE_RATE)]
+    pub udp_source_rate: u32,
+}
+
+/// The idle wheel's resolution: a shorter timeout could not be honoured anyway.
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_floor(s, Duration::from_millis(10))
+}
+
+/// A line of counters more often than ten times a second is a flood of log, not a statistic.
+fn parse_stats_interval(s: &str) -> Result<Duration, String> {
+    parse_duration_floor(s, Duration::from_millis(100))
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Runs `upecho serve` and returns the process exit code.
+pub fn main(args: ServeArgs) -> ExitCode {
+    match serve(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("upecho: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every address the `--listen` values stand for, names resolved, each once.
+fn resolve_all(listen: &[HostPort]) -> Result<Vec<SocketAddr>, upecho::addr::AddrError> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for hp in listen {
+        for a in hp.resolve()? {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let nofile = match net::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            warn!("cannot read the open-file limit: {e}; assuming 1024");
+            1024
+        }
+    };
+    let max_connections = args
+        .max_connections
+        .unwrap_or(nofile.saturating_sub(FD_RESERVE).max(1));
+    if max_connections.saturating_add(FD_RESERVE) > nofile {
+        warn!(
+            "--max-connections {max_connections} exceeds what the open-file limit ({nofile}) allows; \
+             accepts will pause when descriptors run out"
+        );
+    }
+    let source = SocketSource::Bind {
+        addrs: resolve_all(&args.listen)?,
+        protocols: Protocols {
+            tcp: !args.udp_only,
+            udp: !args.tcp_only,
+        },
+        options: SocketOptions {
+            backlog: args.backlog,
+            reuse_port: args.reuse_port,
+            ..SocketOptions::default()
+        },
+    };
+    // Bind everything before announcing anything: a failure leaves no half-announced server.
+    let sockets = source.open()?;
+    let lines = sockets.listening_lines()?;
+    let config = Config {
+        transform: args.transform,
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
+        max_pending_total: usize::try_from(args.max_pending_total).unwrap_or(usize::MAX),
+        idle_timeout: nonzero(args.idle_timeout),
+        drain_timeout: args.drain_timeout,
+        stats_interval: nonzero(args.stats_interval),
+        udp_guard: !args.udp_any_source,
+        udp_source_rate: (args.udp_source_rate > 0).then_some(args.udp_source_rate),
+        handle_signals: true,
+    };
+    let udp_limit = match config.udp_source_rate {
+        Some(n) => format!("{n} UDP replies/s per source"),
+        None => "no UDP rate limit".into(),
+    };
+    info!(
+        "upecho {} serving (transform {}, open-file limit {nofile}, up to {max_connections} connections, \
+         {} KiB pending per connection, {} KiB in all, {udp_limit}, drain {})",
+        env!("CARGO_PKG_VERSION"),
+        config.transform.name(),
+        config.max_pending / 1024,
+        config.max_pending_total / 1024,
+        units::show(config.drain_timeout),
+    );
+    // The signal handlers are installed here, before anything is announced: whoever reads the
+    // `listening` lines may signal at once, and must get a drain, not a death by signal.
+    let server = Server::new(config, sockets.listeners, sockets.udp)?;
+    let mut out = io::stdout().lock();
+    out.write_all(lines.as_bytes())?;
+    out.flush()?;
+    drop(out);
+    let summary = server.run()?;
+    info!("final counters: {}", summary.stats);
+    Ok(if summary.forced {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_have_floors_and_zero_means_never() {
+        assert!(parse_stats_interval("1e-9").is_err());
+        assert!(parse_stats_interval("50ms").is_err());
+        assert_eq!(parse_stats_interval("0").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_stats_interval("100ms").unwrap(),
+            Duration::from_millis(100)
+        );
+        assert!(parse_idle_timeout("1e-9").is_err());
+        assert_eq!(parse_idle_timeout("1e19").unwrap(), units::MAX_DURATION);
+    }
+
+    #[test]
+    fn listen_names_resolve_to_every_address_once() {
+        let hp = |s: &str| HostPort::parse(s).unwrap();
+        let addrs = resolve_all(&[hp("localhost:0"), hp("127.0.0.1:0")]).unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
+        assert_eq!(v4, 1, "127.0.0.1 once: {addrs:?}");
+    }
+}
