@@ -1,10 +1,69 @@
 //! upecho: the tutorial's upper-casing echo server done properly, as a library first.
 //!
-//! - [`transform`]: the byte transform every reply obeys.
-//! - [`net`]: socket set-up (socket2) and process limits, shared by every subcommand.
-//! - [`serve`]: the single-threaded mio reactor and the `upecho serve` glue.
-//! - [`client`]: `upecho tcp` / `upecho udp`.
-//! - [`load`]: `upecho load`.
+//! The `upecho` binary (`src/main.rs`, `src/cli/`) owns the command line: flags, binding,
+//! announcing, exit codes, logging set-up. This library owns everything that moves bytes, and
+//! promises only what is `pub` here:
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`serve::Server`], [`serve::Config`], [`serve::ShutdownHandle`], [`serve::Summary`], [`serve::Stats`] | the reactor: already-bound sockets in, counters out |
+//! | [`serve::SocketSource`], [`serve::Sockets`], [`net::SocketOptions`] | where the reactor's sockets come from: bound here, or inherited descriptors |
+//! | [`client`] | the TCP and UDP clients, interactive and in a pipe |
+//! | [`load`] | the verifying load generator: a config in, a report and a latency histogram out |
+//! | [`addr`], [`units`], [`net`] | the shared vocabulary: `HOST:PORT`, durations and sizes, datagram limits |
+//! | [`io_outcome`] | the one classification of socket I/O results |
+//! | [`Transform`] | the byte transform every reply obeys |
+//!
+//! # Layout for a contributor
+//!
+//! ```text
+//! src/main.rs, src/cli/   the command line (binary only)
+//! src/serve/
+//!   source.rs     sockets from addresses or inherited descriptors; the listening lines' source
+//!   reactor.rs    Server: the poll loop, wiring the parts below
+//!   token.rs      the token map and its decoding into a Source
+//!   accept.rs     the acceptor: listeners, accept budget, EMFILE pause, refusals
+//!   conns.rs      the connections: slab, run queue, read buffer, pending-output ceiling
+//!   conn.rs       one connection's buffer state machine (pure; property-tested)
+//!   timer.rs      the idle timeout (hashed wheel)
+//!   udp.rs        the UDP side: batched recvmmsg/sendmmsg, reply queue, answering policy
+//!   limit.rs      the per-source UDP reply budget (GCRA, echo-of-reply detection)
+//!   lifecycle.rs  signals, shutdown handle, drain; the signal policy
+//!   stats.rs      the counters
+//! src/client/     upecho tcp / upecho udp
+//! src/load/       upecho load
+//! ```
+//!
+//! # The token map
+//!
+//! ```text
+//!   0            signals (SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1)
+//!   1            waker (ShutdownHandle)
+//!   16 .. 256    listeners          256 .. 1024   UDP sockets
+//!   1024 ..      connections: slab key + 1024
+//! ```
+//!
+//! Anything else is an unknown token: ignored and counted.
+//!
+//! # A connection's life
+//!
+//! accepted (counted, registered for read, write and urgent data; an idle one is 16 bytes) →
+//! `Open`: each readable edge is read until `WouldBlock` or the turn's budget (then the run
+//! queue), transformed in a reactor-wide buffer, written straight back; what the socket does not
+//! take is owed, and reading stops while a connection owes `--max-pending` (or anything at all,
+//! while the server as a whole owes `--max-pending-total`) → peer's FIN: `ReadClosed`, flush what
+//! is owed → closed. A reset or local error closes it at once; the idle timeout and the drain
+//! deadline close it from outside.
+//!
+//! # Where a change goes
+//!
+//! - A new flag: its `cli/` module, then the library `Config` field it sets.
+//! - A new counter: [`serve::Stats`], where it happens (usually `conns.rs` or `udp.rs`), and the
+//!   README's operating section.
+//! - Byte handling on TCP: `serve/conn.rs`, with a property test beside it.
+//! - Who runs when: `serve/reactor.rs`; a new kind of event source also gets a token range in
+//!   `serve/token.rs`.
+//! - A new socket origin (systemd, a supervisor): a `serve::SocketSource` variant.
 
 pub mod addr;
 pub mod client;

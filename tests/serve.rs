@@ -463,7 +463,10 @@ fn listen_takes_host_names_and_one_that_does_not_resolve_is_one_line_and_exit_on
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot resolve no-such-host.invalid:8005"), "{err}");
+    assert!(
+        err.contains("cannot resolve no-such-host.invalid:8005"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(out.stdout.is_empty());
 }

@@ -100,7 +100,8 @@ impl SourceLimiter {
     }
 
     /// Sources tracked one by one right now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.cells.len()
     }
 }

@@ -1,25 +1,27 @@
 //! The server as a library: already-bound sockets in, a [`Summary`] out.
 //!
-//! - [`source`]: where sockets come from (bound from addresses, or inherited descriptors).
-//! - [`reactor`]: the single-threaded mio loop and the [`Server`] that wires its parts:
-//!   `accept` (the acceptor), `conns` (the connections), [`timer`] (the idle timeout), [`udp`]
-//!   (the UDP side), `lifecycle` (signals and drain), [`stats`] (the counters).
-//! - [`conn`]: one TCP connection's buffer state machine, the pure core.
-//! - [`limit`]: the per-source UDP reply budget.
+//! - `source`: where sockets come from (bound from addresses, or inherited descriptors).
+//! - `reactor`: the single-threaded mio loop and the [`Server`] that wires its parts:
+//!   `accept` (the acceptor), `conns` (the connections), `timer` (the idle timeout), `udp`
+//!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
+//! - `conn`: one TCP connection's buffer state machine, the pure core.
+//! - `limit`: the per-source UDP reply budget.
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
 mod accept;
+// Public only so that benches/conn.rs can drive the state machine; not part of the API.
+#[doc(hidden)]
 pub mod conn;
 mod conns;
 mod lifecycle;
-pub mod limit;
-pub mod reactor;
-pub mod source;
-pub mod stats;
-pub mod timer;
+mod limit;
+mod reactor;
+mod source;
+mod stats;
+mod timer;
 mod token;
-pub mod udp;
+mod udp;
 
 pub use conns::{FAIR_BUDGET, READ_CHUNK};
 pub use lifecycle::{Action, HANDLED_SIGNALS, Policy};
