@@ -16,14 +16,16 @@
 //! [--hold-conns N] [--svg FILE]`. Defaults (5 s windows, 1 s warm-up, 15,000 held connections)
 //! keep the whole run to about five minutes.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "../tests/util/mod.rs"]
+mod util;
 
 struct Opts {
     duration: f64,
@@ -216,21 +218,9 @@ fn pinned(mut cmd: Command, cpu: Option<usize>) -> Command {
     cmd
 }
 
-/// A running server, killed (by its PID) when dropped.
-struct Running {
-    child: Child,
-    tcp: SocketAddr,
-    udp: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(which: Server, pin: bool) -> Result<Running, String> {
+/// Starts a server, pinned to CPU 0 if asked, through the integration tests' spawn helper (it
+/// reads the `listening` lines back and kills the server by its PID when dropped).
+fn start(which: Server, pin: bool) -> Result<util::ServerProc, String> {
     let mut cmd = match which {
         Server::Upecho => {
             let mut c = Command::new(env!("CARGO_BIN_EXE_upecho"));
@@ -243,45 +233,12 @@ fn start(which: Server, pin: bool) -> Result<Running, String> {
             c
         }
     };
-    cmd.env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = pinned(cmd, pin.then_some(0))
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", which.name()))?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut tcp = None;
-    let mut udp = None;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tcp.is_none() || udp.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{} printed no listening lines", which.name()));
-        };
-        let w: Vec<&str> = line.split_whitespace().collect();
-        match w.as_slice() {
-            ["listening", "tcp", a] => tcp = a.parse().ok(),
-            ["listening", "udp", a] => udp = a.parse().ok(),
-            _ => {}
-        }
-    }
-    Ok(Running {
-        child,
-        tcp: tcp.unwrap_or_else(|| unreachable!()),
-        udp: udp.unwrap_or_else(|| unreachable!()),
-    })
+    cmd.env("RUST_LOG", "warn");
+    Ok(util::ServerProc::spawn(
+        pinned(cmd, pin.then_some(0)),
+        true,
+        true,
+    ))
 }
 
 fn rss(pid: u32) -> u64 {
@@ -296,9 +253,9 @@ fn rss(pid: u32) -> u64 {
 
 fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured, String> {
     let server = start(which, pin)?;
-    let pid = server.child.id();
+    let pid = server.pid();
     let udp = sc.args.iter().any(|a| a == "udp");
-    let addr = if udp { server.udp } else { server.tcp };
+    let addr = if udp { server.udp() } else { server.tcp() };
     // Let the server settle before its baseline RSS is taken.
     std::thread::sleep(Duration::from_millis(200));
     let rss_before = rss(pid);

@@ -52,16 +52,27 @@ impl ServerProc {
                 c
             }
         };
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+        );
+        Self::spawn(
+            cmd,
+            !args.contains(&"--udp-only"),
+            !args.contains(&"--tcp-only"),
+        )
+    }
+
+    /// Spawns `cmd` (any server that prints `listening tcp|udp ADDR` lines: upecho, or a
+    /// benchmark's baseline) and waits until it has reported a TCP and/or a UDP address, as
+    /// expected. Shared by the integration tests and `benches/e2e.rs`.
+    pub fn spawn(mut cmd: Command, expect_tcp: bool, expect_udp: bool) -> ServerProc {
         let mut child = cmd
-            .env(
-                "RUST_LOG",
-                std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn upecho");
+            .expect("spawn the server");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
@@ -86,8 +97,6 @@ impl ServerProc {
                 }
             }
         });
-        let expect_tcp = !args.contains(&"--udp-only");
-        let expect_udp = !args.contains(&"--tcp-only");
         let mut server = ServerProc {
             child,
             tcp: None,
@@ -106,8 +115,13 @@ impl ServerProc {
             });
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
-                (Some("listening"), Some("tcp"), Some(a)) => server.tcp = Some(a.parse().unwrap()),
-                (Some("listening"), Some("udp"), Some(a)) => server.udp = Some(a.parse().unwrap()),
+                // The first of each: a name with several addresses is served on each.
+                (Some("listening"), Some("tcp"), Some(a)) => {
+                    server.tcp = server.tcp.or(Some(a.parse().unwrap()))
+                }
+                (Some("listening"), Some("udp"), Some(a)) => {
+                    server.udp = server.udp.or(Some(a.parse().unwrap()))
+                }
                 _ => panic!("unexpected stdout line from upecho: {line:?}"),
             }
         }
@@ -236,6 +250,64 @@ pub fn cpu_time(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Polls `value` until it has stopped changing (the same in three reads 100 ms apart), within
+/// [`WAIT`]; returns it. What a test waits on instead of a sleep when it needs the server to have
+/// done all it will do (filled its buffers, say).
+pub fn steady(mut value: impl FnMut() -> u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let (mut last, mut same) = (value(), 0);
+    while same < 3 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        let v = value();
+        same = if v == last { same + 1 } else { 0 };
+        last = v;
+    }
+    last
+}
+
+/// A server run in this process on loopback port 0 (TCP and UDP), for tests that check its
+/// counters: [`InProcess::stop`] returns the [`upecho::serve::Summary`] itself instead of a log
+/// line to grep.
+pub struct InProcess {
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+    handle: upecho::serve::ShutdownHandle,
+    thread: thread::JoinHandle<upecho::serve::Summary>,
+}
+
+impl InProcess {
+    pub fn start(config: upecho::serve::Config) -> InProcess {
+        let sockets = upecho::serve::SocketSource::Bind {
+            addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            protocols: upecho::serve::Protocols {
+                tcp: true,
+                udp: true,
+            },
+            options: upecho::net::SocketOptions::default(),
+        }
+        .open()
+        .expect("bind loopback port 0");
+        let tcp = sockets.listeners[0].local_addr().unwrap();
+        let udp = sockets.udp[0].local_addr().unwrap();
+        let server = upecho::serve::Server::new(config, sockets.listeners, sockets.udp)
+            .expect("start the reactor");
+        let handle = server.shutdown_handle();
+        let thread = thread::spawn(move || server.run().expect("reactor failed"));
+        InProcess {
+            tcp,
+            udp,
+            handle,
+            thread,
+        }
+    }
+
+    /// Drains, stops, and returns how the run ended.
+    pub fn stop(self) -> upecho::serve::Summary {
+        self.handle.shutdown();
+        self.thread.join().expect("the reactor thread panicked")
+    }
 }
 
 /// Resident set size of a process in bytes, from `/proc/PID/status`.
