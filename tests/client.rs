@@ -423,8 +423,10 @@ fn tcp_connection_refused_is_one_line_naming_the_address_exit_1() {
     assert!(run.stdout.is_empty());
 }
 
+/// A malformed address is caught with the command line, as for `serve` and `load`: clap's usage
+/// error, whose one error line names the address, says what is wrong and shows one that works.
 #[test]
-fn bad_addresses_are_one_line_naming_the_address_exit_1() {
+fn malformed_addresses_are_usage_errors_naming_the_address_with_an_example_exit_2() {
     for proto in ["tcp", "udp"] {
         for (addr, why) in [
             ("127.0.0.1", "expected HOST:PORT"),
@@ -433,16 +435,23 @@ fn bad_addresses_are_one_line_naming_the_address_exit_1() {
             ("::1:8005", "brackets"),
         ] {
             let run = run_client(&[proto, addr], Stdin::HeldOpen, WAIT);
-            assert_eq!(run.code, Some(1), "{proto} {addr}: {}", run.stderr);
+            assert_eq!(run.code, Some(2), "{proto} {addr}: {}", run.stderr);
             run.assert_no_panic();
-            assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+            assert!(run.stdout.is_empty());
+            let errors: Vec<&str> = run
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect();
+            let [line] = errors[..] else {
+                panic!("not one error line: {}", run.stderr);
+            };
             assert!(
-                run.stderr
-                    .starts_with(&format!("upecho {proto}: bad address {addr:?}: ")),
-                "{}",
-                run.stderr
+                line.starts_with(&format!("error: invalid value '{addr}' for '[ADDR]': ")),
+                "{line}"
             );
-            assert!(run.stderr.contains(why), "{}", run.stderr);
+            assert!(line.contains(why), "{line}");
+            assert!(line.contains("e.g. 127.0.0.1:8005") || line.contains("e.g. [::1]:8005"));
         }
     }
 }
@@ -470,6 +479,8 @@ fn an_unresolvable_name_is_one_line_exit_1() {
     }
 }
 
+/// `upecho tcp localhost:PORT`: the name is resolved and each address tried, so it works whichever
+/// of `::1` and `127.0.0.1` comes first.
 #[test]
 fn a_name_is_resolved_and_connected() {
     let server = ServerProc::start(&["--tcp-only"]);
@@ -496,6 +507,45 @@ fn usage_errors_exit_2() {
         run.assert_no_panic();
         assert!(run.stderr.contains("error:"), "{}", run.stderr);
     }
+}
+
+#[test]
+fn a_timeout_out_of_bounds_is_a_usage_error_that_names_the_bounds() {
+    for (proto, timeout) in [("tcp", "0"), ("udp", "3601"), ("udp", "2h"), ("tcp", "0ms")] {
+        let run = run_client(&[proto, "--timeout", timeout], Stdin::HeldOpen, WAIT);
+        assert_eq!(run.code, Some(2), "{proto} {timeout}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("more than 0 and at most 3600 s"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// `--timeout` reads durations as every subcommand does: bare seconds, or with a unit.
+#[test]
+fn a_timeout_with_a_unit_is_accepted() {
+    let (_silent, addr) = fake_udp_server();
+    let run = run_client(
+        &["udp", &addr, "--timeout", "300ms"],
+        Stdin::Bytes(b"anyone?\n".to_vec()),
+        WAIT,
+    );
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("1 of 1 datagrams got no reply within 0.3 s"),
+        "{}",
+        run.stderr
+    );
+    let server = ServerProc::start(&["--tcp-only"]);
+    let run = run_client(
+        &["tcp", &server.tcp().to_string(), "--timeout", "500ms"],
+        Stdin::Bytes(b"units".to_vec()),
+        WAIT,
+    );
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, b"UNITS");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,8 +600,8 @@ fn udp_pipe_carries_large_datagrams_whole() {
     assert!(run.stdout == upper(input.as_bytes()), "replies differ");
 }
 
-/// 65,520 bytes fits the client's buffer but not an IPv4 datagram (65,507 at most); 70,000 fits
-/// neither. Both are reported and counted, and the lines around them still go through.
+/// 65,520 bytes and 70,000 bytes are both over an IPv4 datagram's 65,507: both are reported and
+/// counted, and the lines around them still go through.
 #[test]
 fn udp_pipe_reports_lines_too_long_for_a_datagram() {
     let server = ServerProc::start(&["--udp-only"]);
@@ -576,6 +626,63 @@ fn udp_pipe_reports_lines_too_long_for_a_datagram() {
         run.stderr
     );
     assert!(run.stderr.contains("2 of 4 datagrams"), "{}", run.stderr);
+}
+
+/// The limit is the real one for the address family: over IPv4 a line of 65,507 bytes goes out as
+/// one datagram and comes back whole, one byte more is reported against 65,507 and never sent.
+#[test]
+fn udp_pipe_sends_the_largest_ipv4_datagram_and_reports_one_byte_more_against_the_limit() {
+    let server = ServerProc::start(&["--udp-only"]);
+    let largest = "a".repeat(65_507);
+    let input = format!("{largest}\n{}\nend\n", "b".repeat(65_508));
+    let run = run_client(
+        &["udp", &server.udp().to_string(), "--timeout", "5"],
+        Stdin::Bytes(input.into_bytes()),
+        WAIT,
+    );
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert!(
+        run.stdout == format!("{}\nEND\n", largest.to_uppercase()).into_bytes(),
+        "the largest datagram did not come back whole"
+    );
+    assert!(
+        run.stderr.contains(
+            "line 2: 65508 bytes is too long for one UDP datagram (at most 65507 over IPv4); \
+             not sent"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("1 of 3 datagrams"), "{}", run.stderr);
+}
+
+/// Over IPv6 a datagram may be 20 bytes longer: 65,527 goes out whole, 65,528 does not.
+#[test]
+fn udp_pipe_over_ipv6_allows_65527_bytes() {
+    let fake = UdpSocket::bind("[::1]:0").unwrap();
+    fake.set_read_timeout(Some(WAIT)).unwrap();
+    let addr = fake.local_addr().unwrap().to_string();
+    let server = thread::spawn(move || {
+        let (d, from) = recv_from(&fake);
+        fake.send_to(&upper(&d), from).unwrap();
+        d.len()
+    });
+    let input = format!("{}\n{}\n", "c".repeat(65_528), "d".repeat(65_527));
+    let run = run_client(
+        &["udp", &addr, "--timeout", "5"],
+        Stdin::Bytes(input.into_bytes()),
+        WAIT,
+    );
+    assert_eq!(server.join().unwrap(), 65_527);
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert!(run.stdout == [&[b'D'; 65_527][..], b"\n"].concat());
+    assert!(
+        run.stderr.contains(
+            "line 1: 65528 bytes is too long for one UDP datagram (at most 65527 over IPv6)"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! to the person (or script) that started the process.
 //!
 //! - `serve`: `upecho serve`'s options, binding, the `listening` lines.
+//! - `client`: `upecho tcp` and `upecho udp`: options, resolving the address, exit codes.
 //! - `man`: the man page.
 
+mod client;
 mod man;
 mod serve;
 
@@ -39,9 +41,9 @@ enum Command {
     #[command(after_help = LOG_HELP)]
     Serve(serve::ServeArgs),
     /// TCP client: interactive at a terminal, full-duplex like `nc -N` in a pipe.
-    Tcp(upecho::client::TcpArgs),
+    Tcp(client::TcpArgs),
     /// UDP client: one datagram per line, replies matched to requests.
-    Udp(upecho::client::UdpArgs),
+    Udp(client::UdpArgs),
     /// Load generator: throughput, latency percentiles, every byte verified.
     #[command(after_help = LOG_HELP)]
     Load(upecho::load::LoadArgs),
@@ -67,8 +69,8 @@ pub fn run() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve::main(args),
-        Command::Tcp(args) => upecho::client::run_tcp(args),
-        Command::Udp(args) => upecho::client::run_udp(args),
+        Command::Tcp(args) => client::run_tcp(args),
+        Command::Udp(args) => client::run_udp(args),
         Command::Load(args) => upecho::load::run(args),
         Command::Completions { shell } => {
             // Generated from the same clap definitions as the parser, so they cannot drift apart.

@@ -29,11 +29,12 @@ use std::time::Duration;
 use rustyline::config::Behavior;
 use rustyline::error::ReadlineError;
 use rustyline::{
-    Cmd, ConditionalEventHandler, Config, DefaultEditor, Event, EventContext, EventHandler,
-    ExternalPrinter, KeyEvent, RepeatCount,
+    Cmd, ConditionalEventHandler, Config as EditorConfig, DefaultEditor, Event, EventContext,
+    EventHandler, ExternalPrinter, KeyEvent, RepeatCount,
 };
 
 use super::Failure;
+use crate::addr::reason;
 
 /// Lines kept in the history file: enough for a long debugging session, small enough to load at
 /// once.
@@ -210,7 +211,7 @@ impl Console {
         };
         let setup =
             |e: ReadlineError| Failure::Error(format!("cannot set up the line editor: {e}"));
-        let config = Config::builder()
+        let config = EditorConfig::builder()
             .behavior(behavior)
             .auto_add_history(false)
             .history_ignore_dups(true)
@@ -336,12 +337,9 @@ impl Console {
         } else {
             out.write_all(bytes).and_then(|()| out.write_all(b"\n"))
         };
-        written.and_then(|()| out.flush()).map_err(|e| {
-            Failure::Error(format!(
-                "cannot write to stdout: {}",
-                super::target::reason(&e)
-            ))
-        })
+        written
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::Error(format!("cannot write to stdout: {}", reason(&e))))
     }
 }
 

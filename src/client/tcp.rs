@@ -19,7 +19,6 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,8 +29,10 @@ use signal_hook_mio::v1_0::Signals;
 
 use super::console::{self, Console, Input, Notifier};
 use super::display::{printable, quoted, rtt, secs};
-use super::target::{connect_tcp, reason};
-use super::{DEFAULT_ADDR, Failure};
+use super::target::{Peer, connect_tcp};
+use super::{Failure, InteractiveOptions};
+use crate::addr::{DEFAULT_ADDR, reason};
+use crate::io_outcome::{Class, Outcome, classify};
 
 /// Copy buffer for both directions of pipe mode: large enough that a bulk transfer costs few
 /// system calls, small enough to pass replies on as soon as they arrive.
@@ -46,13 +47,16 @@ const WAKE: Token = Token(2);
 /// a loaded machine; a close after a longer silence is an idle timeout or a crash, not a refusal.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(2);
 
-/// How a connection failed, in words that name the server.
+/// How a connection failed, in words that name the server. The classifier tells the peer's doing
+/// from ours; among the peer's, a reset is named as such and a broken pipe (the peer closed and
+/// then refused what we sent after) as a close, which is what the user saw happen.
 fn connection_error(addr: &str, e: &io::Error) -> Failure {
-    Failure::Error(match e.kind() {
-        io::ErrorKind::ConnectionReset => format!("{addr} reset the connection"),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            format!("{addr} closed the connection")
+    Failure::Error(match (classify(e), e.kind()) {
+        (Class::PeerReset, io::ErrorKind::ConnectionReset) => {
+            format!("{addr} reset the connection")
         }
+        (Class::PeerReset, io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
+        | (Class::PeerClosed, _) => format!("{addr} closed the connection"),
         _ => format!("connection to {addr} failed: {}", reason(e)),
     })
 }
@@ -66,11 +70,11 @@ fn stdout_error(e: &io::Error) -> Failure {
 }
 
 /// Identifies a line sent in the interactive session: 1 for the first.
-pub type Id = u64;
+pub(crate) type Id = u64;
 
 /// What a run of received bytes completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Arrival {
+pub(crate) enum Arrival {
     /// The whole reply to line `id`, which was still waited for.
     Reply {
         id: Id,
@@ -102,7 +106,7 @@ struct Owing {
 /// a line given up on is still owed, and its reply, when it comes, is *late* instead of being
 /// taken for the next line's. Pure: the caller passes the clock.
 #[derive(Debug, Default)]
-pub struct Owed {
+pub(crate) struct Owed {
     next_id: Id,
     queue: VecDeque<Owing>,
 }
@@ -185,9 +189,9 @@ enum Ended {
     Failed(io::Error),
 }
 
-/// What the reader thread and the main thread share.
+/// What the reader thread hands the main thread, and the state both look at.
 #[derive(Debug)]
-struct Shared {
+struct ReaderHandoff {
     /// A line is in flight and the main thread takes the arrivals; otherwise the user is at the
     /// prompt and the reader thread reports them itself.
     busy: bool,
@@ -210,11 +214,14 @@ enum Exchange {
 }
 
 /// The interactive session: prompt, send each line, print its reply and round-trip time, repeat.
-pub fn interactive(addr: &str, timeout: Duration, history: Option<PathBuf>) -> Result<(), Failure> {
-    let stream = connect_tcp(addr)?;
+pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Failure> {
+    let InteractiveOptions { timeout, history } = options.clone();
+    let addr = peer.to_string();
+    let addr = addr.as_str();
+    let stream = connect_tcp(peer)?;
     // Each line is one small write awaiting its reply: Nagle's algorithm could only delay it.
     let _ = stream.set_nodelay(true);
-    let peer = stream
+    let connected_to = stream
         .peer_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     let prompt = if addr == DEFAULT_ADDR {
@@ -229,7 +236,9 @@ pub fn interactive(addr: &str, timeout: Duration, history: Option<PathBuf>) -> R
     let mut session = Session::new(addr, stream, signals, timeout)?;
     session.start_reader(console.notifier(), Some(console.waker()))?;
 
-    eprintln!("connected to {peer}; type a line, Ctrl-D or Ctrl-C (on an empty line) to quit");
+    eprintln!(
+        "connected to {connected_to}; type a line, Ctrl-D or Ctrl-C (on an empty line) to quit"
+    );
     loop {
         session.at_prompt()?;
         let input = console.read()?;
@@ -291,7 +300,7 @@ struct Session<'a> {
     poll: Poll,
     events: Events,
     signals: Signals,
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<ReaderHandoff>>,
     /// Wakes this thread's poll when the reader has news for it.
     waker: Arc<Waker>,
     /// Wakes the reader thread's poll when the session is dropped.
@@ -328,7 +337,7 @@ impl<'a> Session<'a> {
             poll,
             events: Events::with_capacity(8),
             signals,
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Arc::new(Mutex::new(ReaderHandoff {
                 busy: true,
                 owed: Owed::new(),
                 arrivals: VecDeque::new(),
@@ -374,7 +383,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
+    fn lock(&self) -> MutexGuard<'_, ReaderHandoff> {
         // A thread that panicked while holding the lock left the state as consistent as any
         // other moment: every field is updated in one step.
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
@@ -402,7 +411,7 @@ impl<'a> Session<'a> {
         self.check_ended(&shared)
     }
 
-    fn check_ended(&self, shared: &Shared) -> Result<(), Failure> {
+    fn check_ended(&self, shared: &ReaderHandoff) -> Result<(), Failure> {
         match &shared.ended {
             None => Ok(()),
             Some((how, at)) => Err(self.ended_error(shared, how, *at, None)),
@@ -410,7 +419,13 @@ impl<'a> Session<'a> {
     }
 
     /// The one line that says how the connection ended; `line` is the id of the line in flight.
-    fn ended_error(&self, shared: &Shared, how: &Ended, at: Instant, line: Option<Id>) -> Failure {
+    fn ended_error(
+        &self,
+        shared: &ReaderHandoff,
+        how: &Ended,
+        at: Instant,
+        line: Option<Id>,
+    ) -> Failure {
         let refused =
             shared.received == 0 && at.saturating_duration_since(self.connected) < REFUSAL_WINDOW;
         if refused {
@@ -448,16 +463,18 @@ impl<'a> Session<'a> {
         loop {
             // The socket is edge-triggered: write until WouldBlock before polling.
             while written < data.len() {
-                match self.stream.write(&data[written..]) {
-                    Ok(0) => {
+                match Outcome::of_write(self.stream.write(&data[written..])) {
+                    Outcome::Moved(n) => written += n,
+                    Outcome::WouldBlock => break,
+                    Outcome::Interrupted => {}
+                    Outcome::PeerClosed => {
                         return Err(Failure::Error(format!("{} stopped taking data", self.addr)));
                     }
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     // The reader thread sees the end too, and says it better (how much of the
                     // reply came); give it the moment it needs.
-                    Err(e) => return Err(self.write_failed(id, &e)),
+                    Outcome::PeerReset(e) | Outcome::Local(e) => {
+                        return Err(self.write_failed(id, &e));
+                    }
                 }
             }
             {
@@ -502,7 +519,7 @@ impl<'a> Session<'a> {
             }
             match self.poll.poll(&mut self.events, Some(deadline - now)) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if classify(&e) == Class::Interrupted => continue,
                 Err(e) => return Err(Failure::Error(format!("poll failed: {e}"))),
             }
             let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
@@ -554,7 +571,7 @@ struct Reader {
     addr: String,
     stream: mio::net::TcpStream,
     poll: Poll,
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<ReaderHandoff>>,
     main: Arc<Waker>,
     prompt: Option<console::Waker>,
     notifier: Notifier,
@@ -567,17 +584,19 @@ impl Reader {
         loop {
             // Edge-triggered: read until WouldBlock before polling again.
             loop {
-                match self.stream.read(&mut buf) {
-                    Ok(0) => return self.end(Ended::Closed),
-                    Ok(n) => self.arrived(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return self.end(Ended::Failed(e)),
+                match Outcome::of_read(self.stream.read(&mut buf)) {
+                    Outcome::Moved(n) => self.arrived(&buf[..n]),
+                    Outcome::WouldBlock => break,
+                    Outcome::Interrupted => {}
+                    Outcome::PeerClosed => return self.end(Ended::Closed),
+                    Outcome::PeerReset(e) | Outcome::Local(e) => {
+                        return self.end(Ended::Failed(e));
+                    }
                 }
             }
             match self.poll.poll(&mut events, None) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if classify(&e) == Class::Interrupted => {}
                 Err(e) => return self.end(Ended::Failed(e)),
             }
             if self.lock().quit {
@@ -586,7 +605,7 @@ impl Reader {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
+    fn lock(&self) -> MutexGuard<'_, ReaderHandoff> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -644,8 +663,10 @@ enum PumpError {
 
 /// Pipe mode: stream stdin to the server and the replies to stdout, both at once, until the
 /// server closes after our end of input.
-pub fn pipe(addr: &str) -> Result<(), Failure> {
-    let mut stream = connect_tcp(addr)?;
+pub fn pipe(peer: &Peer) -> Result<(), Failure> {
+    let addr = peer.to_string();
+    let addr = addr.as_str();
+    let mut stream = connect_tcp(peer)?;
     // Pipe mode forwards whatever stdin gives as soon as it gives it, like nc; Nagle's algorithm
     // would hold a small last chunk back for a round trip.
     let _ = stream.set_nodelay(true);
@@ -675,7 +696,8 @@ pub fn pipe(addr: &str) -> Result<(), Failure> {
                     .map_err(|e| stdout_error(&e))?;
                 received += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A blocking socket: anything but a signal ends the copy, and is described below.
+            Err(e) if classify(&e) == Class::Interrupted => {}
             Err(e) => break Err(e),
         }
     };
@@ -728,7 +750,7 @@ fn copy_stdin(socket: &mut TcpStream) -> Result<u64, PumpError> {
         let n = match stdin.read(&mut buf) {
             Ok(0) => return Ok(sent),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if classify(&e) == Class::Interrupted => continue,
             Err(e) => return Err(PumpError::Stdin(e)),
         };
         socket.write_all(&buf[..n]).map_err(PumpError::Socket)?;

@@ -1,7 +1,9 @@
 //! `upecho udp`: the UDP client.
 //!
-//! Every line is one datagram (an empty line is a valid empty datagram), every reply is received
-//! into a buffer of the largest datagram size so it is never truncated, and every reply is matched
+//! Every line is one datagram (an empty line is a valid empty datagram), a line longer than the
+//! largest datagram to the server's address family ([`crate::net::max_datagram`]) is reported and
+//! not sent, every reply is received into a buffer of that size so it is never truncated, and
+//! every reply is matched
 //! to the request it answers by the [`Tracker`], so a late or duplicated reply is named as such
 //! instead of being shown as the answer to the next line.
 //!
@@ -17,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -31,22 +33,21 @@ use signal_hook_mio::v1_0::Signals;
 use super::console::{self, Console, Notifier};
 use super::display::{printable, quoted, rtt, secs};
 use super::matcher::{Id, Tracker, Verdict};
-use super::target::{connect_udp, reason};
-use super::{DEFAULT_ADDR, Failure};
-
-/// Receive buffer: the largest UDP payload there can be, so no reply is ever cut short (the
-/// tutorial's `recvfrom(1024)` truncates).
-const MAX_DATAGRAM: usize = 65535;
+use super::target::{Peer, connect_udp};
+use super::{Failure, InteractiveOptions};
+use crate::addr::{DEFAULT_ADDR, reason};
+use crate::io_outcome::{Class, classify};
+use crate::net;
 
 /// Pipe mode: at most this many lines between the oldest one not yet printed and the newest one
 /// sent. A real client bounds its requests in flight; 32 keeps a loopback server busy without
 /// letting a burst outrun its socket buffer.
-pub const WINDOW: usize = 32;
+pub(crate) const WINDOW: usize = 32;
 
 /// Pipe mode: at most this many payload bytes waiting for replies (a single larger datagram is
 /// still sent alone). Linux's default socket receive buffer is about 208 KiB, and each datagram
 /// costs more than its payload there, so 64 KiB in flight always fits.
-pub const WINDOW_BYTES: usize = 64 * 1024;
+pub(crate) const WINDOW_BYTES: usize = 64 * 1024;
 
 const SOCKET: Token = Token(0);
 const SIGNAL: Token = Token(1);
@@ -56,9 +57,47 @@ fn setup_error(what: &str, e: &dyn std::fmt::Display) -> Failure {
     Failure::Error(format!("cannot set up the {what}: {e}"))
 }
 
-/// A connected, non-blocking UDP socket registered with a new poll.
-fn open(addr: &str, interest: Interest) -> Result<(UdpSocket, Poll), Failure> {
-    let socket = connect_udp(addr)?;
+/// The largest datagram to the server: lines longer than this are not sent, and replies are
+/// received into a buffer this large, so none is cut short (the tutorial's `recvfrom(1024)`
+/// truncates).
+#[derive(Debug, Clone, Copy)]
+struct DatagramLimit {
+    max: usize,
+    /// The family on the wire, which is what sets the limit.
+    family: &'static str,
+}
+
+impl DatagramLimit {
+    fn to(addr: &SocketAddr) -> DatagramLimit {
+        let max = net::max_datagram(addr);
+        let family = if max == net::MAX_DATAGRAM_V4 {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
+        DatagramLimit { max, family }
+    }
+
+    /// Why a line of `len` bytes is not sent.
+    fn too_long(&self, len: usize) -> String {
+        format!(
+            "{len} bytes is too long for one UDP datagram (at most {} over {})",
+            self.max, self.family
+        )
+    }
+}
+
+/// Whether `e` is an ICMP "port unreachable" from the server, reported on the connected socket:
+/// among the peer's failures the classifier groups, the one UDP has its own words for (nothing is
+/// listening there).
+fn is_refusal(e: &io::Error) -> bool {
+    classify(e) == Class::PeerReset && e.kind() == io::ErrorKind::ConnectionRefused
+}
+
+/// A connected, non-blocking UDP socket registered with a new poll, and the address it is
+/// connected to.
+fn open(peer: &Peer, interest: Interest) -> Result<(UdpSocket, Poll, SocketAddr), Failure> {
+    let (socket, connected) = connect_udp(peer)?;
     socket
         .set_nonblocking(true)
         .map_err(|e| setup_error("socket", &e))?;
@@ -67,7 +106,7 @@ fn open(addr: &str, interest: Interest) -> Result<(UdpSocket, Poll), Failure> {
     poll.registry()
         .register(&mut socket, SOCKET, interest)
         .map_err(|e| setup_error("poll", &e))?;
-    Ok((socket, poll))
+    Ok((socket, poll, connected))
 }
 
 fn poll_until(
@@ -78,7 +117,7 @@ fn poll_until(
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     match poll.poll(events, timeout) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(e) if classify(&e) == Class::Interrupted => Ok(()),
         Err(e) => Err(Failure::Error(format!("poll failed: {e}"))),
     }
 }
@@ -96,12 +135,17 @@ enum Received {
 /// only in what they do with a refusal.
 fn recv_next(socket: &UdpSocket, buf: &mut [u8], addr: &str) -> Result<Received, Failure> {
     loop {
-        return match socket.recv(buf) {
-            Ok(n) => Ok(Received::Datagram(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Received::Nothing),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Received::Refused),
-            Err(e) => Err(Failure::Error(format!(
+        // Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty
+        // datagram.
+        let e = match socket.recv(buf) {
+            Ok(n) => return Ok(Received::Datagram(n)),
+            Err(e) => e,
+        };
+        return match classify(&e) {
+            Class::WouldBlock => Ok(Received::Nothing),
+            Class::Interrupted => continue,
+            _ if is_refusal(&e) => Ok(Received::Refused),
+            _ => Err(Failure::Error(format!(
                 "cannot receive from {addr}: {}",
                 reason(&e)
             ))),
@@ -127,7 +171,7 @@ enum Arrival {
 
 /// What the receiving thread and the main thread share.
 #[derive(Debug)]
-struct Shared {
+struct ReceiverHandoff {
     /// A line is in flight and the main thread takes the arrivals; otherwise the user is at the
     /// prompt and the receiving thread reports them itself, as they come.
     busy: bool,
@@ -150,11 +194,11 @@ enum Waited {
 /// The interactive session: prompt, send the line as one datagram, wait up to `timeout` for its
 /// reply, print it with its round-trip time, repeat. Replies that come while the user types are
 /// reported as they come, with the time they came.
-pub fn interactive(addr: &str, timeout: Duration, history: Option<PathBuf>) -> Result<(), Failure> {
-    let socket = connect_udp(addr)?;
-    let peer = socket
-        .peer_addr()
-        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Failure> {
+    let InteractiveOptions { timeout, history } = options.clone();
+    let addr = peer.to_string();
+    let addr = addr.as_str();
+    let (socket, connected) = connect_udp(peer)?;
     let prompt = if addr == DEFAULT_ADDR {
         "udp> ".to_string()
     } else {
@@ -164,11 +208,12 @@ pub fn interactive(addr: &str, timeout: Duration, history: Option<PathBuf>) -> R
     // find a handler then, not its default action.
     let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
     let mut console = Console::new(prompt, history)?;
-    let mut session = Interactive::new(addr, timeout, socket, signals)?;
+    let limit = DatagramLimit::to(&connected);
+    let mut session = Interactive::new(addr, timeout, limit, socket, signals)?;
     session.start_receiver(console.notifier(), Some(console.waker()))?;
 
     eprintln!(
-        "talking UDP to {peer}: one datagram per line; Ctrl-D or Ctrl-C (on an empty line) to quit"
+        "talking UDP to {connected}: one datagram per line; Ctrl-D or Ctrl-C (on an empty line) to quit"
     );
     loop {
         session.at_prompt()?;
@@ -219,11 +264,12 @@ fn describe(reply: &[u8], verdict: &Verdict) -> String {
 struct Interactive<'a> {
     addr: &'a str,
     timeout: Duration,
+    limit: DatagramLimit,
     socket: std::net::UdpSocket,
     poll: Poll,
     events: Events,
     signals: Signals,
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<ReceiverHandoff>>,
     waker: Arc<Waker>,
     receiver_waker: Option<Arc<Waker>>,
 }
@@ -232,6 +278,7 @@ impl<'a> Interactive<'a> {
     fn new(
         addr: &'a str,
         timeout: Duration,
+        limit: DatagramLimit,
         socket: std::net::UdpSocket,
         mut signals: Signals,
     ) -> Result<Self, Failure> {
@@ -244,11 +291,12 @@ impl<'a> Interactive<'a> {
         Ok(Interactive {
             addr,
             timeout,
+            limit,
             socket,
             poll,
             events: Events::with_capacity(8),
             signals,
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Arc::new(Mutex::new(ReceiverHandoff {
                 busy: true,
                 tracker: Tracker::new(timeout),
                 arrivals: VecDeque::new(),
@@ -285,6 +333,7 @@ impl<'a> Interactive<'a> {
             Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
         let receiver = ReplyReceiver {
             addr: self.addr.to_string(),
+            limit: self.limit,
             socket,
             poll,
             shared: Arc::clone(&self.shared),
@@ -300,7 +349,7 @@ impl<'a> Interactive<'a> {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
+    fn lock(&self) -> MutexGuard<'_, ReceiverHandoff> {
         // Every field is updated in one step, so a panic elsewhere left nothing half-done.
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -333,37 +382,36 @@ impl<'a> Interactive<'a> {
 
     /// Sends one datagram; `None` if it could not be sent (already reported: the session goes on).
     fn send(&mut self, line: &[u8]) -> Result<Option<Id>, Failure> {
-        // An ICMP error caused by an earlier datagram is reported by the next call on the socket,
-        // which may be this send; the error is consumed with it, so one retry sends the line.
-        for attempt in 0..2 {
+        if line.len() > self.limit.max {
+            eprintln!("not sent: {}", self.limit.too_long(line.len()));
+            return Ok(None);
+        }
+        let mut refusal_reported = false;
+        loop {
             // The clock starts before the send, and the line is known before it can be answered.
             let id = self.lock().tracker.send(line, Instant::now());
-            match self.socket.send(line) {
+            let e = match self.socket.send(line) {
                 Ok(_) => return Ok(Some(id)),
-                Err(e) => {
-                    self.lock().tracker.abandon(id);
-                    match e {
-                        e if e.kind() == io::ErrorKind::ConnectionRefused && attempt == 0 => {
-                            eprintln!("{}", refused_message(self.addr));
-                        }
-                        e if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                            eprintln!(
-                                "not sent: {} bytes is too long for one UDP datagram",
-                                line.len()
-                            );
-                            return Ok(None);
-                        }
-                        // Unreachable networks, a full send buffer: this line is lost, the
-                        // session goes on.
-                        e => {
-                            eprintln!("not sent to {}: {}", self.addr, reason(&e));
-                            return Ok(None);
-                        }
-                    }
+                Err(e) => e,
+            };
+            self.lock().tracker.abandon(id);
+            match classify(&e) {
+                Class::Interrupted => {}
+                // An ICMP error caused by an earlier datagram is reported by the next call on the
+                // socket, which may be this send; the error is consumed with it, so one retry
+                // sends the line.
+                _ if is_refusal(&e) && !refusal_reported => {
+                    eprintln!("{}", refused_message(self.addr));
+                    refusal_reported = true;
+                }
+                // Unreachable networks, a full send buffer: this line is lost, the session goes
+                // on.
+                _ => {
+                    eprintln!("not sent to {}: {}", self.addr, reason(&e));
+                    return Ok(None);
                 }
             }
         }
-        Ok(None)
     }
 
     /// Waits for the answer to `id` until its deadline, reporting whatever else arrives.
@@ -433,9 +481,10 @@ impl Drop for Interactive<'_> {
 /// (and timed) when it arrives, not when the user next presses Enter.
 struct ReplyReceiver {
     addr: String,
+    limit: DatagramLimit,
     socket: UdpSocket,
     poll: Poll,
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<ReceiverHandoff>>,
     main: Arc<Waker>,
     prompt: Option<console::Waker>,
     notifier: Notifier,
@@ -444,7 +493,7 @@ struct ReplyReceiver {
 impl ReplyReceiver {
     fn run(mut self) {
         let mut events = Events::with_capacity(4);
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut buf = vec![0u8; self.limit.max];
         loop {
             // Edge-triggered: receive until WouldBlock before polling again.
             loop {
@@ -465,7 +514,7 @@ impl ReplyReceiver {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
+    fn lock(&self) -> MutexGuard<'_, ReceiverHandoff> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -524,7 +573,7 @@ impl ReplyReceiver {
 
 /// What became of one line, while it waits to be printed in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Slot {
+enum LineFate {
     Waiting,
     Answered(Vec<u8>),
     Lost,
@@ -536,7 +585,7 @@ enum Slot {
 struct InOrder {
     /// The id of `slots[0]`: the oldest line not yet printed.
     front: Id,
-    slots: VecDeque<Slot>,
+    slots: VecDeque<LineFate>,
 }
 
 impl InOrder {
@@ -555,10 +604,10 @@ impl InOrder {
     /// Adds the next line; ids must come in order.
     fn push(&mut self, id: Id) {
         debug_assert_eq!(id, self.front + self.slots.len() as u64);
-        self.slots.push_back(Slot::Waiting);
+        self.slots.push_back(LineFate::Waiting);
     }
 
-    fn set(&mut self, id: Id, slot: Slot) {
+    fn set(&mut self, id: Id, slot: LineFate) {
         let Some(i) = id.checked_sub(self.front) else {
             return;
         };
@@ -570,11 +619,11 @@ impl InOrder {
     /// The next line's outcome, once it has one: `Some(Some(reply))` or `Some(None)` if lost.
     fn pop(&mut self) -> Option<Option<Vec<u8>>> {
         match self.slots.front()? {
-            Slot::Waiting => None,
+            LineFate::Waiting => None,
             _ => {
                 self.front += 1;
                 match self.slots.pop_front()? {
-                    Slot::Answered(r) => Some(Some(r)),
+                    LineFate::Answered(r) => Some(Some(r)),
                     _ => Some(None),
                 }
             }
@@ -583,13 +632,13 @@ impl InOrder {
 }
 
 /// A line taken from the stdin channel, waiting for room in the window.
-enum Pending {
+enum HeldLine {
     Line(Vec<u8>),
     TooLong(usize),
 }
 
 /// One unit of stdin, as read by the stdin thread.
-enum Input {
+enum StdinItem {
     Line(Vec<u8>),
     /// A line longer than any datagram; its length (at least), so the error can say so.
     TooLong(usize),
@@ -599,8 +648,11 @@ enum Input {
 
 /// Pipe mode: each stdin line is one datagram, each reply one stdout line, in input order. Exits
 /// with failure (after saying how many) if any line got no reply within the timeout.
-pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
-    let (socket, poll) = open(addr, Interest::READABLE | Interest::WRITABLE)?;
+pub fn pipe(peer: &Peer, timeout: Duration) -> Result<(), Failure> {
+    let addr = peer.to_string();
+    let addr = addr.as_str();
+    let (socket, poll, connected) = open(peer, Interest::READABLE | Interest::WRITABLE)?;
+    let limit = DatagramLimit::to(&connected);
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
     // A channel as deep as the window: the reader runs a little ahead, and blocks (rather than
     // buffering all of stdin) while the window is full.
@@ -608,11 +660,12 @@ pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
     let thread_waker = Arc::clone(&waker);
     thread::Builder::new()
         .name("stdin-lines".into())
-        .spawn(move || read_lines(tx, thread_waker))
+        .spawn(move || read_lines(tx, thread_waker, limit.max))
         .map_err(|e| Failure::Error(format!("cannot start the stdin thread: {e}")))?;
     let mut run = PipeRun {
         addr,
         timeout,
+        limit,
         socket,
         poll,
         events: Events::with_capacity(64),
@@ -622,7 +675,7 @@ pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
         tracker: Tracker::new(timeout),
         order: InOrder::new(1),
         out: BufWriter::new(io::stdout().lock()),
-        buf: vec![0u8; MAX_DATAGRAM],
+        buf: vec![0u8; limit.max],
         lines: 0,
         lost: 0,
         first_lost: None,
@@ -646,13 +699,14 @@ pub fn pipe(addr: &str, timeout: Duration) -> Result<(), Failure> {
 struct PipeRun<'a> {
     addr: &'a str,
     timeout: Duration,
+    limit: DatagramLimit,
     socket: UdpSocket,
     poll: Poll,
     events: Events,
-    input: Receiver<Input>,
+    input: Receiver<StdinItem>,
     input_done: bool,
     /// A line taken from the channel but not yet sent (no room in the window, or WouldBlock).
-    held: Option<Pending>,
+    held: Option<HeldLine>,
     tracker: Tracker,
     order: InOrder,
     out: BufWriter<io::StdoutLock<'static>>,
@@ -695,7 +749,7 @@ impl PipeRun<'_> {
     fn lose(&mut self, id: Id) {
         self.lost += 1;
         self.first_lost.get_or_insert(id);
-        self.order.set(id, Slot::Lost);
+        self.order.set(id, LineFate::Lost);
     }
 
     fn flush(&mut self) -> Result<(), Failure> {
@@ -719,11 +773,11 @@ impl PipeRun<'_> {
     }
 
     /// Whether `next` may go out now without exceeding the window.
-    fn room_for(&self, next: &Pending) -> bool {
+    fn room_for(&self, next: &HeldLine) -> bool {
         self.order.len() < WINDOW
             && match next {
-                Pending::TooLong(_) => true,
-                Pending::Line(line) => {
+                HeldLine::TooLong(_) => true,
+                HeldLine::Line(line) => {
                     self.tracker.waiting() == 0
                         || self.tracker.waiting_bytes() + line.len() <= WINDOW_BYTES
                 }
@@ -734,10 +788,10 @@ impl PipeRun<'_> {
         loop {
             if self.held.is_none() && !self.input_done {
                 match self.input.try_recv() {
-                    Ok(Input::Line(line)) => self.held = Some(Pending::Line(line)),
-                    Ok(Input::TooLong(len)) => self.held = Some(Pending::TooLong(len)),
-                    Ok(Input::End) => self.input_done = true,
-                    Ok(Input::Failed(e)) => {
+                    Ok(StdinItem::Line(line)) => self.held = Some(HeldLine::Line(line)),
+                    Ok(StdinItem::TooLong(len)) => self.held = Some(HeldLine::TooLong(len)),
+                    Ok(StdinItem::End) => self.input_done = true,
+                    Ok(StdinItem::Failed(e)) => {
                         return Err(Failure::Error(format!("cannot read stdin: {}", reason(&e))));
                     }
                     Err(TryRecvError::Empty) => {}
@@ -755,33 +809,37 @@ impl PipeRun<'_> {
                 return Ok(());
             }
             let line = match next {
-                Pending::TooLong(len) => {
-                    self.skip_too_long(len);
+                HeldLine::TooLong(len) => {
+                    let why = self.limit.too_long(len);
+                    self.skip_unsendable(&why);
                     continue;
                 }
-                Pending::Line(line) => line,
+                HeldLine::Line(line) => line,
             };
-            match self.socket.send(&line) {
+            let e = match self.socket.send(&line) {
                 Ok(_) => {
                     let id = self.tracker.send(&line, Instant::now());
                     self.order.push(id);
                     self.lines += 1;
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e) => e,
+            };
+            match classify(&e) {
+                Class::WouldBlock => {
                     // Sent when the socket reports it writable again.
-                    self.held = Some(Pending::Line(line));
+                    self.held = Some(HeldLine::Line(line));
                     return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.held = Some(Pending::Line(line));
+                Class::Interrupted => self.held = Some(HeldLine::Line(line)),
+                _ if is_refusal(&e) => return Err(self.refused()),
+                // The stdin thread holds back lines over the protocol's limit; should the kernel
+                // still refuse one as too long (a smaller limit of its own), that line is lost and
+                // the run goes on.
+                _ if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    self.skip_unsendable(&format!("{} bytes: {}", line.len(), reason(&e)));
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    self.skip_too_long(line.len());
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(self.refused());
-                }
-                Err(e) => {
+                _ => {
                     return Err(Failure::Error(format!(
                         "cannot send to {}: {}",
                         self.addr,
@@ -792,10 +850,10 @@ impl PipeRun<'_> {
         }
     }
 
-    /// A line that cannot be one datagram: reported, counted as lost, never sent.
-    fn skip_too_long(&mut self, len: usize) {
+    /// A line that cannot be one datagram: reported (`why`), counted as lost, never sent.
+    fn skip_unsendable(&mut self, why: &str) {
         let id = self.tracker.skip();
-        eprintln!("upecho udp: line {id}: {len} bytes is too long for one UDP datagram; not sent");
+        eprintln!("upecho udp: line {id}: {why}; not sent");
         self.order.push(id);
         self.lines += 1;
         self.lose(id);
@@ -822,7 +880,9 @@ impl PipeRun<'_> {
             };
             let reply = &self.buf[..n];
             match self.tracker.on_reply(reply, Instant::now()) {
-                Verdict::Answer { id, .. } => self.order.set(id, Slot::Answered(reply.to_vec())),
+                Verdict::Answer { id, .. } => {
+                    self.order.set(id, LineFate::Answered(reply.to_vec()))
+                }
                 // Its line was already given up on (and counted); the reply is noted, not printed,
                 // so stdout stays in line order.
                 Verdict::Late { id, rtt: t, .. } => eprintln!(
@@ -842,16 +902,13 @@ impl PipeRun<'_> {
     }
 }
 
-/// Longest line read into memory: no datagram payload can be longer, so a longer line is
-/// skipped to its end rather than held.
-const MAX_LINE: usize = MAX_DATAGRAM;
-
 /// The stdin thread: reads lines (without their `\n`) and hands them over, waking the poll loop.
-fn read_lines(tx: SyncSender<Input>, waker: Arc<Waker>) {
+/// A line longer than `max_line` (the largest datagram) is skipped to its end rather than held.
+fn read_lines(tx: SyncSender<StdinItem>, waker: Arc<Waker>, max_line: usize) {
     let mut stdin = io::stdin().lock();
     loop {
-        let item = next_line(&mut stdin);
-        let last = matches!(item, Input::End | Input::Failed(_));
+        let item = next_line(&mut stdin, max_line);
+        let last = matches!(item, StdinItem::End | StdinItem::Failed(_));
         if tx.send(item).is_err() {
             // The main thread has finished; nothing more is wanted.
             return;
@@ -865,22 +922,22 @@ fn read_lines(tx: SyncSender<Input>, waker: Arc<Waker>) {
     }
 }
 
-fn next_line(input: &mut impl BufRead) -> Input {
+fn next_line(input: &mut impl BufRead, max_line: usize) -> StdinItem {
     let mut line = Vec::new();
-    let limit = MAX_LINE as u64 + 1;
+    let limit = max_line as u64 + 1;
     match input.by_ref().take(limit).read_until(b'\n', &mut line) {
-        Ok(0) => Input::End,
+        Ok(0) => StdinItem::End,
         Ok(_) if line.last() == Some(&b'\n') => {
             line.pop();
-            Input::Line(line)
+            StdinItem::Line(line)
         }
         // The last line of the input may have no newline; it is still a line.
-        Ok(_) if line.len() <= MAX_LINE => Input::Line(line),
+        Ok(_) if line.len() <= max_line => StdinItem::Line(line),
         Ok(_) => match skip_line(input) {
-            Ok(rest) => Input::TooLong(line.len() + rest),
-            Err(e) => Input::Failed(e),
+            Ok(rest) => StdinItem::TooLong(line.len() + rest),
+            Err(e) => StdinItem::Failed(e),
         },
-        Err(e) => Input::Failed(e),
+        Err(e) => StdinItem::Failed(e),
     }
 }
 
@@ -890,7 +947,7 @@ fn skip_line(input: &mut impl BufRead) -> io::Result<usize> {
     loop {
         let buf = match input.fill_buf() {
             Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if classify(&e) == Class::Interrupted => continue,
             Err(e) => return Err(e),
         };
         if buf.is_empty() {
@@ -915,15 +972,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The limit over IPv4, as for the tutorial's server.
+    const MAX_LINE: usize = net::MAX_DATAGRAM_V4;
+
     fn lines(input: &[u8]) -> Vec<Result<Vec<u8>, usize>> {
         let mut r = io::BufReader::with_capacity(1000, input);
         let mut out = Vec::new();
         loop {
-            match next_line(&mut r) {
-                Input::Line(l) => out.push(Ok(l)),
-                Input::TooLong(n) => out.push(Err(n)),
-                Input::End => return out,
-                Input::Failed(e) => panic!("{e}"),
+            match next_line(&mut r, MAX_LINE) {
+                StdinItem::Line(l) => out.push(Ok(l)),
+                StdinItem::TooLong(n) => out.push(Err(n)),
+                StdinItem::End => return out,
+                StdinItem::Failed(e) => panic!("{e}"),
             }
         }
     }
@@ -950,6 +1010,20 @@ mod tests {
         let mut exact = vec![b'y'; MAX_LINE];
         exact.push(b'\n');
         assert_eq!(lines(&exact), vec![Ok(vec![b'y'; MAX_LINE])]);
+        // One byte over, with no newline at the end of the input.
+        assert_eq!(lines(&vec![b'z'; MAX_LINE + 1]), vec![Err(MAX_LINE + 1)]);
+    }
+
+    #[test]
+    fn the_limit_is_the_address_family_s_and_is_named_in_the_message() {
+        let v4 = DatagramLimit::to(&"127.0.0.1:9".parse().unwrap());
+        let v6 = DatagramLimit::to(&"[::1]:9".parse().unwrap());
+        assert_eq!((v4.max, v6.max), (65_507, 65_527));
+        assert_eq!(
+            v4.too_long(65_508),
+            "65508 bytes is too long for one UDP datagram (at most 65507 over IPv4)"
+        );
+        assert!(v6.too_long(65_528).ends_with("(at most 65527 over IPv6)"));
     }
 
     #[test]
@@ -958,17 +1032,17 @@ mod tests {
         for id in 1..=3 {
             o.push(id);
         }
-        o.set(3, Slot::Answered(b"C".to_vec()));
+        o.set(3, LineFate::Answered(b"C".to_vec()));
         assert_eq!(o.pop(), None);
-        o.set(1, Slot::Answered(b"A".to_vec()));
+        o.set(1, LineFate::Answered(b"A".to_vec()));
         assert_eq!(o.pop(), Some(Some(b"A".to_vec())));
         assert_eq!(o.pop(), None);
-        o.set(2, Slot::Lost);
+        o.set(2, LineFate::Lost);
         assert_eq!(o.pop(), Some(None));
         assert_eq!(o.pop(), Some(Some(b"C".to_vec())));
         assert_eq!(o.len(), 0);
         // An id already printed is ignored rather than misplaced.
-        o.set(1, Slot::Answered(b"late".to_vec()));
+        o.set(1, LineFate::Answered(b"late".to_vec()));
         assert_eq!(o.pop(), None);
     }
 
@@ -994,9 +1068,9 @@ mod tests {
             }
             for id in ids {
                 let slot = if fates[(id - 1) as usize] {
-                    Slot::Answered(id.to_be_bytes().to_vec())
+                    LineFate::Answered(id.to_be_bytes().to_vec())
                 } else {
-                    Slot::Lost
+                    LineFate::Lost
                 };
                 o.set(id, slot);
                 while let Some(r) = o.pop() {
