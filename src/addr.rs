@@ -67,12 +67,14 @@ impl HostPort {
         let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
             let (host, after) = rest
                 .split_once(']')
-                .ok_or_else(|| bad("an IPv6 address needs a closing ']'"))?;
+                .ok_or_else(|| bad("an IPv6 address needs a closing ']', e.g. [::1]:8005"))?;
             let port = after
                 .strip_prefix(':')
                 .ok_or_else(|| bad("expected [IPV6]:PORT, e.g. [::1]:8005"))?;
             if host.parse::<Ipv6Addr>().is_err() {
-                return Err(bad("the part in brackets is not an IPv6 address"));
+                return Err(bad(
+                    "the part in brackets is not an IPv6 address (e.g. [::1]:8005)",
+                ));
             }
             (host, port)
         } else {
