@@ -140,11 +140,11 @@ impl Tracker {
     /// Stops waiting for request `id` (the server refused it): it moves to the expired history,
     /// where a reply that still comes is recognised as late.
     pub fn abandon(&mut self, id: Id) {
-        if let Some(i) = self.waiting.iter().position(|r| r.id == id) {
-            if let Some(r) = self.waiting.remove(i) {
-                self.waiting_bytes -= r.payload.len();
-                self.expired.push(r);
-            }
+        if let Some(i) = self.waiting.iter().position(|r| r.id == id)
+            && let Some(r) = self.waiting.remove(i)
+        {
+            self.waiting_bytes -= r.payload.len();
+            self.expired.push(r);
         }
     }
 
@@ -154,13 +154,13 @@ impl Tracker {
     /// is called, so a caller that handles the replies already received before expiring gives
     /// each request the benefit of any reply that was queued in time.
     pub fn on_reply(&mut self, reply: &[u8], now: Instant) -> Verdict {
-        if let Some(i) = self.waiting.iter().position(|r| r.matches(reply)) {
-            if let Some(r) = self.waiting.remove(i) {
-                self.waiting_bytes -= r.payload.len();
-                let (id, rtt) = (r.id, now.saturating_duration_since(r.sent));
-                self.answered.push(r);
-                return Verdict::Answer { id, rtt };
-            }
+        if let Some(i) = self.waiting.iter().position(|r| r.matches(reply))
+            && let Some(r) = self.waiting.remove(i)
+        {
+            self.waiting_bytes -= r.payload.len();
+            let (id, rtt) = (r.id, now.saturating_duration_since(r.sent));
+            self.answered.push(r);
+            return Verdict::Answer { id, rtt };
         }
         if let Some(r) = self.expired.take_oldest_match(reply) {
             let verdict = Verdict::Late {

@@ -144,23 +144,23 @@ impl Owed {
             let take = (front.line.len() - front.reply.len()).min(bytes.len());
             front.reply.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            if front.reply.len() == front.line.len() {
-                if let Some(o) = self.queue.pop_front() {
-                    let rtt = now.saturating_duration_since(o.sent);
-                    done.push(if o.timed_out {
-                        Arrival::Late {
-                            line: o.line,
-                            reply: o.reply,
-                            rtt,
-                        }
-                    } else {
-                        Arrival::Reply {
-                            id: o.id,
-                            reply: o.reply,
-                            rtt,
-                        }
-                    });
-                }
+            if front.reply.len() == front.line.len()
+                && let Some(o) = self.queue.pop_front()
+            {
+                let rtt = now.saturating_duration_since(o.sent);
+                done.push(if o.timed_out {
+                    Arrival::Late {
+                        line: o.line,
+                        reply: o.reply,
+                        rtt,
+                    }
+                } else {
+                    Arrival::Reply {
+                        id: o.id,
+                        reply: o.reply,
+                        rtt,
+                    }
+                });
             }
         }
         done
@@ -638,13 +638,12 @@ impl Reader {
             !shared.busy && !shared.quit
         };
         self.wake_main();
-        if at_prompt {
-            if let Some(prompt) = &self.prompt {
-                if !prompt.wake() {
-                    self.notifier
-                        .say(format!("{} ended the connection; press Enter", self.addr));
-                }
-            }
+        if at_prompt
+            && let Some(prompt) = &self.prompt
+            && !prompt.wake()
+        {
+            self.notifier
+                .say(format!("{} ended the connection; press Enter", self.addr));
         }
     }
 

@@ -553,10 +553,8 @@ impl ReplyReceiver {
             !shared.busy && !shared.quit
         };
         self.wake_main();
-        if at_prompt {
-            if let Some(prompt) = &self.prompt {
-                prompt.wake();
-            }
+        if at_prompt && let Some(prompt) = &self.prompt {
+            prompt.wake();
         }
     }
 

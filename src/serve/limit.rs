@@ -200,7 +200,7 @@ mod tests {
         let mut t = SEC;
         let mut bounces = 0u64;
         loop {
-            let (limiter, from) = if bounces % 2 == 0 {
+            let (limiter, from) = if bounces.is_multiple_of(2) {
                 (&mut a, pb)
             } else {
                 (&mut b, pa)
