@@ -28,8 +28,10 @@
 //!   timer.rs      the idle timeout (hashed wheel)
 //!   udp.rs        the UDP side: batched recvmmsg/sendmmsg, reply queue, answering policy
 //!   limit.rs      the per-source UDP reply budget (GCRA, echo-of-reply detection)
-//!   lifecycle.rs  signals, shutdown handle, drain; the signal policy
+//!   lifecycle.rs  signals, shutdown handle, drain, watchdog; the signal policy
+//!   systemd.rs    sockets from socket activation; READY/STOPPING/WATCHDOG via sd_notify
 //!   stats.rs      the counters
+//! deploy/         systemd units (socket activation, hardening)
 //! src/client/     upecho tcp / upecho udp
 //! src/load/       upecho load
 //! ```

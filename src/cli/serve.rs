@@ -13,6 +13,7 @@ use log::{info, warn};
 use upecho::Transform;
 use upecho::addr::{DEFAULT_ADDR, HostPort};
 use upecho::net::{self, FD_RESERVE, SocketOptions};
+use upecho::serve::systemd::{self, Notifier};
 use upecho::serve::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Protocols, Server, SocketSource,
 };
@@ -23,8 +24,10 @@ use upecho::units::{self, parse_duration, parse_duration_floor, parse_nonzero_si
 pub struct ServeArgs {
     /// Address to serve TCP and UDP on, as HOST:PORT (a name is resolved, and every address it
     /// has is served); repeat for several (IPv6 as `[::1]:8005`). Port 0 picks a free port (the
-    /// same one for TCP and UDP); the `listening` lines say which.
-    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    /// same one for TCP and UDP); the `listening` lines say which. Under systemd socket
+    /// activation the sockets passed (`LISTEN_FDS`) are served instead.
+    /// [default: 127.0.0.1:8005]
+    #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<HostPort>,
     /// Serve TCP only.
     #[arg(long, conflicts_with = "udp_only")]
@@ -115,6 +118,28 @@ fn resolve_all(listen: &[HostPort]) -> Result<Vec<SocketAddr>, upecho::addr::Add
     Ok(addrs)
 }
 
+/// The sockets `--listen` and the protocol flags ask for.
+fn bind_source(args: &ServeArgs) -> Result<SocketSource, upecho::addr::AddrError> {
+    let default = [HostPort::parse(DEFAULT_ADDR).expect("the default address parses")];
+    let listen = if args.listen.is_empty() {
+        &default[..]
+    } else {
+        &args.listen
+    };
+    Ok(SocketSource::Bind {
+        addrs: resolve_all(listen)?,
+        protocols: Protocols {
+            tcp: !args.udp_only,
+            udp: !args.tcp_only,
+        },
+        options: SocketOptions {
+            backlog: args.backlog,
+            reuse_port: args.reuse_port,
+            ..SocketOptions::default()
+        },
+    })
+}
+
 fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let nofile = match net::raise_nofile_limit() {
         Ok(n) => n,
@@ -132,21 +157,25 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
              accepts will pause when descriptors run out"
         );
     }
-    let source = SocketSource::Bind {
-        addrs: resolve_all(&args.listen)?,
-        protocols: Protocols {
-            tcp: !args.udp_only,
-            udp: !args.tcp_only,
-        },
-        options: SocketOptions {
-            backlog: args.backlog,
-            reuse_port: args.reuse_port,
-            ..SocketOptions::default()
-        },
+    let source = match systemd::listen_fds()? {
+        Some(passed) => {
+            if !args.listen.is_empty() {
+                warn!(
+                    "--listen ignored: serving the {} socket(s) systemd passed",
+                    passed.len()
+                );
+            }
+            for (i, (_, name)) in passed.iter().enumerate() {
+                info!("socket {i} from systemd (name {name})");
+            }
+            SocketSource::Inherited(passed.into_iter().map(|(fd, _)| fd).collect())
+        }
+        None => bind_source(&args)?,
     };
     // Bind everything before announcing anything: a failure leaves no half-announced server.
     let sockets = source.open()?;
     let lines = sockets.listening_lines()?;
+    let notifier = Notifier::from_env();
     let config = Config {
         transform: args.transform,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
@@ -158,6 +187,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         udp_guard: !args.udp_any_source,
         udp_source_rate: (args.udp_source_rate > 0).then_some(args.udp_source_rate),
         handle_signals: true,
+        notifier: notifier.clone(),
     };
     let udp_limit = match config.udp_source_rate {
         Some(n) => format!("{n} UDP replies/s per source"),
@@ -179,6 +209,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     out.write_all(lines.as_bytes())?;
     out.flush()?;
     drop(out);
+    notifier.ready(&format!(
+        "serving {} TCP listener(s) and {} UDP socket(s)",
+        lines.matches("listening tcp").count(),
+        lines.matches("listening udp").count()
+    ));
     let summary = server.run()?;
     info!("final counters: {}", summary.stats);
     Ok(if summary.forced {

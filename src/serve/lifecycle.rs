@@ -19,6 +19,7 @@ use mio::{Interest, Registry, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
+use super::systemd::Notifier;
 use super::token;
 
 /// Every signal the server handles.
@@ -86,6 +87,8 @@ pub(crate) struct Lifecycle {
     drain_deadline: Option<Instant>,
     pub(crate) forced: bool,
     pub(crate) drain_timed_out: bool,
+    notifier: Notifier,
+    next_watchdog: Option<Instant>,
 }
 
 impl Lifecycle {
@@ -95,6 +98,7 @@ impl Lifecycle {
         registry: &Registry,
         handle_signals: bool,
         drain_timeout: Duration,
+        notifier: Notifier,
     ) -> io::Result<Lifecycle> {
         let signals = if handle_signals {
             let mut s = Signals::new(HANDLED_SIGNALS)?;
@@ -111,6 +115,8 @@ impl Lifecycle {
             drain_deadline: None,
             forced: false,
             drain_timed_out: false,
+            next_watchdog: notifier.watchdog_interval().map(|_| Instant::now()),
+            notifier,
         })
     }
 
@@ -146,12 +152,28 @@ impl Lifecycle {
         self.drain_timeout
     }
 
+    /// When the watchdog is next due, if the service manager asked for one.
+    pub(crate) fn next_watchdog(&self) -> Option<Instant> {
+        self.next_watchdog
+    }
+
+    /// Pings the watchdog when due: the loop reaching its timers is the proof of life.
+    pub(crate) fn on_timer(&mut self, now: Instant) {
+        if let (Some(due), Some(every)) = (self.next_watchdog, self.notifier.watchdog_interval())
+            && now >= due
+        {
+            self.notifier.watchdog();
+            self.next_watchdog = Some(now + every);
+        }
+    }
+
     /// Enters draining; returns false if already draining. The deadline saturates: a drain
     /// timeout too large for the clock means no deadline.
     pub(crate) fn begin_drain(&mut self, now: Instant) -> bool {
         if self.draining() {
             return false;
         }
+        self.notifier.stopping();
         self.drain_deadline = Some(
             now.checked_add(self.drain_timeout)
                 .unwrap_or(now + crate::units::MAX_DURATION),
@@ -201,7 +223,13 @@ mod tests {
     #[test]
     fn a_drain_ends_when_quiet_or_at_its_deadline_whichever_is_first() {
         let poll = mio::Poll::new().unwrap();
-        let mut life = Lifecycle::new(poll.registry(), false, Duration::from_secs(5)).unwrap();
+        let mut life = Lifecycle::new(
+            poll.registry(),
+            false,
+            Duration::from_secs(5),
+            Notifier::default(),
+        )
+        .unwrap();
         let t0 = Instant::now();
         assert!(
             !life.finished(0),
@@ -223,7 +251,8 @@ mod tests {
     #[test]
     fn a_drain_timeout_too_large_for_the_clock_is_no_panic() {
         let poll = mio::Poll::new().unwrap();
-        let mut life = Lifecycle::new(poll.registry(), false, Duration::MAX).unwrap();
+        let mut life =
+            Lifecycle::new(poll.registry(), false, Duration::MAX, Notifier::default()).unwrap();
         let now = Instant::now();
         assert!(life.begin_drain(now));
         assert!(!life.drain_expired(now + Duration::from_secs(3600)));

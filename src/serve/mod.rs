@@ -6,6 +6,7 @@
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
+//! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
@@ -19,6 +20,7 @@ mod limit;
 mod reactor;
 mod source;
 mod stats;
+pub mod systemd;
 mod timer;
 mod token;
 mod udp;
@@ -30,4 +32,5 @@ pub use reactor::{
 };
 pub use source::{Protocols, SocketSource, Sockets, SourceError};
 pub use stats::Stats;
+pub use systemd::Notifier;
 pub use token::{MAX_LISTENERS, MAX_UDP_SOCKETS};

@@ -34,6 +34,7 @@ use super::conns::{Close, Connections, Limits};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::stats::{Stats, StatsLog};
+use super::systemd::Notifier;
 use super::timer::IdleTracker;
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
@@ -69,6 +70,8 @@ pub struct Config {
     /// Handle SIGTERM, SIGINT, SIGHUP and SIGQUIT (graceful stop, then a second one forces) and
     /// SIGUSR1 (log the counters). Off for embedders that use [`ShutdownHandle`] instead.
     pub handle_signals: bool,
+    /// Where to report READY/STOPPING/WATCHDOG (systemd's `sd_notify`); does nothing by default.
+    pub notifier: Notifier,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             udp_guard: true,
             udp_source_rate: Some(DEFAULT_UDP_SOURCE_RATE),
             handle_signals: false,
+            notifier: Notifier::default(),
         }
     }
 }
@@ -140,7 +144,12 @@ impl Server {
             )?;
             endpoints.push(UdpEndpoint::new(s));
         }
-        let life = Lifecycle::new(registry, config.handle_signals, config.drain_timeout)?;
+        let life = Lifecycle::new(
+            registry,
+            config.handle_signals,
+            config.drain_timeout,
+            config.notifier,
+        )?;
         let now = Instant::now();
         Ok(Server {
             transform: config.transform,
@@ -244,6 +253,7 @@ impl Server {
             self.acceptor.paused_until(),
             self.stats_log.next(),
             self.life.drain_deadline(),
+            self.life.next_watchdog(),
         ]
         .into_iter()
         .flatten()
@@ -315,6 +325,7 @@ impl Server {
             }
         }
         self.acceptor.on_timer(now);
+        self.life.on_timer(now);
         if self.stats_log.due(now) {
             info!("stats: {}", self.stats);
         }
