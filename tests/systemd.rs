@@ -135,7 +135,7 @@ fn sd_notify_gets_ready_then_watchdog_pings_then_stopping() {
         .env("WATCHDOG_USEC", "200000")
         .env("RUST_LOG", "info");
     let mut s = ServerProc::spawn(cmd, true, true);
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
