@@ -3,8 +3,10 @@
 //! to the person (or script) that started the process.
 //!
 //! - `serve`: `upecho serve`'s options, binding, the `listening` lines.
+//! - `load`: `upecho load`'s options, the address resolved, the report printed.
 //! - `man`: the man page.
 
+mod load;
 mod man;
 
 use std::io;
@@ -43,7 +45,7 @@ enum Command {
     Udp(upecho::client::UdpArgs),
     /// Load generator: throughput, latency percentiles, every byte verified.
     #[command(after_help = LOG_HELP)]
-    Load(upecho::load::LoadArgs),
+    Load(load::LoadArgs),
     /// Print a shell completion script, e.g. `upecho completions bash > ~/.local/share/bash-completion/completions/upecho`.
     Completions {
         /// The shell to complete for.
@@ -68,7 +70,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => upecho::serve::main(args),
         Command::Tcp(args) => upecho::client::run_tcp(args),
         Command::Udp(args) => upecho::client::run_udp(args),
-        Command::Load(args) => upecho::load::run(args),
+        Command::Load(args) => load::run(args),
         Command::Completions { shell } => {
             // Generated from the same clap definitions as the parser, so they cannot drift apart.
             clap_complete::generate(shell, &mut Cli::command(), "upecho", &mut io::stdout());
