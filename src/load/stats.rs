@@ -570,6 +570,29 @@ mod tests {
     }
 
     #[test]
+    fn totals_add_up_every_worker_by_name() {
+        let live: Vec<Live> = (0..3).map(|_| Live::default()).collect();
+        for (i, l) in live.iter().enumerate() {
+            let i = i as u64;
+            l.msgs.store(1 + i, Relaxed);
+            l.bytes.store(10 * (1 + i), Relaxed);
+            l.errors.store(i, Relaxed);
+            l.open.store(2, Relaxed);
+            l.ready.store(u64::from(i != 1), Relaxed);
+        }
+        let t = Totals::sum(&live);
+        let want = Totals {
+            msgs: 6,
+            bytes: 60,
+            errors: 3,
+            mismatches: 0,
+            open: 6,
+            ready_workers: 2,
+        };
+        assert_eq!(t, want);
+    }
+
+    #[test]
     fn hgrm_has_the_standard_shape() {
         let mut s = Counts::new();
         for us in 1..=1000u64 {

@@ -478,8 +478,7 @@ impl Cx<'_, '_> {
                 Outcome::WouldBlock => {
                     if !c.want_write {
                         let interest = Interest::READABLE | Interest::WRITABLE;
-                        let r = self.env.poll.registry().reregister(s, Token(i), interest);
-                        if let Err(e) = r {
+                        if let Err(e) = self.env.poll.registry().reregister(s, Token(i), interest) {
                             return self.fail(c, i, ErrorClass::Local, &e);
                         }
                         c.want_write = true;
@@ -502,8 +501,8 @@ impl Cx<'_, '_> {
             && self.env.ctx.cfg.mode != Mode::Churn
             && let Some(s) = &mut c.stream
         {
-            let r = (self.env.poll.registry()).reregister(s, Token(i), Interest::READABLE);
-            if let Err(e) = r {
+            let interest = Interest::READABLE;
+            if let Err(e) = self.env.poll.registry().reregister(s, Token(i), interest) {
                 return self.fail(c, i, ErrorClass::Local, &e);
             }
             c.want_write = false;
@@ -696,4 +695,152 @@ fn open_stream(addr: SocketAddr, source: Option<IpAddr>, nodelay: bool) -> io::R
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(sock.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The flow driven by hand, with no socket: connections are put in the state a test needs and
+    //! fed reply bytes as a socket would deliver them.
+
+    use super::*;
+    use crate::Transform;
+    use crate::load::payload::Pattern;
+    use crate::load::{LoadConfig, Shared};
+
+    fn cfg(mode: Mode, depth: usize) -> LoadConfig {
+        LoadConfig {
+            mode,
+            depth,
+            conns: 2,
+            ..LoadConfig::default()
+        }
+    }
+
+    /// What the server should send back for stream bytes `from..to` of a connection starting at
+    /// pattern position 0.
+    fn reply(p: &Pattern, from: u64, to: u64) -> Vec<u8> {
+        let mut v = p.send_window(from, (to - from) as usize).to_vec();
+        Transform::Upper.apply(&mut v);
+        v
+    }
+
+    /// Runs `f` on a flow over `cfg`'s two connections, in the measurement window, with
+    /// connection 0 open at pattern position 0.
+    fn with_flow(cfg: &LoadConfig, f: impl FnOnce(&mut [TcpConn], &mut Cx, &Pattern)) {
+        let pattern = Pattern::new(1, Transform::Upper);
+        let shared = Shared::new(1);
+        let ctx = WorkerCtx {
+            cfg,
+            pattern: &pattern,
+            shared: &shared,
+            thread: 0,
+            first_conn: 0,
+            nconns: cfg.conns,
+        };
+        let mut env = Env::new(&ctx, mio::Poll::new().expect("epoll"));
+        env.stage = Stage::Measure;
+        env.lanes = cfg.conns;
+        env.open = 1;
+        let mut flow = TcpFlow::new(&ctx);
+        flow.q.ready.clear();
+        flow.conns[0].state = ConnState::Open;
+        let mut cx = Cx {
+            env: &mut env,
+            q: &mut flow.q,
+        };
+        f(&mut flow.conns, &mut cx, &pattern);
+    }
+
+    #[test]
+    fn pingpong_replies_in_any_chunking_complete_messages_and_issue_the_next() {
+        with_flow(&cfg(Mode::Pingpong, 2), |conns, cx, p| {
+            let c = &mut conns[0];
+            cx.refill(c, Instant::now());
+            assert_eq!(c.issued, 2);
+            // Written (no socket here: as a flush would have).
+            c.tx = 128;
+            let r = reply(p, 0, 128);
+            assert!(cx.on_bytes(c, 0, &r[..50]));
+            assert_eq!((c.done, cx.env.counts.msgs), (0, 0));
+            assert!(owes(c));
+            assert!(cx.on_bytes(c, 0, &r[50..]));
+            assert_eq!((c.done, cx.env.counts.msgs), (2, 2));
+            assert_eq!(cx.env.counts.hist.len(), 2);
+            assert_eq!(cx.env.counts.bytes, 128);
+            // Both answered: two more issued at once (closed loop), still owed.
+            assert_eq!(c.issued, 4);
+            assert!(owes(c));
+            assert_eq!(cx.env.counts.mismatch_events, 0);
+        });
+    }
+
+    #[test]
+    fn a_wrong_byte_is_a_mismatch_that_names_the_connection() {
+        with_flow(&cfg(Mode::Pingpong, 1), |conns, cx, p| {
+            let c = &mut conns[0];
+            cx.refill(c, Instant::now());
+            c.tx = 64;
+            let mut r = reply(p, 0, 64);
+            r[10] ^= 0x20;
+            assert!(cx.on_bytes(c, 0, &r));
+            assert_eq!(cx.env.counts.mismatch_events, 1);
+            let first = cx.env.counts.first_mismatch.clone().unwrap_or_default();
+            assert!(first.starts_with("connection 0: reply byte 10"), "{first}");
+        });
+    }
+
+    #[test]
+    fn more_bytes_back_than_were_sent_end_the_connection() {
+        with_flow(&cfg(Mode::Pingpong, 1), |conns, cx, p| {
+            let c = &mut conns[0];
+            cx.refill(c, Instant::now());
+            c.tx = 64;
+            assert!(!cx.on_bytes(c, 0, &reply(p, 0, 65)));
+            assert_eq!(cx.env.counts.mismatch_events, 1);
+            assert_eq!(cx.env.counts.errors.other, 1);
+            // Closed and waiting out its back-off before it is reconnected.
+            assert_eq!(c.state, ConnState::Idle);
+            assert_eq!(cx.q.retry.len(), 1);
+            assert_eq!(cx.env.open, 0);
+        });
+    }
+
+    #[test]
+    fn churn_closes_an_answered_connection_and_queues_the_slot_again() {
+        with_flow(&cfg(Mode::Churn, 1), |conns, cx, p| {
+            let c = &mut conns[0];
+            c.inflight.push(Instant::now());
+            c.issued = 1;
+            c.tx = 64;
+            assert!(!cx.on_bytes(c, 0, &reply(p, 0, 64)));
+            assert_eq!(cx.env.counts.msgs, 1);
+            assert_eq!(c.state, ConnState::Idle);
+            assert_eq!(cx.q.ready.front(), Some(&0));
+            assert_eq!(cx.env.counts.errors.total, 0);
+        });
+    }
+
+    #[test]
+    fn silence_past_the_timeouts_and_what_is_owed_at_the_end_count_as_timeouts() {
+        with_flow(&cfg(Mode::Pingpong, 1), |conns, cx, _| {
+            let later = Instant::now() + Duration::from_secs(60);
+            // Connection 1 is stuck connecting; connection 0 owes a reply.
+            conns[1].state = ConnState::Connecting;
+            cx.q.connecting = 1;
+            cx.refill(&mut conns[0], Instant::now());
+            conns[0].tx = 64;
+            assert!(conns.iter().any(owes));
+            cx.end_drain(conns);
+            assert_eq!(cx.env.counts.errors.timeout, 1);
+            let first = cx.env.counts.errors.first.clone().unwrap_or_default();
+            assert!(
+                first.contains("at the end of the run (64 bytes owed)"),
+                "{first}"
+            );
+            cx.housekeeping(conns, later);
+            assert_eq!(cx.env.counts.errors.timeout, 2);
+            assert_eq!(cx.q.connecting, 0);
+            assert!(!conns.iter().any(owes));
+        });
+    }
 }

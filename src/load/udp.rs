@@ -560,6 +560,108 @@ fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Transform;
+    use crate::load::payload::Pattern;
+    use crate::load::{LoadConfig, Shared, Stage};
+    use crate::net::Proto;
+
+    /// The right reply to datagram `seq` of `lane`, `size` bytes.
+    fn reply(p: &Pattern, lane: &Lane, seq: u32, size: usize) -> Vec<u8> {
+        let mut v = vec![0u8; size];
+        encode_seq(seq, &mut v[..UDP_HEADER]);
+        let body = p.send_window(udp_body_pos(seq, lane.start), size - UDP_HEADER);
+        v[UDP_HEADER..].copy_from_slice(body);
+        Transform::Upper.apply(&mut v);
+        v
+    }
+
+    /// Runs `f` with an environment in the measurement window and a lane of depth 2 whose two
+    /// slots (sequence numbers 0 and 1) are in flight: no socket anywhere.
+    fn with_lane(f: impl FnOnce(&mut Env, &mut Lane, &Pattern)) {
+        let cfg = LoadConfig {
+            proto: Proto::Udp,
+            depth: 2,
+            ..LoadConfig::default()
+        };
+        let pattern = Pattern::new(1, Transform::Upper);
+        let shared = Shared::new(1);
+        let ctx = WorkerCtx {
+            cfg: &cfg,
+            pattern: &pattern,
+            shared: &shared,
+            thread: 0,
+            first_conn: 0,
+            nconns: 1,
+        };
+        let mut env = Env::new(&ctx, mio::Poll::new().expect("epoll"));
+        env.stage = Stage::Measure;
+        let now = Instant::now();
+        let mut lane = Lane::new(0, 3, 2, now);
+        for s in lane.slots.iter_mut() {
+            s.state = SlotState::InFlight;
+        }
+        f(&mut env, &mut lane, &pattern);
+    }
+
+    #[test]
+    fn an_answer_frees_its_slot_and_a_second_copy_is_a_duplicate() {
+        with_lane(|env, lane, p| {
+            let r = reply(p, lane, 0, 64);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(0));
+            assert_eq!((env.counts.msgs, env.counts.bytes), (1, 64));
+            assert_eq!(lane.slots[0].seq, 2);
+            assert_eq!(lane.slots[0].state, SlotState::Free);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            assert_eq!(env.counts.duplicates, 1);
+            assert_eq!(env.counts.mismatch_events, 0);
+        });
+    }
+
+    #[test]
+    fn a_reply_after_the_drain_gave_up_is_late_and_a_second_one_a_duplicate() {
+        with_lane(|env, lane, p| {
+            lose_in_flight(env, lane);
+            assert_eq!(env.counts.losses, 2);
+            assert!(!lane.in_flight());
+            let r = reply(p, lane, 1, 64);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            assert_eq!(env.counts.late, 1);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            assert_eq!(env.counts.duplicates, 1);
+            assert_eq!(env.counts.msgs, 0);
+        });
+    }
+
+    #[test]
+    fn wrong_replies_say_what_is_wrong_with_them() {
+        with_lane(|env, lane, p| {
+            let mut r = reply(p, lane, 1, 64);
+            r.pop();
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(1));
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(
+                first.contains("socket 3, datagram 1: reply is 63 bytes, expected 64"),
+                "{first}"
+            );
+            assert_eq!(on_datagram(env, lane, b"abc", false, Instant::now()), None);
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(
+                first.contains("shorter than the 8-byte sequence header"),
+                "{first}"
+            );
+            let mut r = reply(p, lane, 0, 64);
+            r[20] ^= 0x01;
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(0));
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(first.contains("datagram 0: reply byte 20"), "{first}");
+            // A number no slot has sent yet.
+            let r = reply(p, lane, 7, 64);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(first.contains("never sent"), "{first}");
+            assert_eq!(env.counts.mismatch_events, 4);
+        });
+    }
 
     #[test]
     fn replies_are_told_apart_as_answer_late_duplicate_or_unsent() {
