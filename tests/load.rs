@@ -313,6 +313,63 @@ fn bad_options_are_usage_errors() {
     assert!(err.contains("open files"), "{err}");
 }
 
+#[test]
+fn a_host_name_is_resolved_to_the_address_that_listens() {
+    let server = ServerProc::start(&[]);
+    let port = server.tcp().port();
+    let name = format!("localhost:{port}");
+    let (code, v, err) = load_json(&[&name, "-c", "2", "-t", "0.5", "--warmup", "0"]);
+    assert_clean_success(code, &v, &err);
+    // The report names the address the run went to.
+    assert_eq!(v["addr"], format!("127.0.0.1:{port}"), "{v:#}");
+}
+
+#[test]
+fn durations_and_sizes_take_units() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "1",
+        "-t",
+        "500ms",
+        "--warmup",
+        "0s",
+        "-s",
+        "1KiB",
+        "--timeout",
+        "2s",
+    ]);
+    assert_clean_success(code, &v, &err);
+    assert_eq!(v["size"], 1024, "{v:#}");
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        1024 * v["messages"].as_u64().unwrap()
+    );
+    let window = v["window_s"].as_f64().unwrap();
+    assert!((0.45..5.0).contains(&window), "{v:#}");
+}
+
+#[test]
+fn addresses_that_are_malformed_or_do_not_resolve_say_so_in_one_line() {
+    // Malformed: a usage error with an example.
+    let out = load(&["127.0.0.1", "-t", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("e.g. 127.0.0.1:8005"), "{err}");
+    // Well formed but no such host: a failure of the run, in one line.
+    let out = load(&["no-such-host.invalid:8005", "-t", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("upecho load: cannot resolve no-such-host.invalid:8005"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile peers, odd signals and absurd values (issue 7).
 // ---------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@
 //!
 //! - `serve`: `upecho serve`'s options, binding, the `listening` lines.
 //! - `client`: `upecho tcp` and `upecho udp`: options, resolving the address, exit codes.
+//! - `load`: `upecho load`'s options, the address resolved, the report printed.
 //! - `man`: the man page.
 
 mod client;
+mod load;
 mod man;
 mod serve;
 
@@ -46,7 +48,7 @@ enum Command {
     Udp(client::UdpArgs),
     /// Load generator: throughput, latency percentiles, every byte verified.
     #[command(after_help = LOG_HELP)]
-    Load(upecho::load::LoadArgs),
+    Load(load::LoadArgs),
     /// Print a shell completion script, e.g. `upecho completions bash > ~/.local/share/bash-completion/completions/upecho`.
     Completions {
         /// The shell to complete for.
@@ -71,7 +73,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::main(args),
         Command::Tcp(args) => client::run_tcp(args),
         Command::Udp(args) => client::run_udp(args),
-        Command::Load(args) => upecho::load::run(args),
+        Command::Load(args) => load::run(args),
         Command::Completions { shell } => {
             // Generated from the same clap definitions as the parser, so they cannot drift apart.
             clap_complete::generate(shell, &mut Cli::command(), "upecho", &mut io::stdout());

@@ -1,48 +1,59 @@
-//! `upecho load`: the verifying load generator.
+//! `upecho load`: the verifying load generator, as a library.
 //!
-//! - [`config`]: the command line and its checks (`LoadArgs` → `Config`).
-//! - [`payload`]: what is sent, and how every reply byte is checked.
-//! - [`schedule`]: the open-loop (`--rate`) clock and the in-flight latency origins.
-//! - `tcp` / `udp`: one worker each — a mio event loop on its own thread over its share of the
-//!   connections (`--threads` runs several, independently).
-//! - [`stats`]: counting, the progress line, the report, `.hgrm` output.
+//! The command line is the binary's (`src/cli/load.rs`): it parses the flags, resolves the
+//! address, builds a [`LoadConfig`], checks it, calls [`execute`] and prints the [`Report`]. What
+//! this module owns is the run itself:
+//!
+//! - `config`: [`LoadConfig`] and the rules a runnable one obeys.
+//! - `payload`: what is sent, and how every reply byte is checked.
+//! - `schedule`: the open-loop (`--rate`) clock and the in-flight latency origins.
+//! - `worker`: the one event loop every worker thread runs (poll, phases, deadlines, the
+//!   open-loop timer, progress), over a per-protocol `Flow`:
+//! - `tcp` / `udp`: the two flows, state machines over the worker's share of the connections.
+//! - `stats`: counting, the progress totals, the report, `.hgrm` output.
 //!
 //! The main thread owns the clock: it starts the workers, lets them warm up, opens the
-//! measurement window by switching the shared [`Phase`], samples CPU time (its own process and,
-//! with `--server-pid`, the server's) at both ends of the window, closes it, and merges what the
-//! workers counted. Workers read the phase once per loop turn, so the window they count in and the
+//! measurement window by switching the shared `Stage`, samples CPU time (its own process and,
+//! with `server_pid`, the server's) at both ends of the window, closes it, and merges what the
+//! workers counted. Workers read the stage once per loop turn, so the window they count in and the
 //! window the CPU time is sampled over line up to within one loop turn. Every worker also has its
 //! own hard deadline, so nothing runs on if the main thread's plan goes wrong.
 //!
 //! A run ends with a drain (hold: with its check): no new messages, and what is still owed
-//! must come back within `--timeout`. So a server that stalled near the end is caught as a
+//! must come back within the timeout. So a server that stalled near the end is caught as a
 //! timeout like one that stalled earlier, the last replies are verified too, and the
 //! generator's own closing of its connections afterwards can never be mistaken for the
 //! server's doing.
 
-pub mod config;
-pub mod payload;
-pub mod schedule;
-pub mod stats;
+mod config;
+mod payload;
+mod schedule;
+mod stats;
 mod tcp;
 mod timer;
 mod udp;
+mod worker;
 
 use std::io::{self, Write as _};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use config::{Config, Limits, LoadArgs, Mode, UsageError};
+pub use config::{
+    CHECK_INTERVAL, CloseHow, LoadConfig, MAX_CONNS, MAX_DEPTH, MAX_RATE, MAX_RUN_DURATION,
+    MAX_TCP_MESSAGE, MAX_THREADS, MIN_RATE, MachineLimits, Mode, UsageError,
+};
+pub use stats::{CpuUse, ErrorCounts, Latency, Report, ServerUse, hgrm};
+
+use crate::net::Proto;
 use payload::Pattern;
-use stats::{CpuUse, Latency, Progress, Report, ServerUse, Stats};
+use stats::{Counts, ErrorClass, Live, Totals};
 
 /// What the workers are doing, set by the main thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(crate) enum Stage {
     /// Connecting and running, not yet counting (hold: opening the connections).
     Warmup = 0,
     /// Counting (hold: holding the connections open).
@@ -50,123 +61,67 @@ pub enum Phase {
     /// hold only: one message on every connection, then each worker ends by itself.
     Check = 2,
     /// Every mode but hold: no new messages or connections; each worker ends by itself once
-    /// nothing is owed, counting what is still owed after `--timeout` as timed out (UDP: lost).
+    /// nothing is owed, counting what is still owed after the timeout as timed out (UDP: lost).
     Drain = 3,
     /// Close everything and return.
     Stop = 4,
 }
 
 /// State shared by the main thread and the workers.
-pub struct Shared {
-    phase: AtomicU8,
-    progress: Vec<Progress>,
+pub(crate) struct Shared {
+    stage: AtomicU8,
+    live: Vec<Live>,
 }
 
 impl Shared {
-    fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Warmup,
-            1 => Phase::Measure,
-            2 => Phase::Check,
-            3 => Phase::Drain,
-            _ => Phase::Stop,
+    pub(crate) fn new(workers: usize) -> Shared {
+        Shared {
+            stage: AtomicU8::new(Stage::Warmup as u8),
+            live: (0..workers).map(|_| Live::default()).collect(),
         }
     }
 
-    fn set_phase(&self, p: Phase) {
-        self.phase.store(p as u8, Ordering::Release);
+    pub(crate) fn stage(&self) -> Stage {
+        match self.stage.load(Ordering::Acquire) {
+            0 => Stage::Warmup,
+            1 => Stage::Measure,
+            2 => Stage::Check,
+            3 => Stage::Drain,
+            _ => Stage::Stop,
+        }
+    }
+
+    pub(crate) fn set_stage(&self, p: Stage) {
+        self.stage.store(p as u8, Ordering::Release);
     }
 }
 
 /// What one worker is given.
-pub struct Ctx<'a> {
-    cfg: &'a Config,
-    pattern: &'a Pattern,
-    shared: &'a Shared,
-    thread: usize,
+pub(crate) struct WorkerCtx<'a> {
+    pub cfg: &'a LoadConfig,
+    pub pattern: &'a Pattern,
+    pub shared: &'a Shared,
+    pub thread: usize,
     /// Global index of this worker's first connection, and how many it runs.
-    first_conn: usize,
-    nconns: usize,
+    pub first_conn: usize,
+    pub nconns: usize,
 }
 
-impl Ctx<'_> {
-    fn progress(&self) -> &Progress {
-        &self.shared.progress[self.thread]
+impl WorkerCtx<'_> {
+    pub(crate) fn live(&self) -> &Live {
+        &self.shared.live[self.thread]
     }
 
     /// The longest a worker may run whatever the main thread does: every phase at its longest
-    /// (the hold's check or the drain each take up to `--timeout`), plus slack.
-    fn hard_limit(&self) -> Duration {
+    /// (the hold's check or the drain each take up to the timeout), plus slack.
+    pub(crate) fn hard_limit(&self) -> Duration {
         let c = self.cfg;
         c.warmup + c.duration + 2 * c.connect_timeout + 2 * c.timeout + Duration::from_secs(30)
     }
 }
 
-/// Runs `upecho load`: exit 0 when every byte was right and work got done, 1 when not, 2 on a
-/// usage error.
-pub fn run(args: LoadArgs) -> ExitCode {
-    let cfg = match Config::from_args(args, Limits::probe()) {
-        Ok(c) => c,
-        Err(e) => {
-            say(&format!(
-                "error: {e}\n\nFor more information, try '--help'.\n"
-            ));
-            return ExitCode::from(2);
-        }
-    };
-    // A pid that names nothing would only show up as figures of zero at the end.
-    if let Some(pid) = cfg.server_pid
-        && stats::proc_cpu(pid).is_none()
-    {
-        say(&format!(
-            "error: --server-pid {pid}: no process {pid} (or /proc/{pid}/stat cannot be read)\n\n\
-             For more information, try '--help'.\n"
-        ));
-        return ExitCode::from(2);
-    }
-    let (report, hist) = execute(&cfg);
-    if let Some(path) = &cfg.histogram
-        && let Err(e) = std::fs::write(path, stats::hgrm(&hist))
-    {
-        say(&format!(
-            "upecho load: cannot write {}: {e}\n",
-            path.display()
-        ));
-        return ExitCode::FAILURE;
-    }
-    let text = report.text();
-    // The report is the product: if it cannot be written (a closed pipe, a full disk), the
-    // run did not deliver, whatever it measured.
-    let written = if cfg.json {
-        say(&text);
-        let json =
-            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        write_stdout(&format!("{json}\n"))
-    } else {
-        write_stdout(&text)
-    };
-    if let Err(e) = written {
-        say(&format!("upecho load: cannot write the report: {e}\n"));
-        return ExitCode::FAILURE;
-    }
-    if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// Writes `text` to stdout and flushes it. Explicit, because `print!` panics on a write error
-/// (and Rust ignores SIGPIPE, so a closed pipe is such an error, EPIPE).
-fn write_stdout(text: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
-}
-
-/// Writes `text` to stderr, returning whether it could. Everything the generator says besides
-/// the report goes through here: `eprint!` would panic on a closed stderr, and there is nowhere
-/// left to report that failure, so it is only returned.
+/// Writes `text` to stderr, returning whether it could: `eprint!` would panic on a closed
+/// stderr, and the progress line is only a courtesy.
 fn say(text: &str) -> bool {
     let mut err = io::stderr().lock();
     err.write_all(text.as_bytes())
@@ -174,13 +129,12 @@ fn say(text: &str) -> bool {
         .is_ok()
 }
 
-/// Runs the load described by `cfg` and returns the report and the merged latency histogram.
-pub fn execute(cfg: &Config) -> (Report, hdrhistogram::Histogram<u64>) {
+/// Runs the load described by `cfg` (as returned by [`LoadConfig::check`]) and returns the
+/// report and the merged latency histogram (nanoseconds). Progress lines go to stderr unless
+/// `cfg.quiet`. SIGINT or SIGTERM during the run ends it early, with the figures so far.
+pub fn execute(cfg: &LoadConfig) -> (Report, hdrhistogram::Histogram<u64>) {
     let pattern = Pattern::new(PATTERN_SEED, cfg.expect);
-    let shared = Shared {
-        phase: AtomicU8::new(Phase::Warmup as u8),
-        progress: (0..cfg.threads).map(|_| Progress::default()).collect(),
-    };
+    let shared = Shared::new(cfg.threads);
     // Ctrl-C (or SIGTERM) ends the run early but still reports what was measured.
     let interrupted = Arc::new(AtomicBool::new(false));
     let sig_ids: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
@@ -188,14 +142,14 @@ pub fn execute(cfg: &Config) -> (Report, hdrhistogram::Histogram<u64>) {
         .filter_map(|s| signal_hook::flag::register(s, interrupted.clone()).ok())
         .collect();
 
-    let mut merged = Stats::new();
+    let mut merged = Counts::new();
     let mut window = Window::default();
     thread::scope(|scope| {
         let mut handles = Vec::with_capacity(cfg.threads);
         let mut first = 0;
         for t in 0..cfg.threads {
             let n = cfg.conns_of_thread(t);
-            let ctx = Ctx {
+            let ctx = WorkerCtx {
                 cfg,
                 pattern: &pattern,
                 shared: &shared,
@@ -206,19 +160,16 @@ pub fn execute(cfg: &Config) -> (Report, hdrhistogram::Histogram<u64>) {
             first += n;
             let h = thread::Builder::new()
                 .name(format!("load-{t}"))
-                .spawn_scoped(scope, move || {
-                    if ctx.cfg.udp {
-                        udp::run(&ctx)
-                    } else {
-                        tcp::run(&ctx)
-                    }
+                .spawn_scoped(scope, move || match ctx.cfg.proto {
+                    Proto::Tcp => worker::run(&ctx, tcp::TcpFlow::new(&ctx)),
+                    Proto::Udp => worker::run(&ctx, udp::UdpFlow::new(&ctx)),
                 });
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    merged.errors.count(stats::ErrorClass::Other, || {
-                        format!("cannot start a thread: {e}")
-                    });
+                    merged
+                        .errors
+                        .count(ErrorClass::Local, || format!("cannot start a thread: {e}"));
                 }
             }
         }
@@ -228,7 +179,7 @@ pub fn execute(cfg: &Config) -> (Report, hdrhistogram::Histogram<u64>) {
                 Ok(s) => merged.merge(&s),
                 Err(_) => merged
                     .errors
-                    .count(stats::ErrorClass::Other, || "a worker panicked".into()),
+                    .count(ErrorClass::Local, || "a worker panicked".into()),
             }
         }
     });
@@ -253,10 +204,10 @@ struct Window {
 
 /// The main thread's part: warm-up, window, progress lines, stop.
 fn drive(
-    cfg: &Config,
+    cfg: &LoadConfig,
     shared: &Shared,
     interrupted: &AtomicBool,
-    handles: &[thread::ScopedJoinHandle<'_, Stats>],
+    handles: &[thread::ScopedJoinHandle<'_, Counts>],
 ) -> Window {
     let started = Instant::now();
     let mut line = ProgressLine::new(cfg, started);
@@ -268,11 +219,8 @@ fn drive(
         started + cfg.warmup
     };
     while Instant::now() < warm_end && !interrupted.load(Ordering::Relaxed) && !all_done() {
-        if cfg.mode == Mode::Hold {
-            let s = Progress::sum(&shared.progress);
-            if s[5] == cfg.threads as u64 {
-                break;
-            }
+        if cfg.mode == Mode::Hold && Totals::sum(&shared.live).ready_workers == cfg.threads as u64 {
+            break;
         }
         line.tick(shared, "warmup");
         sleep_until_next(warm_end, &line);
@@ -290,7 +238,7 @@ fn drive(
     let t0 = Instant::now();
     let cpu0 = stats::own_cpu();
     let srv0 = cfg.server_pid.and_then(stats::proc_cpu);
-    shared.set_phase(Phase::Measure);
+    shared.set_stage(Stage::Measure);
     let end = t0 + cfg.duration;
     while Instant::now() < end && !interrupted.load(Ordering::Relaxed) && !all_done() {
         line.tick(
@@ -310,17 +258,17 @@ fn drive(
     // Phase 3: hold's check, or the drain; each worker ends itself within --timeout. An
     // interrupted run skips it: whoever pressed Ctrl-C wants the figures now.
     if !interrupted.load(Ordering::Relaxed) {
-        shared.set_phase(if cfg.mode == Mode::Hold {
-            Phase::Check
+        shared.set_stage(if cfg.mode == Mode::Hold {
+            Stage::Check
         } else {
-            Phase::Drain
+            Stage::Drain
         });
         let check_end = Instant::now() + cfg.timeout + Duration::from_secs(1);
         while Instant::now() < check_end && !all_done() && !interrupted.load(Ordering::Relaxed) {
             thread::sleep(Duration::from_millis(10));
         }
     }
-    shared.set_phase(Phase::Stop);
+    shared.set_stage(Stage::Stop);
     Window {
         secs: (t1 - t0).as_secs_f64(),
         client_cpu: cpu1.saturating_sub(cpu0),
@@ -334,28 +282,6 @@ fn drive(
 
 /// Sleeps until the next progress line is due or `end`, whichever is first (in short slices, so
 /// Ctrl-C and finished workers are noticed promptly).
-/// One wait for readiness, shared by the TCP and UDP workers. `Interrupted` is a wake-up with no
-/// events (the caller's loop just goes round again); any other failure is counted and means the
-/// worker must stop (`false`).
-fn wait_events(
-    poll: &mut mio::Poll,
-    events: &mut mio::Events,
-    timeout: Duration,
-    stats: &mut Stats,
-) -> bool {
-    match poll.poll(events, Some(timeout)) {
-        Ok(()) => true,
-        // mio clears `events` before waiting, so none are left over from an earlier wait.
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-        Err(e) => {
-            stats
-                .errors
-                .count(stats::ErrorClass::Other, || format!("epoll_wait: {e}"));
-            false
-        }
-    }
-}
-
 fn sleep_until_next(end: Instant, line: &ProgressLine) {
     let now = Instant::now();
     let until = end.min(line.next);
@@ -371,17 +297,17 @@ struct ProgressLine {
     quiet: bool,
     started: Instant,
     next: Instant,
-    last: [u64; 6],
+    last: Totals,
     last_at: Instant,
 }
 
 impl ProgressLine {
-    fn new(cfg: &Config, started: Instant) -> ProgressLine {
+    fn new(cfg: &LoadConfig, started: Instant) -> ProgressLine {
         ProgressLine {
             quiet: cfg.quiet,
             started,
             next: started + Duration::from_secs(1),
-            last: [0; 6],
+            last: Totals::default(),
             last_at: started,
         }
     }
@@ -395,37 +321,40 @@ impl ProgressLine {
         while self.next <= now {
             self.next += Duration::from_secs(1);
         }
-        let s = Progress::sum(&shared.progress);
+        let t = Totals::sum(&shared.live);
         let dt = (now - self.last_at).as_secs_f64().max(1e-9);
         if !self.quiet {
             let line = format!(
                 "[{:6.1}s] {what:6} {:>10.0} msg/s {:>9.2} MB/s  open {:>6}  errors {}  mismatches {}\n",
                 (now - self.started).as_secs_f64(),
-                (s[0] - self.last[0]) as f64 / dt,
-                (s[1] - self.last[1]) as f64 / dt / 1e6,
-                s[4],
-                s[2],
-                s[3]
+                (t.msgs - self.last.msgs) as f64 / dt,
+                (t.bytes - self.last.bytes) as f64 / dt / 1e6,
+                t.open,
+                t.errors,
+                t.mismatches
             );
             // Progress is a courtesy: a closed stderr only ends it, not the run.
             if !say(&line) {
                 self.quiet = true;
             }
         }
-        self.last = s;
+        self.last = t;
         self.last_at = now;
     }
 }
 
-fn build_report(cfg: &Config, s: &Stats, w: &Window) -> Report {
+fn build_report(cfg: &LoadConfig, s: &Counts, w: &Window) -> Report {
     let secs = w.secs.max(1e-9);
     let per_msg = |d: Duration| (s.msgs > 0).then(|| d.as_secs_f64() * 1e6 / s.msgs as f64);
     let hold = cfg.mode == Mode::Hold;
     let mismatches = s.mismatch_events;
     let failures = failures(cfg, s);
     Report {
-        mode: config::mode_name(cfg.mode),
-        proto: if cfg.udp { "udp" } else { "tcp" },
+        mode: cfg.mode.name(),
+        proto: match cfg.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        },
         addr: cfg.addr.to_string(),
         connections: cfg.conns,
         size: cfg.size,
@@ -471,7 +400,7 @@ fn build_report(cfg: &Config, s: &Stats, w: &Window) -> Report {
 /// closes a connection only once it is answered, and the end of the run closes only drained
 /// ones), UDP losses and duplicate replies. hold has its own rule: every connection held, and
 /// every held connection answered.
-fn failures(cfg: &Config, s: &Stats) -> Vec<String> {
+fn failures(cfg: &LoadConfig, s: &Counts) -> Vec<String> {
     let mut why = Vec::new();
     if s.mismatch_events > 0 {
         why.push(format!(
@@ -510,6 +439,7 @@ fn failures(cfg: &Config, s: &Stats) -> Vec<String> {
             ("timeout", e.timeout),
             ("closed by the server", e.closed),
             ("no ports", e.no_ports),
+            ("local", e.local),
             ("other", e.other),
         ]
         .iter()

@@ -55,8 +55,9 @@ impl RateSchedule {
         (self.next, self.due_time(self.next))
     }
 
-    /// Hands out the next message if it is due at `now`.
-    #[inline]
+    /// Hands out the next message if it is due at `now` (the one-at-a-time model `take_due` is
+    /// tested against).
+    #[cfg(test)]
     pub fn pop_due(&mut self, now: Instant) -> Option<u64> {
         if self.due_time(self.next) <= now {
             self.next += 1;
@@ -115,6 +116,7 @@ impl InFlight {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }

@@ -1,8 +1,12 @@
 //! Counting: what each worker measures, how workers publish progress, and the final report.
 //!
-//! A worker owns its [`Stats`] outright (no sharing on the hot path) and hands it back when it
+//! A worker owns its [`Counts`] outright (no sharing on the hot path) and hands them back when it
 //! ends; the main thread merges them. For the once-a-second progress line a worker also stores a
-//! few running totals into its [`Progress`] atomics once per loop turn, not per message.
+//! few running totals into its [`Live`] atomics once per loop turn, not per message, and the main
+//! thread adds them up into [`Totals`].
+//!
+//! Errors are classified from [`crate::io_outcome::classify`], the crate's one classifier, and
+//! then split the finer way a load report needs (refused, reset, timed out, out of ports).
 
 use std::fmt::Write as _;
 use std::io;
@@ -13,53 +17,71 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::payload::Mismatch;
+use crate::io_outcome::{Class, classify};
 
 /// Longest latency the histogram tells apart (longer ones are recorded as this): one minute.
 const HIST_MAX_NS: u64 = 60_000_000_000;
 
-/// How an I/O error is counted: a small set of outcomes, decided in one place.
+/// How an error is counted in the report: a small set of classes, decided in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
+    /// The server refused the connection (or, UDP, an ICMP port unreachable came back).
     Refused,
+    /// The peer or the path failed: reset, broken pipe, unreachable.
     Reset,
     Timeout,
     /// The server closed (FIN) a connection the generator was still using.
     Closed,
     /// No local port or address left (EADDRNOTAVAIL): spread over more `--source` addresses.
     NoPorts,
+    /// This side failed: out of memory, buffers or descriptors, the poll, a thread.
+    Local,
+    /// The server broke the protocol in a way that ends the connection (unsolicited bytes).
     Other,
 }
 
 impl ErrorClass {
-    /// Classifies an I/O error from connect, read, write, send or recv.
-    pub fn of(e: &io::Error) -> ErrorClass {
+    /// Classifies an I/O error from connect, read, write, send or recv: the crate's
+    /// [`classify`] says whose failure it was, and only its peer failures are split further.
+    pub(crate) fn of(e: &io::Error) -> ErrorClass {
         use io::ErrorKind as K;
-        match e.kind() {
-            K::ConnectionRefused => ErrorClass::Refused,
-            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => ErrorClass::Reset,
-            K::TimedOut => ErrorClass::Timeout,
-            K::AddrNotAvailable | K::AddrInUse => ErrorClass::NoPorts,
-            _ => ErrorClass::Other,
+        match classify(e) {
+            Class::PeerReset => match e.kind() {
+                K::ConnectionRefused => ErrorClass::Refused,
+                K::TimedOut => ErrorClass::Timeout,
+                _ => ErrorClass::Reset,
+            },
+            Class::PeerClosed => ErrorClass::Closed,
+            Class::Local => match e.kind() {
+                K::AddrNotAvailable | K::AddrInUse => ErrorClass::NoPorts,
+                _ => ErrorClass::Local,
+            },
+            // Callers retry or wait on these and never count them; were one counted, it would
+            // be this side's doing.
+            Class::WouldBlock | Class::Interrupted => ErrorClass::Local,
         }
     }
 }
 
 /// Error counts by class.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct Errors {
+pub struct ErrorCounts {
     pub total: u64,
     pub refused: u64,
     pub reset: u64,
     pub timeout: u64,
     pub closed: u64,
     pub no_ports: u64,
+    /// This side's own failures (out of buffers or descriptors, the poll), told apart from the
+    /// peer's.
+    pub local: u64,
     pub other: u64,
     /// The first error seen, as text, so a summary can say what went wrong.
     pub first: Option<String>,
 }
 
-impl Errors {
-    pub fn count(&mut self, class: ErrorClass, what: impl FnOnce() -> String) {
+impl ErrorCounts {
+    pub(crate) fn count(&mut self, class: ErrorClass, what: impl FnOnce() -> String) {
         self.total += 1;
         *match class {
             ErrorClass::Refused => &mut self.refused,
@@ -67,6 +89,7 @@ impl Errors {
             ErrorClass::Timeout => &mut self.timeout,
             ErrorClass::Closed => &mut self.closed,
             ErrorClass::NoPorts => &mut self.no_ports,
+            ErrorClass::Local => &mut self.local,
             ErrorClass::Other => &mut self.other,
         } += 1;
         if self.first.is_none() {
@@ -74,13 +97,14 @@ impl Errors {
         }
     }
 
-    fn merge(&mut self, o: &Errors) {
+    fn merge(&mut self, o: &ErrorCounts) {
         self.total += o.total;
         self.refused += o.refused;
         self.reset += o.reset;
         self.timeout += o.timeout;
         self.closed += o.closed;
         self.no_ports += o.no_ports;
+        self.local += o.local;
         self.other += o.other;
         if self.first.is_none() {
             self.first.clone_from(&o.first);
@@ -90,11 +114,11 @@ impl Errors {
 
 /// What one worker measured inside the measurement window (errors and mismatches: always, since
 /// a wrong byte during warm-up is just as wrong).
-pub struct Stats {
+pub(crate) struct Counts {
     pub msgs: u64,
     pub bytes: u64,
     pub hist: Histogram<u64>,
-    pub errors: Errors,
+    pub errors: ErrorCounts,
     pub mismatched_bytes: u64,
     pub mismatch_events: u64,
     pub first_mismatch: Option<String>,
@@ -111,14 +135,14 @@ pub struct Stats {
     pub answered: u64,
 }
 
-impl Stats {
-    pub fn new() -> Stats {
-        Stats {
+impl Counts {
+    pub(crate) fn new() -> Counts {
+        Counts {
             msgs: 0,
             bytes: 0,
             // Three significant figures from 1 ns to a minute: ~0.3 MiB, once per worker.
             hist: Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds"),
-            errors: Errors::default(),
+            errors: ErrorCounts::default(),
             mismatched_bytes: 0,
             mismatch_events: 0,
             first_mismatch: None,
@@ -133,7 +157,7 @@ impl Stats {
 
     /// Records one latency.
     #[inline]
-    pub fn latency(&mut self, d: Duration) {
+    pub(crate) fn latency(&mut self, d: Duration) {
         // Clamped before narrowing, so no duration can wrap around to a small one.
         let ns = d.as_nanos().clamp(1, u128::from(HIST_MAX_NS)) as u64;
         self.hist.saturating_record(ns);
@@ -141,7 +165,7 @@ impl Stats {
 
     /// Records a reply that is wrong as a whole rather than in its bytes (its length, its
     /// header, more bytes than were sent); `what` says so in full.
-    pub fn wrong_reply(&mut self, wrong_bytes: u64, what: impl FnOnce() -> String) {
+    pub(crate) fn wrong_reply(&mut self, wrong_bytes: u64, what: impl FnOnce() -> String) {
         self.mismatch_events += 1;
         self.mismatched_bytes += wrong_bytes;
         if self.first_mismatch.is_none() {
@@ -150,7 +174,7 @@ impl Stats {
     }
 
     /// Records a wrong reply; `what` names the connection or socket.
-    pub fn mismatch(&mut self, m: Mismatch, what: impl FnOnce() -> String) {
+    pub(crate) fn mismatch(&mut self, m: Mismatch, what: impl FnOnce() -> String) {
         self.mismatch_events += 1;
         self.mismatched_bytes += m.wrong_bytes;
         if self.first_mismatch.is_none() {
@@ -167,7 +191,7 @@ impl Stats {
         }
     }
 
-    pub fn merge(&mut self, o: &Stats) {
+    pub(crate) fn merge(&mut self, o: &Counts) {
         self.msgs += o.msgs;
         self.bytes += o.bytes;
         // Same bounds on both sides, so adding cannot fail.
@@ -187,9 +211,9 @@ impl Stats {
     }
 }
 
-impl Default for Stats {
+impl Default for Counts {
     fn default() -> Self {
-        Stats::new()
+        Counts::new()
     }
 }
 
@@ -198,30 +222,42 @@ fn show(b: u8) -> String {
     format!("{:?}", b as char)
 }
 
-/// Running totals a worker publishes for the progress line (all time, warm-up included).
+/// Running totals one worker publishes for the progress line (all time, warm-up included).
 #[derive(Default)]
-pub struct Progress {
+pub(crate) struct Live {
     pub msgs: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
     pub mismatches: AtomicU64,
     pub open: AtomicU64,
-    /// hold: set to 1 when the worker has stopped opening connections.
-    pub connected: AtomicU64,
+    /// 1 once the worker has stopped opening connections (hold waits for every worker's).
+    pub ready: AtomicU64,
 }
 
-impl Progress {
-    pub fn sum(all: &[Progress]) -> [u64; 6] {
-        let mut s = [0u64; 6];
+/// The sum of every worker's [`Live`] counters at one instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub msgs: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub mismatches: u64,
+    pub open: u64,
+    /// Workers that have stopped opening connections.
+    pub ready_workers: u64,
+}
+
+impl Totals {
+    pub(crate) fn sum(all: &[Live]) -> Totals {
+        let mut t = Totals::default();
         for p in all {
-            s[0] += p.msgs.load(Relaxed);
-            s[1] += p.bytes.load(Relaxed);
-            s[2] += p.errors.load(Relaxed);
-            s[3] += p.mismatches.load(Relaxed);
-            s[4] += p.open.load(Relaxed);
-            s[5] += p.connected.load(Relaxed);
+            t.msgs += p.msgs.load(Relaxed);
+            t.bytes += p.bytes.load(Relaxed);
+            t.errors += p.errors.load(Relaxed);
+            t.mismatches += p.mismatches.load(Relaxed);
+            t.open += p.open.load(Relaxed);
+            t.ready_workers += p.ready.load(Relaxed);
         }
-        s
+        t
     }
 }
 
@@ -238,7 +274,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn of(h: &Histogram<u64>) -> Option<Latency> {
+    pub(crate) fn of(h: &Histogram<u64>) -> Option<Latency> {
         if h.is_empty() {
             return None;
         }
@@ -299,7 +335,7 @@ pub struct Report {
     pub connects: u64,
     pub connects_per_s: f64,
     pub latency_us: Option<Latency>,
-    pub errors: Errors,
+    pub errors: ErrorCounts,
     pub mismatches: u64,
     pub mismatched_bytes: u64,
     pub first_mismatch: Option<String>,
@@ -368,8 +404,8 @@ impl Report {
         let e = &self.errors;
         let _ = writeln!(
             s,
-            "  errors      {} (refused {}, reset {}, timeout {}, closed {}, no ports {}, other {})",
-            e.total, e.refused, e.reset, e.timeout, e.closed, e.no_ports, e.other
+            "  errors      {} (refused {}, reset {}, timeout {}, closed {}, no ports {}, local {}, other {})",
+            e.total, e.refused, e.reset, e.timeout, e.closed, e.no_ports, e.local, e.other
         );
         if let Some(f) = &e.first {
             let _ = writeln!(s, "              first: {f}");
@@ -474,7 +510,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 }
 
 /// CPU time (user + system) of this whole process so far, all threads.
-pub fn own_cpu() -> Duration {
+pub(crate) fn own_cpu() -> Duration {
     // SAFETY: getrusage only writes the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
@@ -485,7 +521,7 @@ pub fn own_cpu() -> Duration {
 }
 
 /// CPU time (utime + stime) of another process from `/proc/PID/stat`, if it can be read.
-pub fn proc_cpu(pid: u32) -> Option<Duration> {
+pub(crate) fn proc_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields resume after the last ')'.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
@@ -499,7 +535,7 @@ pub fn proc_cpu(pid: u32) -> Option<Duration> {
 }
 
 /// Resident set size of a process from `/proc/PID/status`, if it can be read.
-pub fn proc_rss(pid: u32) -> Option<u64> {
+pub(crate) fn proc_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
@@ -518,8 +554,15 @@ mod tests {
         assert_eq!(c(K::BrokenPipe), ErrorClass::Reset);
         assert_eq!(c(K::TimedOut), ErrorClass::Timeout);
         assert_eq!(c(K::AddrNotAvailable), ErrorClass::NoPorts);
-        assert_eq!(c(K::PermissionDenied), ErrorClass::Other);
-        let mut e = Errors::default();
+        // Peer and path failures are the peer's; everything else is this side's, never "other".
+        assert_eq!(c(K::HostUnreachable), ErrorClass::Reset);
+        assert_eq!(c(K::WriteZero), ErrorClass::Closed);
+        assert_eq!(c(K::PermissionDenied), ErrorClass::Local);
+        let os = |code| ErrorClass::of(&io::Error::from_raw_os_error(code));
+        assert_eq!(os(libc::ENOBUFS), ErrorClass::Local);
+        assert_eq!(os(libc::EMFILE), ErrorClass::Local);
+        assert_eq!(os(libc::ECONNREFUSED), ErrorClass::Refused);
+        let mut e = ErrorCounts::default();
         e.count(ErrorClass::Reset, || "first".into());
         e.count(ErrorClass::Refused, || "second".into());
         assert_eq!((e.total, e.reset, e.refused), (2, 1, 1));
@@ -527,8 +570,31 @@ mod tests {
     }
 
     #[test]
+    fn totals_add_up_every_worker_by_name() {
+        let live: Vec<Live> = (0..3).map(|_| Live::default()).collect();
+        for (i, l) in live.iter().enumerate() {
+            let i = i as u64;
+            l.msgs.store(1 + i, Relaxed);
+            l.bytes.store(10 * (1 + i), Relaxed);
+            l.errors.store(i, Relaxed);
+            l.open.store(2, Relaxed);
+            l.ready.store(u64::from(i != 1), Relaxed);
+        }
+        let t = Totals::sum(&live);
+        let want = Totals {
+            msgs: 6,
+            bytes: 60,
+            errors: 3,
+            mismatches: 0,
+            open: 6,
+            ready_workers: 2,
+        };
+        assert_eq!(t, want);
+    }
+
+    #[test]
     fn hgrm_has_the_standard_shape() {
-        let mut s = Stats::new();
+        let mut s = Counts::new();
         for us in 1..=1000u64 {
             s.latency(Duration::from_micros(us));
         }
@@ -555,7 +621,7 @@ mod tests {
 
     #[test]
     fn latency_percentiles_are_in_microseconds() {
-        let mut s = Stats::new();
+        let mut s = Counts::new();
         for us in 1..=100u64 {
             s.latency(Duration::from_micros(us));
         }
@@ -563,7 +629,7 @@ mod tests {
         assert!((l.p50 - 50.0).abs() < 0.1, "{l:?}");
         assert!((l.p99 - 99.0).abs() < 0.1, "{l:?}");
         assert!((l.max - 100.0).abs() < 0.1, "{l:?}");
-        assert!(Latency::of(&Stats::new().hist).is_none());
+        assert!(Latency::of(&Counts::new().hist).is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! One TCP worker: a mio event loop driving its share of the connections in every TCP mode.
+//! The TCP flow: the state machine of a worker's share of the connections, in every TCP mode
+//! (the event loop around it is `worker`'s).
 //!
 //! Each connection slot goes through the states below; a slot whose connection failed goes back
 //! to `Idle` and is reconnected after a short back-off (except in hold, where a lost connection
@@ -10,9 +11,9 @@
 //!                          └── hold: any failure ──▶ Done ◀── hold: any failure ──────┘
 //! ```
 //!
-//! At the end (`Phase::Drain`) nothing new is issued or connected, connects still in progress
+//! At the end (`Stage::Drain`) nothing new is issued or connected, connects still in progress
 //! are abandoned, and the worker ends once no open connection owes a reply; one that still owes
-//! after `--timeout` is counted as timed out, exactly as it would have been during the run.
+//! after the timeout is counted as timed out, exactly as it would have been during the run.
 //!
 //! Bytes: a connection's stream is the shared pattern from the connection's own start offset
 //! (see `payload`), so "what to send next" is `tx` and "what the next reply byte must be" is
@@ -30,34 +31,31 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::config::{Close, Mode};
+use super::config::{CloseHow, Mode};
 use super::payload::PERIOD;
-use super::schedule::{InFlight, RateSchedule, lane_share};
-use super::stats::{ErrorClass, Stats};
-use super::timer::Timer;
-use super::{Ctx, Phase};
+use super::schedule::InFlight;
+use super::stats::ErrorClass;
+use super::worker::{Env, Flow, Readiness};
+use super::{Stage, WorkerCtx};
+use crate::io_outcome::Outcome;
 
 /// Largest read: 64 KiB takes a whole loopback segment train in one system call.
 const SCRATCH: usize = 64 * 1024;
-/// How often timeouts, phase changes and the progress counters are looked at when idle.
-const TICK: Duration = super::config::CHECK_INTERVAL;
 /// Connection attempts in progress at once per worker: enough to open 15,000 connections in a
 /// few seconds without overflowing the server's accept backlog (a dropped SYN costs a second).
 const MAX_CONNECTING: usize = 256;
-/// The open-loop timer's token: beyond any connection slot.
-const TIMER: Token = Token(usize::MAX);
 /// Pause before reconnecting a slot whose connection failed, so a refusing server is not
 /// hammered in a tight loop.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum ConnState {
     /// No socket; waiting in the ready or retry queue.
     Idle,
-    /// Non-blocking connect in progress since the given time.
+    /// Non-blocking connect in progress since `began`.
     Connecting,
     /// Connected and exchanging messages.
     Open,
@@ -65,11 +63,11 @@ enum State {
     Done,
 }
 
-struct Conn {
+struct TcpConn {
     /// Index within the worker: the mio token and the open-loop schedule lane.
     slot: usize,
     stream: Option<TcpStream>,
-    state: State,
+    state: ConnState,
     /// Pattern position of this connection's stream byte 0.
     start: u64,
     /// Stream bytes written, and received (and checked).
@@ -90,225 +88,191 @@ struct Conn {
     last: Instant,
 }
 
-/// The worker's state, apart from the connections (so a connection and the rest can be borrowed
-/// at the same time).
-struct Env<'a> {
-    ctx: &'a Ctx<'a>,
-    poll: Poll,
-    stats: Stats,
-    measuring: bool,
-    phase: Phase,
+/// The slots' queues and the flow's other state, apart from the connections (so a connection
+/// and the rest can be borrowed at the same time).
+struct Queues {
     /// Slots to connect as soon as a connecting place is free, and slots waiting out a back-off.
     ready: VecDeque<usize>,
     retry: VecDeque<(Instant, usize)>,
     connecting: usize,
-    open: u64,
-    /// All-time counters for the progress line.
-    live_msgs: u64,
-    live_bytes: u64,
     /// Stream start offsets are handed out from here, one per new connection.
     next_start: u64,
-    sched: Option<RateSchedule>,
     /// bulk: bytes a connection may have written but not yet seen answered.
     bulk_window: u64,
 }
 
-/// Runs one worker until the main thread says stop (or its own hard deadline passes).
-pub fn run(ctx: &Ctx) -> Stats {
-    let mut stats = Stats::new();
-    let poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            stats
-                .errors
-                .count(ErrorClass::of(&e), || format!("epoll: {e}"));
-            return stats;
-        }
-    };
-    let cfg = ctx.cfg;
-    let now = Instant::now();
-    let n = ctx.nconns;
-    let depth = match cfg.mode {
-        Mode::Pingpong => cfg.depth,
-        Mode::Bulk => 1,
-        Mode::Hold | Mode::Churn => 1,
-    };
-    let mut conns: Vec<Conn> = (0..n)
-        .map(|slot| Conn {
-            slot,
-            stream: None,
-            state: State::Idle,
-            start: 0,
-            tx: 0,
-            rx: 0,
-            issued: 0,
-            done: 0,
-            due: 0,
-            taken: 0,
-            want_write: false,
-            inflight: InFlight::new(depth, now),
-            began: now,
-            last: now,
-        })
-        .collect();
-    let mut env = Env {
-        ctx,
-        poll,
-        stats,
-        measuring: false,
-        phase: Phase::Warmup,
-        ready: (0..n).collect(),
-        retry: VecDeque::new(),
-        connecting: 0,
-        open: 0,
-        live_msgs: 0,
-        live_bytes: 0,
-        next_start: (ctx.first_conn as u64).wrapping_mul(7_919),
-        sched: cfg
-            .rate
-            .map(|r| RateSchedule::new(now, r * n as f64 / cfg.conns as f64)),
-        bulk_window: cfg.depth.max(2) as u64 * cfg.size as u64,
-    };
-    let mut timer = match env
-        .sched
-        .is_some()
-        .then(|| Timer::new(env.poll.registry(), TIMER))
-    {
-        Some(Err(e)) => {
-            env.stats
-                .errors
-                .count(ErrorClass::Other, || format!("timerfd: {e}"));
-            return env.stats;
-        }
-        Some(Ok(t)) => Some(t),
-        None => None,
-    };
-    let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
-    let mut events = Events::with_capacity(1024);
-    let hard_end = now + ctx.hard_limit();
-    let mut next_tick = now;
-    let mut check_until = None;
-    let mut drain_until = None;
-
-    loop {
-        let now = Instant::now();
-        let phase = ctx.shared.phase();
-        if phase == Phase::Stop || now >= hard_end {
-            break;
-        }
-        if phase != env.phase {
-            env.phase = phase;
-            env.measuring = phase == Phase::Measure;
-            match phase {
-                Phase::Check => {
-                    env.begin_check(&mut conns, now);
-                    check_until = Some(now + cfg.timeout);
-                }
-                Phase::Drain => {
-                    env.begin_drain(&mut conns);
-                    // One tick more than --timeout: the housekeeping that counts a connection
-                    // silent for --timeout runs once a tick.
-                    drain_until = Some(now + cfg.timeout + TICK);
-                }
-                Phase::Warmup | Phase::Measure | Phase::Stop => {}
-            }
-        }
-        if now >= next_tick {
-            env.housekeeping(&mut conns, now);
-            next_tick = now + TICK;
-        }
-        if phase == Phase::Drain {
-            if !conns.iter().any(owes) {
-                break;
-            }
-            if drain_until.is_some_and(|t| now >= t) {
-                env.end_drain(&mut conns);
-                break;
-            }
-        }
-        if cfg.mode == Mode::Hold {
-            let settled = env.ready.is_empty() && env.retry.is_empty() && env.connecting == 0;
-            ctx.progress()
-                .connected
-                .store(u64::from(settled), std::sync::atomic::Ordering::Relaxed);
-            if phase == Phase::Check
-                && (check_until.is_some_and(|t| now >= t) || env.check_finished(&conns))
-            {
-                break;
-            }
-        }
-        env.start_connects(&mut conns, now);
-        env.issue_scheduled(&mut conns, now);
-        env.publish();
-
-        let mut wake = next_tick;
-        // Not while draining: nothing more is issued, so the next due time stays in the past
-        // and would wake the loop at once, over and over.
-        if let (Some(s), Some(t)) = (&env.sched, &mut timer)
-            && phase != Phase::Drain
-            && let Err(e) = t.arm(s.peek().1, now)
-        {
-            env.stats
-                .errors
-                .count(ErrorClass::Other, || format!("timerfd: {e}"));
-            break;
-        }
-        if let Some(&(at, _)) = env.retry.front() {
-            wake = wake.min(at);
-        }
-        if let Some(at) = drain_until {
-            wake = wake.min(at);
-        }
-        if !env.ready.is_empty() && env.connecting < MAX_CONNECTING && env.may_connect() {
-            wake = now;
-        }
-        let timeout = wake.saturating_duration_since(now);
-        if !super::wait_events(&mut env.poll, &mut events, timeout, &mut env.stats) {
-            break;
-        }
-        for ev in events.iter() {
-            if ev.token() == TIMER {
-                if let Some(t) = &mut timer {
-                    t.clear();
-                }
-                continue;
-            }
-            let i = ev.token().0;
-            // A token that names no slot would be a spurious event: ignore it.
-            let Some(c) = conns.get_mut(i) else { continue };
-            env.on_event(c, i, &mut scratch, ev.is_writable() || ev.is_write_closed());
-        }
-    }
-    env.publish();
-    // Dropping the streams closes them; the server sees ordinary closes (and after a drain,
-    // closes of connections that owe nothing).
-    drop(conns);
-    env.stats
+/// The TCP side of a worker (see the module doc).
+pub(crate) struct TcpFlow {
+    conns: Vec<TcpConn>,
+    q: Queues,
+    /// The one read buffer of the worker.
+    scratch: Box<[u8]>,
 }
 
-impl Env<'_> {
-    fn may_connect(&self) -> bool {
-        match self.ctx.cfg.mode {
-            // hold opens its connections once, before the hold starts.
-            Mode::Hold => self.phase == Phase::Warmup,
-            _ => self.phase != Phase::Drain,
+impl TcpFlow {
+    pub(crate) fn new(ctx: &WorkerCtx) -> TcpFlow {
+        let cfg = ctx.cfg;
+        let now = Instant::now();
+        let n = ctx.nconns;
+        let depth = match cfg.mode {
+            Mode::Pingpong => cfg.depth,
+            Mode::Bulk | Mode::Hold | Mode::Churn => 1,
+        };
+        let conns = (0..n)
+            .map(|slot| TcpConn {
+                slot,
+                stream: None,
+                state: ConnState::Idle,
+                start: 0,
+                tx: 0,
+                rx: 0,
+                issued: 0,
+                done: 0,
+                due: 0,
+                taken: 0,
+                want_write: false,
+                inflight: InFlight::new(depth, now),
+                began: now,
+                last: now,
+            })
+            .collect();
+        TcpFlow {
+            conns,
+            q: Queues {
+                ready: (0..n).collect(),
+                retry: VecDeque::new(),
+                connecting: 0,
+                next_start: (ctx.first_conn as u64).wrapping_mul(7_919),
+                bulk_window: cfg.depth.max(2) as u64 * cfg.size as u64,
+            },
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+        }
+    }
+}
+
+impl Flow for TcpFlow {
+    fn open(&mut self, _env: &mut Env, _now: Instant) -> usize {
+        // Connections are opened from the loop, MAX_CONNECTING at a time (`on_turn`).
+        self.conns.len()
+    }
+
+    fn due_mut(&mut self, lane: usize) -> &mut u64 {
+        &mut self.conns[lane].due
+    }
+
+    fn on_due(&mut self, env: &mut Env, lane: usize, now: Instant) {
+        let c = &mut self.conns[lane];
+        if c.state == ConnState::Open && !c.inflight.is_full() {
+            let mut cx = Cx {
+                env,
+                q: &mut self.q,
+            };
+            cx.refill(c, now);
+            cx.flush(c, lane);
         }
     }
 
+    fn on_stage(&mut self, env: &mut Env, now: Instant) {
+        let mut cx = Cx {
+            env,
+            q: &mut self.q,
+        };
+        match cx.env.stage {
+            Stage::Check => cx.begin_check(&mut self.conns, now),
+            Stage::Drain => cx.begin_drain(&mut self.conns),
+            Stage::Warmup | Stage::Measure | Stage::Stop => {}
+        }
+    }
+
+    fn on_tick(&mut self, env: &mut Env, now: Instant) {
+        Cx {
+            env,
+            q: &mut self.q,
+        }
+        .housekeeping(&mut self.conns, now);
+    }
+
+    fn on_turn(&mut self, env: &mut Env, now: Instant) {
+        Cx {
+            env,
+            q: &mut self.q,
+        }
+        .start_connects(&mut self.conns, now);
+    }
+
+    fn on_event(&mut self, env: &mut Env, token: usize, ready: Readiness) {
+        // A token that names no slot would be a spurious event: ignore it.
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let writable = ready.writable || ready.write_closed;
+        let mut cx = Cx {
+            env,
+            q: &mut self.q,
+        };
+        match c.state {
+            // A late event for a socket already closed: nothing to do.
+            ConnState::Idle | ConnState::Done => {}
+            ConnState::Connecting => cx.on_connecting(c, token, &mut self.scratch),
+            ConnState::Open => cx.service(c, token, &mut self.scratch, writable),
+        }
+    }
+
+    fn owes(&self) -> bool {
+        self.conns.iter().any(owes)
+    }
+
+    fn end_drain(&mut self, env: &mut Env, _now: Instant) {
+        Cx {
+            env,
+            q: &mut self.q,
+        }
+        .end_drain(&mut self.conns);
+    }
+
+    fn settled(&self) -> bool {
+        self.q.ready.is_empty() && self.q.retry.is_empty() && self.q.connecting == 0
+    }
+
+    fn wake_at(&self, env: &Env, now: Instant) -> Option<Instant> {
+        let q = &self.q;
+        if !q.ready.is_empty() && q.connecting < MAX_CONNECTING && may_connect(env) {
+            return Some(now);
+        }
+        q.retry.front().map(|&(at, _)| at)
+    }
+}
+
+/// Whether new connections may be started in the current stage.
+fn may_connect(env: &Env) -> bool {
+    match env.ctx.cfg.mode {
+        // hold opens its connections once, before the hold starts.
+        Mode::Hold => env.stage == Stage::Warmup,
+        _ => env.stage != Stage::Drain,
+    }
+}
+
+/// The worker's shared state and the flow's queues, borrowed together for one call.
+struct Cx<'x, 'a> {
+    env: &'x mut Env<'a>,
+    q: &'x mut Queues,
+}
+
+impl Cx<'_, '_> {
     /// The run is over: stop connecting (a connect in progress owes nothing, so it is simply
     /// abandoned); what is already issued is still written and must still be answered.
-    fn begin_drain(&mut self, conns: &mut [Conn]) {
-        self.ready.clear();
-        self.retry.clear();
+    fn begin_drain(&mut self, conns: &mut [TcpConn]) {
+        self.q.ready.clear();
+        self.q.retry.clear();
         for c in conns.iter_mut() {
-            if c.state == State::Connecting {
+            if c.state == ConnState::Connecting {
                 self.close(c);
             }
         }
     }
 
     /// The drain's time is up: whatever is still owed counts as timed out.
-    fn end_drain(&mut self, conns: &mut [Conn]) {
+    fn end_drain(&mut self, conns: &mut [TcpConn]) {
         for (i, c) in conns.iter_mut().enumerate() {
             if owes(c) {
                 let owed = c.tx - c.rx;
@@ -321,41 +285,46 @@ impl Env<'_> {
 
     /// Starts connecting slots from the ready queue, and from the retry queue once their
     /// back-off has passed, up to `MAX_CONNECTING` at a time.
-    fn start_connects(&mut self, conns: &mut [Conn], now: Instant) {
-        while let Some(&(at, i)) = self.retry.front() {
+    fn start_connects(&mut self, conns: &mut [TcpConn], now: Instant) {
+        while let Some(&(at, i)) = self.q.retry.front() {
             if at > now {
                 break;
             }
-            self.retry.pop_front();
-            self.ready.push_back(i);
+            self.q.retry.pop_front();
+            self.q.ready.push_back(i);
         }
-        if !self.may_connect() {
+        if !may_connect(self.env) {
             return;
         }
-        while self.connecting < MAX_CONNECTING {
-            let Some(i) = self.ready.pop_front() else {
+        while self.q.connecting < MAX_CONNECTING {
+            let Some(i) = self.q.ready.pop_front() else {
                 break;
             };
             self.connect(&mut conns[i], i, now);
         }
     }
 
-    fn connect(&mut self, c: &mut Conn, i: usize, now: Instant) {
-        let cfg = self.ctx.cfg;
-        let source = cfg.source_of(self.ctx.first_conn + i);
+    fn connect(&mut self, c: &mut TcpConn, i: usize, now: Instant) {
+        let cfg = self.env.ctx.cfg;
+        let source = cfg.source_of(self.env.ctx.first_conn + i);
         c.began = now;
         c.last = now;
         match open_stream(cfg.addr, source, cfg.mode != Mode::Churn) {
             Ok(mut s) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = self.poll.registry().register(&mut s, Token(i), interest) {
+                if let Err(e) = self
+                    .env
+                    .poll
+                    .registry()
+                    .register(&mut s, Token(i), interest)
+                {
                     self.fail(c, i, ErrorClass::of(&e), &e);
                     return;
                 }
                 c.stream = Some(s);
-                c.state = State::Connecting;
+                c.state = ConnState::Connecting;
                 c.want_write = true;
-                self.connecting += 1;
+                self.q.connecting += 1;
             }
             Err(e) => {
                 let class = ErrorClass::of(&e);
@@ -365,31 +334,31 @@ impl Env<'_> {
     }
 
     /// Counts an error on slot `i`, closes its stream and decides what becomes of it.
-    fn fail(&mut self, c: &mut Conn, i: usize, class: ErrorClass, e: &dyn std::fmt::Display) {
-        let addr = self.ctx.cfg.addr;
-        let id = self.ctx.first_conn + i;
+    fn fail(&mut self, c: &mut TcpConn, i: usize, class: ErrorClass, e: &dyn std::fmt::Display) {
+        let addr = self.env.ctx.cfg.addr;
+        let id = self.env.ctx.first_conn + i;
         let phase = c.state;
-        self.stats.errors.count(class, || {
+        self.env.counts.errors.count(class, || {
             format!("connection {id} to {addr} ({phase:?}): {e}")
         });
         self.close(c);
-        if self.ctx.cfg.mode == Mode::Hold {
-            c.state = State::Done;
+        if self.env.ctx.cfg.mode == Mode::Hold {
+            c.state = ConnState::Done;
         } else {
-            self.retry.push_back((Instant::now() + RETRY_BACKOFF, i));
+            self.q.retry.push_back((Instant::now() + RETRY_BACKOFF, i));
         }
     }
 
     /// Closes the slot's stream (if any) and resets its counters; the slot ends up `Idle`.
-    fn close(&mut self, c: &mut Conn) {
+    fn close(&mut self, c: &mut TcpConn) {
         match c.state {
-            State::Connecting => self.connecting -= 1,
-            State::Open => self.open -= 1,
-            State::Idle | State::Done => {}
+            ConnState::Connecting => self.q.connecting -= 1,
+            ConnState::Open => self.env.open -= 1,
+            ConnState::Idle | ConnState::Done => {}
         }
         // Dropping closes the descriptor, which also removes it from the epoll set.
         c.stream = None;
-        c.state = State::Idle;
+        c.state = ConnState::Idle;
         c.tx = 0;
         c.rx = 0;
         c.issued = 0;
@@ -398,29 +367,22 @@ impl Env<'_> {
         c.inflight.clear();
     }
 
-    fn on_event(&mut self, c: &mut Conn, i: usize, scratch: &mut [u8], writable: bool) {
-        match c.state {
-            // A late event for a socket already closed: nothing to do.
-            State::Idle | State::Done => {}
-            State::Connecting => self.on_connecting(c, i, scratch),
-            State::Open => self.service(c, i, scratch, writable),
-        }
-    }
-
     /// Reads what has arrived, then writes whatever that (or write space) allows.
-    fn service(&mut self, c: &mut Conn, i: usize, scratch: &mut [u8], writable: bool) {
+    fn service(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8], writable: bool) {
         // Read first: replies free room in the window, which is what we may write into.
         if !self.read(c, i, scratch) {
             return;
         }
-        if writable || self.ctx.cfg.mode == Mode::Bulk || c.tx < c.issued * self.ctx.cfg.size as u64
+        if writable
+            || self.env.ctx.cfg.mode == Mode::Bulk
+            || c.tx < c.issued * self.env.ctx.cfg.size as u64
         {
             self.flush(c, i);
         }
     }
 
     /// A connecting socket became ready: it either connected or failed.
-    fn on_connecting(&mut self, c: &mut Conn, i: usize, scratch: &mut [u8]) {
+    fn on_connecting(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8]) {
         let Some(s) = &c.stream else { return };
         let result = match s.take_error() {
             Ok(Some(e)) | Err(e) => Err(e),
@@ -435,18 +397,18 @@ impl Env<'_> {
             self.fail(c, i, ErrorClass::of(&e), &e);
             return;
         }
-        self.connecting -= 1;
-        self.open += 1;
-        c.state = State::Open;
-        c.start = self.next_start;
+        self.q.connecting -= 1;
+        self.env.open += 1;
+        c.state = ConnState::Open;
+        c.start = self.q.next_start;
         // Successive connections start far apart in the pattern.
-        self.next_start = self.next_start.wrapping_add(104_729) % PERIOD as u64;
+        self.q.next_start = self.q.next_start.wrapping_add(104_729) % PERIOD as u64;
         let now = Instant::now();
         c.last = now;
-        if self.measuring {
-            self.stats.connects += 1;
+        if self.env.measuring() {
+            self.env.counts.connects += 1;
         }
-        match self.ctx.cfg.mode {
+        match self.env.ctx.cfg.mode {
             Mode::Pingpong => self.refill(c, now),
             Mode::Bulk | Mode::Hold => {}
             Mode::Churn => {
@@ -455,26 +417,26 @@ impl Env<'_> {
                 c.issued = 1;
             }
         }
-        if self.phase == Phase::Check {
+        if self.env.stage == Stage::Check {
             self.issue_check(c, now);
         }
         self.flush(c, i);
         // Data may have arrived with the handshake's wake-up, or the reply to what was just
         // written (a descheduled generator finds it already there): it completes messages, whose
         // successors must be written now, since no event will come for them.
-        if c.state == State::Open {
+        if c.state == ConnState::Open {
             self.service(c, i, scratch, false);
         }
     }
 
     /// Issues messages up to the depth: at once in closed loop, when due in open loop.
-    fn refill(&mut self, c: &mut Conn, now: Instant) {
-        if self.phase == Phase::Drain {
+    fn refill(&mut self, c: &mut TcpConn, now: Instant) {
+        if self.env.draining() {
             return;
         }
-        let n = self.ctx.nconns as u64;
+        let n = self.env.lanes as u64;
         while !c.inflight.is_full() {
-            let origin = match &self.sched {
+            let origin = match &self.env.sched {
                 None => now,
                 Some(s) if c.taken < c.due => {
                     // Slot j's m-th scheduled message is the worker's message j + m * n.
@@ -493,88 +455,55 @@ impl Env<'_> {
         }
     }
 
-    /// Hands out the open-loop messages due by `now`, round-robin over the slots.
-    fn issue_scheduled(&mut self, conns: &mut [Conn], now: Instant) {
-        if self.phase == Phase::Drain {
-            return;
-        }
-        let Some(due) = self.sched.as_mut().map(|s| s.take_due(now)) else {
-            return;
-        };
-        let n = conns.len() as u64;
-        if due.end - due.start < n {
-            for k in due {
-                let i = (k % n) as usize;
-                conns[i].due += 1;
-                self.issue_due(&mut conns[i], i, now);
-            }
-        } else {
-            // At least a message for every slot: set each slot's count at once, so that a
-            // generator far behind its schedule spends a turn per slot, not per message.
-            for (i, c) in conns.iter_mut().enumerate() {
-                c.due = lane_share(due.end, i as u64, n);
-                self.issue_due(c, i, now);
-            }
-        }
-    }
-
-    fn issue_due(&mut self, c: &mut Conn, i: usize, now: Instant) {
-        if c.state == State::Open && !c.inflight.is_full() {
-            self.refill(c, now);
-            self.flush(c, i);
-        }
-    }
-
     /// Writes what has been issued (bulk: as much as the socket takes) until `WouldBlock`.
-    fn flush(&mut self, c: &mut Conn, i: usize) {
-        let bulk = self.ctx.cfg.mode == Mode::Bulk;
-        let goal = if bulk && self.phase == Phase::Drain {
+    fn flush(&mut self, c: &mut TcpConn, i: usize) {
+        let bulk = self.env.ctx.cfg.mode == Mode::Bulk;
+        let goal = if bulk && self.env.draining() {
             // Draining: what is written is owed; nothing more is sent.
             c.tx
         } else if bulk {
             // Stream, but never more than the window ahead of the replies: a flooded server
             // receive queue makes the kernel collapse and prune it on the *sender's* CPU, which
             // nearly doubled the generator's cost per byte here without adding throughput.
-            c.rx + self.bulk_window
+            c.rx + self.q.bulk_window
         } else {
-            c.issued * self.ctx.cfg.size as u64
+            c.issued * self.env.ctx.cfg.size as u64
         };
         while c.tx < goal {
             let Some(s) = &mut c.stream else { return };
             let want = (goal - c.tx).min(SCRATCH as u64) as usize;
-            let win = self.ctx.pattern.send_window(c.start + c.tx, want);
-            match s.write(win) {
-                Ok(0) => {
-                    let e = io::Error::from(io::ErrorKind::WriteZero);
-                    return self.fail(c, i, ErrorClass::Other, &e);
-                }
-                Ok(n) => c.tx += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let win = self.env.ctx.pattern.send_window(c.start + c.tx, want);
+            match Outcome::of_write(s.write(win)) {
+                Outcome::Moved(n) => c.tx += n as u64,
+                Outcome::WouldBlock => {
                     if !c.want_write {
                         let interest = Interest::READABLE | Interest::WRITABLE;
-                        if let Err(e) = self.poll.registry().reregister(s, Token(i), interest) {
-                            return self.fail(c, i, ErrorClass::Other, &e);
+                        if let Err(e) = self.env.poll.registry().reregister(s, Token(i), interest) {
+                            return self.fail(c, i, ErrorClass::Local, &e);
                         }
                         c.want_write = true;
                     }
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.fail(c, i, ErrorClass::of(&e), &e),
+                Outcome::Interrupted => {}
+                Outcome::PeerClosed => {
+                    let e = "the socket takes no more bytes (the server is gone)";
+                    return self.fail(c, i, ErrorClass::Closed, &e);
+                }
+                Outcome::PeerReset(e) | Outcome::Local(e) => {
+                    return self.fail(c, i, ErrorClass::of(&e), &e);
+                }
             }
         }
         // Everything written: stop waking up for write space. A churn
         // connection lives for one message: changing its interest would cost more than it saves.
         if c.want_write
-            && self.ctx.cfg.mode != Mode::Churn
+            && self.env.ctx.cfg.mode != Mode::Churn
             && let Some(s) = &mut c.stream
         {
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(s, Token(i), Interest::READABLE)
-            {
-                return self.fail(c, i, ErrorClass::Other, &e);
+            let interest = Interest::READABLE;
+            if let Err(e) = self.env.poll.registry().reregister(s, Token(i), interest) {
+                return self.fail(c, i, ErrorClass::Local, &e);
             }
             c.want_write = false;
         }
@@ -582,13 +511,18 @@ impl Env<'_> {
 
     /// Reads until `WouldBlock`, checking every byte and completing messages. Returns whether
     /// the connection is still open.
-    fn read(&mut self, c: &mut Conn, i: usize, scratch: &mut [u8]) -> bool {
-        let cfg = self.ctx.cfg;
-        let size = cfg.size as u64;
+    fn read(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8]) -> bool {
         loop {
             let Some(s) = &mut c.stream else { return false };
-            match s.read(scratch) {
-                Ok(0) => {
+            match Outcome::of_read(s.read(scratch)) {
+                Outcome::Moved(n) => {
+                    if !self.on_bytes(c, i, &scratch[..n]) {
+                        return false;
+                    }
+                }
+                Outcome::WouldBlock => return true,
+                Outcome::Interrupted => {}
+                Outcome::PeerClosed => {
                     // The server closed. Fine only for a churn connection already answered
                     // (which we close ourselves first, so in practice never).
                     let owed = c.tx - c.rx;
@@ -596,77 +530,7 @@ impl Env<'_> {
                     self.fail(c, i, ErrorClass::Closed, &e);
                     return false;
                 }
-                Ok(n) => {
-                    let got = &scratch[..n];
-                    if c.rx + n as u64 > c.tx {
-                        // More bytes back than were sent: the stream can no longer be matched.
-                        let extra = c.rx + n as u64 - c.tx;
-                        let id = self.ctx.first_conn + i;
-                        self.stats.wrong_reply(extra, || {
-                            format!(
-                                "connection {id}: {extra} bytes back more than were sent \
-                                 (after stream byte {})",
-                                c.tx
-                            )
-                        });
-                        self.fail(c, i, ErrorClass::Other, &"server sent unsolicited bytes");
-                        return false;
-                    }
-                    if let Err(m) = self.ctx.pattern.check(c.start + c.rx, got, c.rx) {
-                        let id = self.ctx.first_conn + i;
-                        self.stats.mismatch(m, || format!("connection {id}"));
-                    }
-                    c.rx += n as u64;
-                    let now = Instant::now();
-                    c.last = now;
-                    self.live_bytes += n as u64;
-                    if self.measuring {
-                        self.stats.bytes += n as u64;
-                    }
-                    let answered = c.rx / size;
-                    let newly = answered - c.done;
-                    c.done = answered;
-                    self.live_msgs += newly;
-                    if cfg.mode == Mode::Bulk {
-                        if self.measuring {
-                            self.stats.msgs += newly;
-                        }
-                        continue;
-                    }
-                    for _ in 0..newly {
-                        let origin = c.inflight.pop().unwrap_or(now);
-                        if self.measuring {
-                            self.stats.msgs += 1;
-                            self.stats.latency(now.saturating_duration_since(origin));
-                        }
-                    }
-                    if newly > 0 {
-                        match cfg.mode {
-                            Mode::Pingpong => self.refill(c, now),
-                            Mode::Churn => {
-                                // Answered: close and go again. With FIN ours goes first, so
-                                // TIME_WAIT stays on our side (Linux reuses it for loopback
-                                // connects); with RST there is none.
-                                if cfg.close == Close::Rst
-                                    && let Some(s) = &c.stream
-                                {
-                                    let _ =
-                                        socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
-                                }
-                                self.close(c);
-                                self.ready.push_back(i);
-                                return false;
-                            }
-                            Mode::Hold => {
-                                self.stats.answered += newly;
-                            }
-                            Mode::Bulk => {}
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Outcome::PeerReset(e) | Outcome::Local(e) => {
                     self.fail(c, i, ErrorClass::of(&e), &e);
                     return false;
                 }
@@ -674,66 +538,125 @@ impl Env<'_> {
         }
     }
 
+    /// Takes reply bytes `got` just read on slot `i`: checks them, completes the messages they
+    /// finish and issues their successors. Returns whether the connection is still open. Touches
+    /// no socket but to close it, so tests drive it directly.
+    fn on_bytes(&mut self, c: &mut TcpConn, i: usize, got: &[u8]) -> bool {
+        let cfg = self.env.ctx.cfg;
+        let size = cfg.size as u64;
+        if c.rx + got.len() as u64 > c.tx {
+            // More bytes back than were sent: the stream can no longer be matched.
+            let extra = c.rx + got.len() as u64 - c.tx;
+            let id = self.env.ctx.first_conn + i;
+            self.env.counts.wrong_reply(extra, || {
+                format!(
+                    "connection {id}: {extra} bytes back more than were sent \
+                         (after stream byte {})",
+                    c.tx
+                )
+            });
+            self.fail(c, i, ErrorClass::Other, &"server sent unsolicited bytes");
+            return false;
+        }
+        if let Err(m) = self.env.ctx.pattern.check(c.start + c.rx, got, c.rx) {
+            let id = self.env.ctx.first_conn + i;
+            self.env.counts.mismatch(m, || format!("connection {id}"));
+        }
+        c.rx += got.len() as u64;
+        let now = Instant::now();
+        c.last = now;
+        self.env.live_bytes += got.len() as u64;
+        if self.env.measuring() {
+            self.env.counts.bytes += got.len() as u64;
+        }
+        let answered = c.rx / size;
+        let newly = answered - c.done;
+        c.done = answered;
+        self.env.live_msgs += newly;
+        if cfg.mode == Mode::Bulk {
+            if self.env.measuring() {
+                self.env.counts.msgs += newly;
+            }
+            return true;
+        }
+        for _ in 0..newly {
+            let origin = c.inflight.pop().unwrap_or(now);
+            if self.env.measuring() {
+                self.env.counts.msgs += 1;
+                self.env
+                    .counts
+                    .latency(now.saturating_duration_since(origin));
+            }
+        }
+        if newly > 0 {
+            match cfg.mode {
+                Mode::Pingpong => self.refill(c, now),
+                Mode::Churn => {
+                    // Answered: close and go again. With FIN ours goes first, so
+                    // TIME_WAIT stays on our side (Linux reuses it for loopback
+                    // connects); with RST there is none.
+                    if cfg.close == CloseHow::Rst
+                        && let Some(s) = &c.stream
+                    {
+                        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                    }
+                    self.close(c);
+                    self.q.ready.push_back(i);
+                    return false;
+                }
+                Mode::Hold => {
+                    self.env.counts.answered += newly;
+                }
+                Mode::Bulk => {}
+            }
+        }
+        true
+    }
+
     /// hold: the hold is over; send one message on every open connection.
-    fn begin_check(&mut self, conns: &mut [Conn], now: Instant) {
+    fn begin_check(&mut self, conns: &mut [TcpConn], now: Instant) {
         for (i, c) in conns.iter_mut().enumerate() {
-            if c.state == State::Open {
-                self.stats.held += 1;
+            if c.state == ConnState::Open {
+                self.env.counts.held += 1;
                 self.issue_check(c, now);
                 self.flush(c, i);
             }
         }
     }
 
-    fn issue_check(&mut self, c: &mut Conn, now: Instant) {
-        if self.ctx.cfg.mode == Mode::Hold && c.issued == 0 {
+    fn issue_check(&mut self, c: &mut TcpConn, now: Instant) {
+        if self.env.ctx.cfg.mode == Mode::Hold && c.issued == 0 {
             c.inflight.push(now);
             c.last = now;
             c.issued = 1;
         }
     }
 
-    fn check_finished(&self, conns: &[Conn]) -> bool {
-        conns
-            .iter()
-            .all(|c| c.state != State::Open || c.done >= c.issued)
-    }
-
     /// Timeouts: a connect that takes too long, or a connection owing replies that has been
     /// silent for `--timeout`.
-    fn housekeeping(&mut self, conns: &mut [Conn], now: Instant) {
-        let cfg = self.ctx.cfg;
+    fn housekeeping(&mut self, conns: &mut [TcpConn], now: Instant) {
+        let cfg = self.env.ctx.cfg;
         for (i, c) in conns.iter_mut().enumerate() {
             let late = match c.state {
-                State::Connecting => now.duration_since(c.began) > cfg.connect_timeout,
-                State::Open => owes(c) && now.duration_since(c.last) > cfg.timeout,
-                State::Idle | State::Done => false,
+                ConnState::Connecting => now.duration_since(c.began) > cfg.connect_timeout,
+                ConnState::Open => owes(c) && now.duration_since(c.last) > cfg.timeout,
+                ConnState::Idle | ConnState::Done => false,
             };
             if late {
                 let what = match c.state {
-                    State::Connecting => "connect timed out",
+                    ConnState::Connecting => "connect timed out",
                     _ => "no reply within --timeout",
                 };
                 self.fail(c, i, ErrorClass::Timeout, &what);
             }
         }
     }
-
-    fn publish(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let p = self.ctx.progress();
-        p.msgs.store(self.live_msgs, Relaxed);
-        p.bytes.store(self.live_bytes, Relaxed);
-        p.errors.store(self.stats.errors.total, Relaxed);
-        p.mismatches.store(self.stats.mismatch_events, Relaxed);
-        p.open.store(self.open, Relaxed);
-    }
 }
 
 /// Whether an open connection still owes replies, or owes writes of issued messages (either
 /// way it is waiting on the server).
-fn owes(c: &Conn) -> bool {
-    c.state == State::Open && (c.rx < c.tx || c.done < c.issued)
+fn owes(c: &TcpConn) -> bool {
+    c.state == ConnState::Open && (c.rx < c.tx || c.done < c.issued)
 }
 
 /// A non-blocking socket connecting to `addr`, bound first to `source` if given.
@@ -772,4 +695,152 @@ fn open_stream(addr: SocketAddr, source: Option<IpAddr>, nodelay: bool) -> io::R
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(sock.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The flow driven by hand, with no socket: connections are put in the state a test needs and
+    //! fed reply bytes as a socket would deliver them.
+
+    use super::*;
+    use crate::Transform;
+    use crate::load::payload::Pattern;
+    use crate::load::{LoadConfig, Shared};
+
+    fn cfg(mode: Mode, depth: usize) -> LoadConfig {
+        LoadConfig {
+            mode,
+            depth,
+            conns: 2,
+            ..LoadConfig::default()
+        }
+    }
+
+    /// What the server should send back for stream bytes `from..to` of a connection starting at
+    /// pattern position 0.
+    fn reply(p: &Pattern, from: u64, to: u64) -> Vec<u8> {
+        let mut v = p.send_window(from, (to - from) as usize).to_vec();
+        Transform::Upper.apply(&mut v);
+        v
+    }
+
+    /// Runs `f` on a flow over `cfg`'s two connections, in the measurement window, with
+    /// connection 0 open at pattern position 0.
+    fn with_flow(cfg: &LoadConfig, f: impl FnOnce(&mut [TcpConn], &mut Cx, &Pattern)) {
+        let pattern = Pattern::new(1, Transform::Upper);
+        let shared = Shared::new(1);
+        let ctx = WorkerCtx {
+            cfg,
+            pattern: &pattern,
+            shared: &shared,
+            thread: 0,
+            first_conn: 0,
+            nconns: cfg.conns,
+        };
+        let mut env = Env::new(&ctx, mio::Poll::new().expect("epoll"));
+        env.stage = Stage::Measure;
+        env.lanes = cfg.conns;
+        env.open = 1;
+        let mut flow = TcpFlow::new(&ctx);
+        flow.q.ready.clear();
+        flow.conns[0].state = ConnState::Open;
+        let mut cx = Cx {
+            env: &mut env,
+            q: &mut flow.q,
+        };
+        f(&mut flow.conns, &mut cx, &pattern);
+    }
+
+    #[test]
+    fn pingpong_replies_in_any_chunking_complete_messages_and_issue_the_next() {
+        with_flow(&cfg(Mode::Pingpong, 2), |conns, cx, p| {
+            let c = &mut conns[0];
+            cx.refill(c, Instant::now());
+            assert_eq!(c.issued, 2);
+            // Written (no socket here: as a flush would have).
+            c.tx = 128;
+            let r = reply(p, 0, 128);
+            assert!(cx.on_bytes(c, 0, &r[..50]));
+            assert_eq!((c.done, cx.env.counts.msgs), (0, 0));
+            assert!(owes(c));
+            assert!(cx.on_bytes(c, 0, &r[50..]));
+            assert_eq!((c.done, cx.env.counts.msgs), (2, 2));
+            assert_eq!(cx.env.counts.hist.len(), 2);
+            assert_eq!(cx.env.counts.bytes, 128);
+            // Both answered: two more issued at once (closed loop), still owed.
+            assert_eq!(c.issued, 4);
+            assert!(owes(c));
+            assert_eq!(cx.env.counts.mismatch_events, 0);
+        });
+    }
+
+    #[test]
+    fn a_wrong_byte_is_a_mismatch_that_names_the_connection() {
+        with_flow(&cfg(Mode::Pingpong, 1), |conns, cx, p| {
+            let c = &mut conns[0];
+            cx.refill(c, Instant::now());
+            c.tx = 64;
+            let mut r = reply(p, 0, 64);
+            r[10] ^= 0x20;
+            assert!(cx.on_bytes(c, 0, &r));
+            assert_eq!(cx.env.counts.mismatch_events, 1);
+            let first = cx.env.counts.first_mismatch.clone().unwrap_or_default();
+            assert!(first.starts_with("connection 0: reply byte 10"), "{first}");
+        });
+    }
+
+    #[test]
+    fn more_bytes_back_than_were_sent_end_the_connection() {
+        with_flow(&cfg(Mode::Pingpong, 1), |conns, cx, p| {
+            let c = &mut conns[0];
+            cx.refill(c, Instant::now());
+            c.tx = 64;
+            assert!(!cx.on_bytes(c, 0, &reply(p, 0, 65)));
+            assert_eq!(cx.env.counts.mismatch_events, 1);
+            assert_eq!(cx.env.counts.errors.other, 1);
+            // Closed and waiting out its back-off before it is reconnected.
+            assert_eq!(c.state, ConnState::Idle);
+            assert_eq!(cx.q.retry.len(), 1);
+            assert_eq!(cx.env.open, 0);
+        });
+    }
+
+    #[test]
+    fn churn_closes_an_answered_connection_and_queues_the_slot_again() {
+        with_flow(&cfg(Mode::Churn, 1), |conns, cx, p| {
+            let c = &mut conns[0];
+            c.inflight.push(Instant::now());
+            c.issued = 1;
+            c.tx = 64;
+            assert!(!cx.on_bytes(c, 0, &reply(p, 0, 64)));
+            assert_eq!(cx.env.counts.msgs, 1);
+            assert_eq!(c.state, ConnState::Idle);
+            assert_eq!(cx.q.ready.front(), Some(&0));
+            assert_eq!(cx.env.counts.errors.total, 0);
+        });
+    }
+
+    #[test]
+    fn silence_past_the_timeouts_and_what_is_owed_at_the_end_count_as_timeouts() {
+        with_flow(&cfg(Mode::Pingpong, 1), |conns, cx, _| {
+            let later = Instant::now() + Duration::from_secs(60);
+            // Connection 1 is stuck connecting; connection 0 owes a reply.
+            conns[1].state = ConnState::Connecting;
+            cx.q.connecting = 1;
+            cx.refill(&mut conns[0], Instant::now());
+            conns[0].tx = 64;
+            assert!(conns.iter().any(owes));
+            cx.end_drain(conns);
+            assert_eq!(cx.env.counts.errors.timeout, 1);
+            let first = cx.env.counts.errors.first.clone().unwrap_or_default();
+            assert!(
+                first.contains("at the end of the run (64 bytes owed)"),
+                "{first}"
+            );
+            cx.housekeeping(conns, later);
+            assert_eq!(cx.env.counts.errors.timeout, 2);
+            assert_eq!(cx.q.connecting, 0);
+            assert!(!conns.iter().any(owes));
+        });
+    }
 }

@@ -1,4 +1,5 @@
-//! One UDP worker: datagram ping-pong over its share of the sockets.
+//! The UDP flow: datagram ping-pong over a worker's share of the sockets (the event loop around
+//! it is `worker`'s).
 //!
 //! Each socket is connected to the server (so the kernel drops anything from elsewhere and
 //! `send`/`recv` need no address) and keeps `--depth` datagrams in flight. Slot `i` of a socket
@@ -9,29 +10,26 @@
 //! remembers which of its last 64 datagrams were lost, to tell the two apart). The body after
 //! the 8-byte sequence header is checked byte for byte, in late and duplicate replies too.
 //!
-//! At the end (`Phase::Drain`) nothing more is sent; the worker ends once no datagram is in
+//! At the end (`Stage::Drain`) nothing more is sent; the worker ends once no datagram is in
 //! flight, and one still unanswered after `--timeout` is lost, as during the run.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
-use super::config::{MAX_DATAGRAM, UDP_HEADER};
+use super::WorkerCtx;
+use super::config::UDP_HEADER;
 use super::payload::{decode_seq, encode_seq, udp_body_pos};
-use super::schedule::{RateSchedule, lane_share};
-use super::stats::{ErrorClass, Stats};
-use super::timer::Timer;
-use super::{Ctx, Phase};
+use super::stats::ErrorClass;
+use super::worker::{Env, Flow, Readiness};
+use crate::io_outcome::Outcome;
+use crate::net::max_datagram;
 
-/// How often timeouts, phase changes and the progress counters are looked at when idle.
-const TICK: Duration = super::config::CHECK_INTERVAL;
 /// Datagrams received from one socket per wake-up at most.
 const RECV_BUDGET: usize = 4096;
-/// The open-loop timer's token: beyond any socket.
-const TIMER: Token = Token(usize::MAX);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -92,10 +90,12 @@ impl Slot {
     }
 }
 
-struct Sock {
+/// One socket's bookkeeping, apart from the socket: what the reply matching works on.
+struct Lane {
     /// Index within the worker: the mio token and the open-loop schedule lane.
-    lane: u64,
-    sock: UdpSocket,
+    index: u64,
+    /// Global socket number, for messages.
+    id: usize,
     /// Pattern position the bodies of this socket's datagrams are taken from.
     start: u64,
     slots: Box<[Slot]>,
@@ -103,239 +103,237 @@ struct Sock {
     taken: u64,
 }
 
-struct Env<'a> {
-    ctx: &'a Ctx<'a>,
-    stats: Stats,
-    measuring: bool,
-    /// The run is over: nothing more is sent (see `Phase::Drain`).
-    draining: bool,
-    sched: Option<RateSchedule>,
-    live_msgs: u64,
-    live_bytes: u64,
-    /// Sockets in this worker (open-loop lanes).
-    lanes: u64,
-    /// One datagram being built (sends) and one being received, reused for every datagram.
-    out: Box<[u8]>,
+impl Lane {
+    fn new(index: usize, id: usize, depth: usize, now: Instant) -> Lane {
+        let slots = (0..depth)
+            .map(|d| Slot {
+                seq: d as u32,
+                state: SlotState::Free,
+                origin: now,
+                sent: now,
+                finished: 0,
+                lost: 0,
+            })
+            .collect();
+        Lane {
+            index: index as u64,
+            id,
+            start: (id as u64).wrapping_mul(7_919),
+            slots,
+            due: 0,
+            taken: 0,
+        }
+    }
+
+    /// Moves slot `d` on to its next sequence number, free; `lost` says how the last one ended.
+    fn advance(&mut self, d: usize, lost: bool) {
+        let depth = self.slots.len() as u32;
+        let slot = &mut self.slots[d];
+        slot.seq = next_seq(slot.seq, depth);
+        slot.state = SlotState::Free;
+        slot.finished += 1;
+        slot.lost = (slot.lost << 1) | u64::from(lost);
+    }
+
+    fn in_flight(&self) -> bool {
+        self.slots.iter().any(|x| x.state == SlotState::InFlight)
+    }
 }
 
-/// Runs one UDP worker until the main thread says stop (or its own hard deadline passes).
-pub fn run(ctx: &Ctx) -> Stats {
-    let cfg = ctx.cfg;
-    let mut env = Env {
-        ctx,
-        stats: Stats::new(),
-        measuring: false,
-        draining: false,
-        sched: None,
-        live_msgs: 0,
-        live_bytes: 0,
-        lanes: 0,
-        out: vec![0u8; cfg.size].into_boxed_slice(),
-    };
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            env.stats
-                .errors
-                .count(ErrorClass::of(&e), || format!("epoll: {e}"));
-            return env.stats;
+struct Sock {
+    sock: UdpSocket,
+    lane: Lane,
+}
+
+/// The UDP side of a worker (see the module doc).
+pub(crate) struct UdpFlow {
+    socks: Vec<Sock>,
+    /// One datagram being built (sends) and one being received (one byte longer than any
+    /// datagram, so a truncated one shows), reused for every datagram.
+    out: Box<[u8]>,
+    buf: Box<[u8]>,
+}
+
+impl UdpFlow {
+    pub(crate) fn new(ctx: &WorkerCtx) -> UdpFlow {
+        let cfg = ctx.cfg;
+        UdpFlow {
+            socks: Vec::with_capacity(ctx.nconns),
+            out: vec![0u8; cfg.size].into_boxed_slice(),
+            buf: vec![0u8; max_datagram(&cfg.addr) + 1].into_boxed_slice(),
         }
-    };
-    let now = Instant::now();
-    let mut socks = Vec::with_capacity(ctx.nconns);
-    for i in 0..ctx.nconns {
-        let id = ctx.first_conn + i;
-        match open_socket(cfg.addr, cfg.source_of(id)) {
-            Ok(mut sock) => {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                let lane = socks.len();
-                if let Err(e) = poll.registry().register(&mut sock, Token(lane), interest) {
-                    env.stats
-                        .errors
-                        .count(ErrorClass::Other, || format!("register: {e}"));
-                    continue;
+    }
+}
+
+impl Flow for UdpFlow {
+    fn open(&mut self, env: &mut Env, now: Instant) -> usize {
+        let ctx = env.ctx;
+        let cfg = ctx.cfg;
+        for i in 0..ctx.nconns {
+            let id = ctx.first_conn + i;
+            match open_socket(cfg.addr, cfg.source_of(id)) {
+                Ok(mut sock) => {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    let index = self.socks.len();
+                    let r = env
+                        .poll
+                        .registry()
+                        .register(&mut sock, Token(index), interest);
+                    if let Err(e) = r {
+                        env.counts
+                            .errors
+                            .count(ErrorClass::Local, || format!("register: {e}"));
+                        continue;
+                    }
+                    let lane = Lane::new(index, id, cfg.depth, now);
+                    self.socks.push(Sock { sock, lane });
                 }
-                let slots = (0..cfg.depth)
-                    .map(|d| Slot {
-                        seq: d as u32,
-                        state: SlotState::Free,
-                        origin: now,
-                        sent: now,
-                        finished: 0,
-                        lost: 0,
-                    })
-                    .collect();
-                socks.push(Sock {
-                    lane: lane as u64,
-                    sock,
-                    start: (id as u64).wrapping_mul(7_919),
-                    slots,
-                    due: 0,
-                    taken: 0,
-                });
-            }
-            Err(e) => {
-                let addr = cfg.addr;
-                env.stats.errors.count(ErrorClass::of(&e), || {
-                    format!("udp socket {id} to {addr}: {e}")
-                });
+                Err(e) => {
+                    let addr = cfg.addr;
+                    env.counts.errors.count(ErrorClass::of(&e), || {
+                        format!("udp socket {id} to {addr}: {e}")
+                    });
+                }
             }
         }
-    }
-    env.progress_open(socks.len());
-    env.lanes = socks.len() as u64;
-    if socks.is_empty() {
-        return env.stats;
-    }
-    env.sched = cfg
-        .rate
-        .map(|r| RateSchedule::new(now, r * socks.len() as f64 / cfg.conns as f64));
-    if env.sched.is_none() {
-        for s in socks.iter_mut() {
-            for d in 0..s.slots.len() {
-                env.send(s, d, now);
+        env.open = self.socks.len() as u64;
+        if cfg.rate.is_none() {
+            // Closed loop: every slot is in flight from the start.
+            let mut cx = Cx {
+                env,
+                out: &mut self.out,
+            };
+            for s in self.socks.iter_mut() {
+                for d in 0..s.lane.slots.len() {
+                    cx.send(s, d, now);
+                }
             }
         }
+        self.socks.len()
     }
-    let mut timer = match env
-        .sched
-        .is_some()
-        .then(|| Timer::new(poll.registry(), TIMER))
-    {
-        Some(Err(e)) => {
-            env.stats
-                .errors
-                .count(ErrorClass::Other, || format!("timerfd: {e}"));
-            return env.stats;
-        }
-        Some(Ok(t)) => Some(t),
-        None => None,
-    };
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice();
-    let mut events = Events::with_capacity(1024);
-    let hard_end = now + ctx.hard_limit();
-    let mut next_tick = now;
-    let mut drain_until = None;
-    loop {
-        let now = Instant::now();
-        let phase = ctx.shared.phase();
-        if phase == Phase::Stop || now >= hard_end {
-            break;
-        }
-        env.measuring = phase == Phase::Measure;
-        if phase == Phase::Drain && !env.draining {
-            env.draining = true;
-            for s in socks.iter_mut() {
-                for slot in s.slots.iter_mut() {
+
+    fn due_mut(&mut self, lane: usize) -> &mut u64 {
+        &mut self.socks[lane].lane.due
+    }
+
+    fn on_due(&mut self, env: &mut Env, lane: usize, _now: Instant) {
+        let mut cx = Cx {
+            env,
+            out: &mut self.out,
+        };
+        cx.take_due(&mut self.socks[lane]);
+    }
+
+    fn on_stage(&mut self, env: &mut Env, _now: Instant) {
+        if env.draining() {
+            for s in self.socks.iter_mut() {
+                for slot in s.lane.slots.iter_mut() {
                     // Never sent, so owed nothing.
                     if slot.state == SlotState::Pending {
                         slot.state = SlotState::Free;
                     }
                 }
             }
-            // A tick more than --timeout: expiry is looked at once a tick.
-            drain_until = Some(now + cfg.timeout + TICK);
-        }
-        if now >= next_tick {
-            for (i, s) in socks.iter_mut().enumerate() {
-                env.expire(s, now);
-                // Picks up anything left queued by a receive that ran out of budget.
-                env.receive(s, i, &mut buf);
-            }
-            next_tick = now + TICK;
-        }
-        if env.draining {
-            let in_flight = |s: &Sock| s.slots.iter().any(|x| x.state == SlotState::InFlight);
-            if !socks.iter().any(in_flight) {
-                break;
-            }
-            if drain_until.is_some_and(|t| now >= t) {
-                for s in socks.iter_mut() {
-                    for d in 0..s.slots.len() {
-                        if s.slots[d].state == SlotState::InFlight {
-                            env.stats.losses += 1;
-                            env.next_in_slot(s, d, now, true);
-                        }
-                    }
-                }
-                break;
-            }
-        }
-        env.issue_scheduled(&mut socks, now);
-        env.publish();
-        let mut wake = next_tick;
-        if let Some(at) = drain_until {
-            wake = wake.min(at);
-        }
-        // Not while draining: nothing more is issued, so the next due time stays in the past
-        // and would wake the loop at once, over and over.
-        if let (Some(s), Some(t)) = (&env.sched, &mut timer)
-            && !env.draining
-            && let Err(e) = t.arm(s.peek().1, now)
-        {
-            env.stats
-                .errors
-                .count(ErrorClass::Other, || format!("timerfd: {e}"));
-            break;
-        }
-        let timeout = wake.saturating_duration_since(now);
-        if !super::wait_events(&mut poll, &mut events, timeout, &mut env.stats) {
-            break;
-        }
-        for ev in events.iter() {
-            if ev.token() == TIMER {
-                if let Some(t) = &mut timer {
-                    t.clear();
-                }
-                continue;
-            }
-            let Some(s) = socks.get_mut(ev.token().0) else {
-                continue;
-            };
-            if ev.is_writable() {
-                env.resend_pending(s);
-            }
-            if ev.is_readable() || ev.is_error() {
-                env.receive(s, ev.token().0, &mut buf);
-            }
         }
     }
-    env.publish();
-    env.stats
+
+    fn on_tick(&mut self, env: &mut Env, now: Instant) {
+        let mut cx = Cx {
+            env,
+            out: &mut self.out,
+        };
+        for s in self.socks.iter_mut() {
+            cx.expire(s, now);
+            // Picks up anything left queued by a receive that ran out of budget.
+            cx.receive(s, &mut self.buf);
+        }
+    }
+
+    fn on_event(&mut self, env: &mut Env, token: usize, ready: Readiness) {
+        let Some(s) = self.socks.get_mut(token) else {
+            return;
+        };
+        let mut cx = Cx {
+            env,
+            out: &mut self.out,
+        };
+        if ready.writable {
+            cx.resend_pending(s);
+        }
+        if ready.readable || ready.error {
+            cx.receive(s, &mut self.buf);
+        }
+    }
+
+    fn owes(&self) -> bool {
+        self.socks.iter().any(|s| s.lane.in_flight())
+    }
+
+    fn end_drain(&mut self, env: &mut Env, _now: Instant) {
+        for s in self.socks.iter_mut() {
+            lose_in_flight(env, &mut s.lane);
+        }
+    }
 }
 
-impl Env<'_> {
+/// The drain's time is up: every datagram still in flight is lost.
+fn lose_in_flight(env: &mut Env, lane: &mut Lane) {
+    for d in 0..lane.slots.len() {
+        if lane.slots[d].state == SlotState::InFlight {
+            env.counts.losses += 1;
+            lane.advance(d, true);
+        }
+    }
+}
+
+/// The worker's shared state and the flow's send buffer, borrowed together for one call.
+struct Cx<'x, 'a> {
+    env: &'x mut Env<'a>,
+    out: &'x mut [u8],
+}
+
+impl Cx<'_, '_> {
     /// Sends the current datagram of slot `d`, counting from `origin`.
     fn send(&mut self, s: &mut Sock, d: usize, origin: Instant) {
-        let size = self.ctx.cfg.size;
-        let slot = &mut s.slots[d];
+        let size = self.env.ctx.cfg.size;
+        let slot = &mut s.lane.slots[d];
         encode_seq(slot.seq, &mut self.out[..UDP_HEADER]);
         let body = self
+            .env
             .ctx
             .pattern
-            .send_window(udp_body_pos(slot.seq, s.start), size - UDP_HEADER);
+            .send_window(udp_body_pos(slot.seq, s.lane.start), size - UDP_HEADER);
         self.out[UDP_HEADER..].copy_from_slice(body);
         slot.origin = origin;
         loop {
-            match s.sock.send(&self.out) {
+            let err = match s.sock.send(self.out) {
                 Ok(_) => {
                     slot.state = SlotState::InFlight;
                     slot.sent = Instant::now();
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e) => Outcome::of_error(e),
+            };
+            match err {
+                Outcome::Interrupted => {}
+                Outcome::WouldBlock => {
                     slot.state = SlotState::Pending;
                     return;
                 }
-                Err(e) => {
+                Outcome::PeerReset(e) | Outcome::Local(e) => {
                     // E.g. ECONNREFUSED from an earlier ICMP port unreachable: count it and try
                     // this slot again on the next tick.
                     slot.state = SlotState::Pending;
-                    let addr = self.ctx.cfg.addr;
-                    self.stats
+                    let addr = self.env.ctx.cfg.addr;
+                    self.env
+                        .counts
                         .errors
                         .count(ErrorClass::of(&e), || format!("udp send to {addr}: {e}"));
+                    return;
+                }
+                // Not from a send (`Ok(_)` is taken above); were it one, retry on the tick.
+                Outcome::Moved(_) | Outcome::PeerClosed => {
+                    slot.state = SlotState::Pending;
                     return;
                 }
             }
@@ -343,11 +341,11 @@ impl Env<'_> {
     }
 
     fn resend_pending(&mut self, s: &mut Sock) {
-        for d in 0..s.slots.len() {
-            if s.slots[d].state == SlotState::Pending {
-                let origin = s.slots[d].origin;
+        for d in 0..s.lane.slots.len() {
+            if s.lane.slots[d].state == SlotState::Pending {
+                let origin = s.lane.slots[d].origin;
                 self.send(s, d, origin);
-                if s.slots[d].state == SlotState::Pending {
+                if s.lane.slots[d].state == SlotState::Pending {
                     return;
                 }
             }
@@ -355,197 +353,175 @@ impl Env<'_> {
     }
 
     /// Receives until `WouldBlock`, matching and checking each reply.
-    fn receive(&mut self, s: &mut Sock, i: usize, buf: &mut [u8]) {
-        let size = self.ctx.cfg.size;
-        let depth = s.slots.len() as u32;
+    fn receive(&mut self, s: &mut Sock, buf: &mut [u8]) {
         // Bounded even if a broken server floods us: what is left waits for the next datagram's
         // wake-up or the next tick.
         for _ in 0..RECV_BUDGET {
+            // An empty datagram is a datagram: `recv` is not `read`, and 0 is no end.
             let n = match s.sock.recv(buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors surface here on a connected socket; the datagram itself is
-                    // accounted for by its timeout.
-                    let addr = self.ctx.cfg.addr;
-                    self.stats
-                        .errors
-                        .count(ErrorClass::of(&e), || format!("udp recv from {addr}: {e}"));
-                    continue;
-                }
+                Err(e) => match Outcome::of_error(e) {
+                    Outcome::WouldBlock => return,
+                    Outcome::Interrupted => continue,
+                    Outcome::PeerReset(e) | Outcome::Local(e) => {
+                        // ICMP errors surface here on a connected socket; the datagram itself
+                        // is accounted for by its timeout.
+                        let addr = self.env.ctx.cfg.addr;
+                        self.env
+                            .counts
+                            .errors
+                            .count(ErrorClass::of(&e), || format!("udp recv from {addr}: {e}"));
+                        continue;
+                    }
+                    Outcome::Moved(_) | Outcome::PeerClosed => continue,
+                },
             };
             let now = Instant::now();
-            let id = self.ctx.first_conn + i;
-            let Some(seq) = decode_seq(&buf[..n]) else {
-                let head = &buf[..n.min(UDP_HEADER)];
-                self.stats.wrong_reply(n.clamp(1, UDP_HEADER) as u64, || {
-                    if n < UDP_HEADER {
-                        format!(
-                            "udp socket {id}: reply is {n} bytes, shorter than the \
-                                 {UDP_HEADER}-byte sequence header of every datagram sent"
-                        )
-                    } else {
-                        format!(
-                            "udp socket {id}: reply of {n} bytes has no valid sequence \
-                                 header (it starts {:?}, expected 8 letters A-P)",
-                            String::from_utf8_lossy(head)
-                        )
-                    }
-                });
-                continue;
-            };
-            let d = (seq % depth) as usize;
-            let slot = s.slots[d];
-            let kind = if u64::from(seq) >= seq_wrap(depth) {
-                Reply::Unsent
-            } else {
-                slot.classify(seq, depth)
-            };
-            if kind == Reply::Unsent {
-                self.stats.wrong_reply(n as u64, || {
-                    format!("udp socket {id}: reply to datagram {seq}, which was never sent")
-                });
-                continue;
+            let truncated = n == buf.len();
+            if let Some(d) = on_datagram(self.env, &mut s.lane, &buf[..n], truncated, now) {
+                self.refill(s, d, now);
             }
-            if n != size {
-                // The buffer is one byte longer than any datagram, so a full one was truncated.
-                let at_least = if n == buf.len() { "at least " } else { "" };
-                self.stats.wrong_reply(n.abs_diff(size) as u64, || {
-                    format!(
-                        "udp socket {id}, datagram {seq}: reply is {at_least}{n} bytes, expected {size}"
-                    )
-                });
-            } else if let Err(m) = self.ctx.pattern.check(
-                udp_body_pos(seq, s.start),
-                &buf[UDP_HEADER..n],
-                UDP_HEADER as u64,
-            ) {
-                self.stats
-                    .mismatch(m, || format!("udp socket {id}, datagram {seq}"));
-            }
-            match kind {
-                Reply::Answer => {}
-                Reply::Late => {
-                    self.stats.late += 1;
-                    // A second late copy is a duplicate.
-                    let g = generations_behind(slot.seq, seq, depth);
-                    if (1..=64).contains(&g) {
-                        s.slots[d].lost &= !(1 << (g - 1));
-                    }
-                    continue;
-                }
-                Reply::Duplicate => {
-                    self.stats.duplicates += 1;
-                    continue;
-                }
-                // Counted as a mismatch above.
-                Reply::Unsent => continue,
-            }
-            self.live_msgs += 1;
-            self.live_bytes += n as u64;
-            if self.measuring {
-                self.stats.msgs += 1;
-                self.stats.bytes += n as u64;
-                self.stats
-                    .latency(now.saturating_duration_since(slot.origin));
-            }
-            self.next_in_slot(s, d, now, false);
         }
     }
 
-    /// Moves slot `d` on to its next sequence number and sends it (closed loop) or frees it
-    /// for the schedule (open loop).
-    fn next_in_slot(&mut self, s: &mut Sock, d: usize, now: Instant, lost: bool) {
-        let depth = s.slots.len() as u32;
-        let slot = &mut s.slots[d];
-        slot.seq = next_seq(slot.seq, depth);
-        slot.state = SlotState::Free;
-        slot.finished += 1;
-        slot.lost = (slot.lost << 1) | u64::from(lost);
-        if self.draining {
+    /// Slot `d` is free again: send its next datagram (closed loop) or leave it to the schedule.
+    fn refill(&mut self, s: &mut Sock, d: usize, now: Instant) {
+        if self.env.draining() {
             return;
         }
-        match &self.sched {
-            None => self.send(s, d, now),
-            Some(_) => self.take_due(s),
+        if self.env.sched.is_none() {
+            self.send(s, d, now);
+        } else {
+            self.take_due(s);
         }
     }
 
     /// Open loop: sends this socket's due messages into free slots.
     fn take_due(&mut self, s: &mut Sock) {
         // A copy of the clock (three words), so `send` may borrow `self`.
-        let Some(sched) = self.sched.clone() else {
+        let Some(sched) = self.env.sched.clone() else {
             return;
         };
-        let n = self.lanes;
-        let lane = s.lane;
-        while s.taken < s.due {
-            let Some(d) = s.slots.iter().position(|x| x.state == SlotState::Free) else {
+        let n = self.env.lanes as u64;
+        while s.lane.taken < s.lane.due {
+            let Some(d) = s.lane.slots.iter().position(|x| x.state == SlotState::Free) else {
                 return;
             };
-            let origin = sched.due_time(lane + s.taken * n);
-            s.taken += 1;
+            let origin = sched.due_time(s.lane.index + s.lane.taken * n);
+            s.lane.taken += 1;
             self.send(s, d, origin);
         }
     }
 
-    fn issue_scheduled(&mut self, socks: &mut [Sock], now: Instant) {
-        if self.draining {
-            return;
-        }
-        let Some(due) = self.sched.as_mut().map(|s| s.take_due(now)) else {
-            return;
-        };
-        let n = socks.len() as u64;
-        if due.end - due.start < n {
-            for k in due {
-                let s = &mut socks[(k % n) as usize];
-                s.due += 1;
-                self.take_due(s);
-            }
-        } else {
-            // A message or more for every socket: a turn per socket, not per message (see tcp).
-            for s in socks.iter_mut() {
-                s.due = lane_share(due.end, s.lane, n);
-                self.take_due(s);
-            }
-        }
-    }
-
-    /// Counts datagrams unanswered for `--timeout` as lost; retries sends that could not go out.
+    /// Counts datagrams unanswered for the timeout as lost; retries sends that could not go out.
     fn expire(&mut self, s: &mut Sock, now: Instant) {
-        let timeout = self.ctx.cfg.timeout;
-        for d in 0..s.slots.len() {
-            match s.slots[d].state {
-                SlotState::InFlight if now.duration_since(s.slots[d].sent) > timeout => {
-                    self.stats.losses += 1;
-                    self.next_in_slot(s, d, now, true);
+        let timeout = self.env.ctx.cfg.timeout;
+        for d in 0..s.lane.slots.len() {
+            match s.lane.slots[d].state {
+                SlotState::InFlight if now.duration_since(s.lane.slots[d].sent) > timeout => {
+                    self.env.counts.losses += 1;
+                    s.lane.advance(d, true);
+                    self.refill(s, d, now);
                 }
                 SlotState::Pending => {
-                    let origin = s.slots[d].origin;
+                    let origin = s.lane.slots[d].origin;
                     self.send(s, d, origin);
                 }
-                _ => {}
+                SlotState::InFlight | SlotState::Free => {}
             }
         }
     }
+}
 
-    fn progress_open(&self, n: usize) {
-        self.ctx
-            .progress()
-            .open
-            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+/// Matches one received datagram to its slot and checks it, counting what it is (answer, late,
+/// duplicate, wrong). Returns the slot it answered, which has moved on to its next sequence
+/// number and is free. `truncated`: the datagram filled the receive buffer. No socket is
+/// involved, so tests drive it directly.
+fn on_datagram(
+    env: &mut Env,
+    lane: &mut Lane,
+    dgram: &[u8],
+    truncated: bool,
+    now: Instant,
+) -> Option<usize> {
+    let size = env.ctx.cfg.size;
+    let depth = lane.slots.len() as u32;
+    let n = dgram.len();
+    let id = lane.id;
+    let Some(seq) = decode_seq(dgram) else {
+        let head = &dgram[..n.min(UDP_HEADER)];
+        env.counts.wrong_reply(n.clamp(1, UDP_HEADER) as u64, || {
+            if n < UDP_HEADER {
+                format!(
+                    "udp socket {id}: reply is {n} bytes, shorter than the \
+                     {UDP_HEADER}-byte sequence header of every datagram sent"
+                )
+            } else {
+                format!(
+                    "udp socket {id}: reply of {n} bytes has no valid sequence \
+                     header (it starts {:?}, expected 8 letters A-P)",
+                    String::from_utf8_lossy(head)
+                )
+            }
+        });
+        return None;
+    };
+    let d = (seq % depth) as usize;
+    let slot = lane.slots[d];
+    let kind = if u64::from(seq) >= seq_wrap(depth) {
+        Reply::Unsent
+    } else {
+        slot.classify(seq, depth)
+    };
+    if kind == Reply::Unsent {
+        env.counts.wrong_reply(n as u64, || {
+            format!("udp socket {id}: reply to datagram {seq}, which was never sent")
+        });
+        return None;
     }
-
-    fn publish(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let p = self.ctx.progress();
-        p.msgs.store(self.live_msgs, Relaxed);
-        p.bytes.store(self.live_bytes, Relaxed);
-        p.errors.store(self.stats.errors.total, Relaxed);
-        p.mismatches.store(self.stats.mismatch_events, Relaxed);
+    if n != size {
+        let at_least = if truncated { "at least " } else { "" };
+        env.counts.wrong_reply(n.abs_diff(size) as u64, || {
+            format!(
+                "udp socket {id}, datagram {seq}: reply is {at_least}{n} bytes, expected {size}"
+            )
+        });
+    } else if let Err(m) = env.ctx.pattern.check(
+        udp_body_pos(seq, lane.start),
+        &dgram[UDP_HEADER..],
+        UDP_HEADER as u64,
+    ) {
+        env.counts
+            .mismatch(m, || format!("udp socket {id}, datagram {seq}"));
     }
+    match kind {
+        Reply::Answer => {}
+        Reply::Late => {
+            env.counts.late += 1;
+            // A second late copy is a duplicate.
+            let g = generations_behind(slot.seq, seq, depth);
+            if (1..=64).contains(&g) {
+                lane.slots[d].lost &= !(1 << (g - 1));
+            }
+            return None;
+        }
+        Reply::Duplicate => {
+            env.counts.duplicates += 1;
+            return None;
+        }
+        // Counted as a mismatch above.
+        Reply::Unsent => return None,
+    }
+    env.live_msgs += 1;
+    env.live_bytes += n as u64;
+    if env.measuring() {
+        env.counts.msgs += 1;
+        env.counts.bytes += n as u64;
+        env.counts
+            .latency(now.saturating_duration_since(slot.origin));
+    }
+    lane.advance(d, false);
+    Some(d)
 }
 
 /// The sequence number after `seq` in its slot. Sequence numbers wrap at the largest multiple
@@ -584,6 +560,108 @@ fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Transform;
+    use crate::load::payload::Pattern;
+    use crate::load::{LoadConfig, Shared, Stage};
+    use crate::net::Proto;
+
+    /// The right reply to datagram `seq` of `lane`, `size` bytes.
+    fn reply(p: &Pattern, lane: &Lane, seq: u32, size: usize) -> Vec<u8> {
+        let mut v = vec![0u8; size];
+        encode_seq(seq, &mut v[..UDP_HEADER]);
+        let body = p.send_window(udp_body_pos(seq, lane.start), size - UDP_HEADER);
+        v[UDP_HEADER..].copy_from_slice(body);
+        Transform::Upper.apply(&mut v);
+        v
+    }
+
+    /// Runs `f` with an environment in the measurement window and a lane of depth 2 whose two
+    /// slots (sequence numbers 0 and 1) are in flight: no socket anywhere.
+    fn with_lane(f: impl FnOnce(&mut Env, &mut Lane, &Pattern)) {
+        let cfg = LoadConfig {
+            proto: Proto::Udp,
+            depth: 2,
+            ..LoadConfig::default()
+        };
+        let pattern = Pattern::new(1, Transform::Upper);
+        let shared = Shared::new(1);
+        let ctx = WorkerCtx {
+            cfg: &cfg,
+            pattern: &pattern,
+            shared: &shared,
+            thread: 0,
+            first_conn: 0,
+            nconns: 1,
+        };
+        let mut env = Env::new(&ctx, mio::Poll::new().expect("epoll"));
+        env.stage = Stage::Measure;
+        let now = Instant::now();
+        let mut lane = Lane::new(0, 3, 2, now);
+        for s in lane.slots.iter_mut() {
+            s.state = SlotState::InFlight;
+        }
+        f(&mut env, &mut lane, &pattern);
+    }
+
+    #[test]
+    fn an_answer_frees_its_slot_and_a_second_copy_is_a_duplicate() {
+        with_lane(|env, lane, p| {
+            let r = reply(p, lane, 0, 64);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(0));
+            assert_eq!((env.counts.msgs, env.counts.bytes), (1, 64));
+            assert_eq!(lane.slots[0].seq, 2);
+            assert_eq!(lane.slots[0].state, SlotState::Free);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            assert_eq!(env.counts.duplicates, 1);
+            assert_eq!(env.counts.mismatch_events, 0);
+        });
+    }
+
+    #[test]
+    fn a_reply_after_the_drain_gave_up_is_late_and_a_second_one_a_duplicate() {
+        with_lane(|env, lane, p| {
+            lose_in_flight(env, lane);
+            assert_eq!(env.counts.losses, 2);
+            assert!(!lane.in_flight());
+            let r = reply(p, lane, 1, 64);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            assert_eq!(env.counts.late, 1);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            assert_eq!(env.counts.duplicates, 1);
+            assert_eq!(env.counts.msgs, 0);
+        });
+    }
+
+    #[test]
+    fn wrong_replies_say_what_is_wrong_with_them() {
+        with_lane(|env, lane, p| {
+            let mut r = reply(p, lane, 1, 64);
+            r.pop();
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(1));
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(
+                first.contains("socket 3, datagram 1: reply is 63 bytes, expected 64"),
+                "{first}"
+            );
+            assert_eq!(on_datagram(env, lane, b"abc", false, Instant::now()), None);
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(
+                first.contains("shorter than the 8-byte sequence header"),
+                "{first}"
+            );
+            let mut r = reply(p, lane, 0, 64);
+            r[20] ^= 0x01;
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(0));
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(first.contains("datagram 0: reply byte 20"), "{first}");
+            // A number no slot has sent yet.
+            let r = reply(p, lane, 7, 64);
+            assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
+            let first = env.counts.first_mismatch.take().unwrap_or_default();
+            assert!(first.contains("never sent"), "{first}");
+            assert_eq!(env.counts.mismatch_events, 4);
+        });
+    }
 
     #[test]
     fn replies_are_told_apart_as_answer_late_duplicate_or_unsent() {

@@ -1,0 +1,620 @@
+//! `upecho load`'s command line: its flags, the address resolved, the exit codes, and the report
+//! printed (text, or JSON with `--json`) and the histogram file written.
+//!
+//! clap checks each option on its own (numbers in range, durations and sizes as
+//! [`upecho::units`] reads them, the address as [`upecho::addr`] reads it); what only makes sense
+//! together is [`LoadConfig::check`]'s, in the library, so it holds for every caller and is
+//! unit-tested there without a command line. The run itself is [`upecho::load::execute`].
+
+use std::io::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use upecho::Transform;
+use upecho::addr::{AddrError, DEFAULT_ADDR, HostPort};
+use upecho::load::{
+    CHECK_INTERVAL, CloseHow, LoadConfig, MAX_RATE, MAX_RUN_DURATION, MAX_TCP_MESSAGE, MIN_RATE,
+    MachineLimits, Mode,
+};
+use upecho::net::Proto;
+use upecho::units::{parse_duration, parse_size};
+
+/// Source addresses a `--source` list may name; far more than 127.0.0.0/8 needs for any `-c`.
+const MAX_SOURCES: u128 = 1 << 16;
+/// Longest wait for each address tried when a name resolves to several (see [`resolve`]).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What each connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ModeArg {
+    /// Each connection keeps `--depth` messages of `-s` bytes in flight; latency per message.
+    Pingpong,
+    /// Each connection streams continuously and reads back concurrently (MB/s).
+    Bulk,
+    /// Open `-c` connections, hold them `-t` seconds, then one message on each: how many answer.
+    Hold,
+    /// Connect, one message, reply, close, again, on `-c` concurrent slots (connections/s).
+    Churn,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Pingpong => Mode::Pingpong,
+            ModeArg::Bulk => Mode::Bulk,
+            ModeArg::Hold => Mode::Hold,
+            ModeArg::Churn => Mode::Churn,
+        }
+    }
+}
+
+/// The transport `upecho load` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProtoArg {
+    Tcp,
+    /// Datagram ping-pong: `-c` sockets with `--depth` datagrams in flight each.
+    Udp,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(p: ProtoArg) -> Proto {
+        match p {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
+}
+
+/// How churn closes each connection once answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CloseArg {
+    /// Orderly close (FIN): the usual way, but the load generator keeps every connection in
+    /// TIME_WAIT for a minute, which the kernel has to search at every connect.
+    Fin,
+    /// Abortive close (RST, SO_LINGER 0): no TIME_WAIT anywhere; the server sees a reset.
+    Rst,
+}
+
+impl From<CloseArg> for CloseHow {
+    fn from(c: CloseArg) -> CloseHow {
+        match c {
+            CloseArg::Fin => CloseHow::Fin,
+            CloseArg::Rst => CloseHow::Rst,
+        }
+    }
+}
+
+/// One or more source addresses to bind before connecting, from `--source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sources(pub Vec<IpAddr>);
+
+impl FromStr for Sources {
+    type Err = String;
+
+    /// Parses `A`, `A-B` (inclusive) and comma-separated lists of both, IPv4 or IPv6.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for item in s.split(',') {
+            let item = item.trim();
+            let (lo, hi) = match item.split_once('-') {
+                Some((a, b)) => (parse_ip(a)?, parse_ip(b)?),
+                None => {
+                    let a = parse_ip(item)?;
+                    (a, a)
+                }
+            };
+            let (lo, hi, v6) = match (lo, hi) {
+                (IpAddr::V4(a), IpAddr::V4(b)) => {
+                    (u128::from(u32::from(a)), u128::from(u32::from(b)), false)
+                }
+                (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), true),
+                _ => return Err(format!("range {item:?} mixes IPv4 and IPv6")),
+            };
+            if lo > hi {
+                return Err(format!("range {item:?} runs backwards"));
+            }
+            if out.len() as u128 + (hi - lo + 1) > MAX_SOURCES {
+                return Err(format!("more than {MAX_SOURCES} source addresses"));
+            }
+            for v in lo..=hi {
+                out.push(if v6 {
+                    IpAddr::V6(Ipv6Addr::from(v))
+                } else {
+                    // In range: both ends were IPv4.
+                    IpAddr::V4(Ipv4Addr::from(v as u32))
+                });
+            }
+        }
+        Ok(Sources(out))
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{:?} is not an IP address", s.trim()))
+}
+
+/// Options of `upecho load`.
+#[derive(Debug, Args)]
+pub(crate) struct LoadArgs {
+    /// Server address, HOST:PORT (a name is resolved; IPv6 as [::1]:8005).
+    #[arg(default_value = DEFAULT_ADDR, value_parser = upecho::addr::peer_value)]
+    pub addr: HostPort,
+    /// What each connection does.
+    #[arg(long, value_enum, default_value_t = ModeArg::Pingpong)]
+    pub mode: ModeArg,
+    /// Transport; udp supports pingpong only.
+    #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+    pub proto: ProtoArg,
+    /// Connections (UDP: sockets); for churn, concurrent connection slots.
+    #[arg(short = 'c', long = "connections", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=upecho::load::MAX_CONNS as i64))]
+    pub connections: u32,
+    /// Message size in bytes, e.g. 64, 1KiB, 64K (bulk: the unit of one write and of
+    /// "messages").
+    #[arg(short = 's', long = "size", default_value = "64", value_parser = parse_msg_size)]
+    pub size: u64,
+    /// Messages in flight per connection (pipelining); bulk: messages a connection may be
+    /// ahead of its replies (at least 2, so the stream never pauses).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=upecho::load::MAX_DEPTH as i64))]
+    pub depth: u32,
+    /// How long to measure (hold: to hold the connections open): seconds, or 500ms, 10s, 5m.
+    #[arg(short = 't', long = "duration", default_value = "10", value_parser = parse_window)]
+    pub duration: Duration,
+    /// Load before measuring starts, not counted: seconds, or 500ms, 10s, 5m.
+    #[arg(long, default_value = "1", value_parser = parse_warmup)]
+    pub warmup: Duration,
+    /// Open loop: a fixed total rate in messages/s; latency counts from each message's intended
+    /// send time, so a stalled server shows in the percentiles (no coordinated omission).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// The transform every reply must show; any other byte is a mismatch and fails the run.
+    #[arg(long, value_enum, default_value_t = Transform::Upper)]
+    pub expect: Transform,
+    /// churn: how each connection is closed after its reply.
+    #[arg(long, value_enum, default_value_t = CloseArg::Fin)]
+    pub close: CloseArg,
+    /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9 (about 28k
+    /// connections fit per source address and server address).
+    #[arg(long, value_name = "ADDRS")]
+    pub source: Option<Sources>,
+    /// Independent event loops, each on its own thread with its share of the connections.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=upecho::load::MAX_THREADS as i64))]
+    pub threads: u32,
+    /// How long without a reply before a message counts as timed out (UDP: lost).
+    #[arg(long, default_value = "2", value_parser = parse_timeout)]
+    pub timeout: Duration,
+    /// How long a connection attempt may take before it counts as timed out.
+    #[arg(long, default_value = "10", value_parser = parse_timeout)]
+    pub connect_timeout: Duration,
+    /// Count connection errors (refused, reset, closed, timed out), UDP losses and duplicate
+    /// replies, but pass the run if every byte was right and messages got through. Without it
+    /// any of them fails the run.
+    #[arg(long)]
+    pub tolerate_errors: bool,
+    /// Print one JSON object on stdout (the human summary then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the latency distribution to FILE in HdrHistogram's .hgrm text form (milliseconds).
+    #[arg(long, value_name = "FILE")]
+    pub histogram: Option<PathBuf>,
+    /// Also report this process's CPU time per message and RSS (the server under test).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// No progress line each second.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A duration (as [`upecho::units::parse_duration`] reads it) from `floor` to a day; `why` says
+/// what the floor is for. Zero is not "never" here (unlike `parse_duration_floor`): a window or
+/// a timeout that never ends would let a stalled server pass.
+fn parse_bounded(s: &str, floor: Duration, why: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (floor..=MAX_RUN_DURATION).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "`{s}` is not between {} s and {} s (a day){why}",
+            floor.as_secs_f64(),
+            MAX_RUN_DURATION.as_secs()
+        ))
+    }
+}
+
+fn parse_warmup(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::ZERO, "")
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let floor = CHECK_INTERVAL.as_secs_f64();
+    parse_bounded(
+        s,
+        CHECK_INTERVAL,
+        &format!(
+            " (at least {floor} s: idle workers look at the clock every {floor} s, so a shorter \
+             window may count nothing)"
+        ),
+    )
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let floor = CHECK_INTERVAL.as_secs_f64();
+    parse_bounded(
+        s,
+        CHECK_INTERVAL,
+        &format!(" (at least {floor} s: timeouts are checked every {floor} s)"),
+    )
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (MIN_RATE..=MAX_RATE).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a rate between {MIN_RATE} and {MAX_RATE:e} messages/s (at least \
+             {MIN_RATE}: a slower rate would hardly send a message in a day)"
+        )),
+    }
+}
+
+/// A message size (as [`upecho::units::parse_size`] reads it), 1 byte to 64 MiB.
+fn parse_msg_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (1..=MAX_TCP_MESSAGE as u64).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "`{s}` is not a message size from 1 byte to {MAX_TCP_MESSAGE} (64 MiB)"
+        ))
+    }
+}
+
+/// The configuration the arguments describe, towards `addr` (already resolved).
+fn config(a: &LoadArgs, addr: SocketAddr) -> LoadConfig {
+    LoadConfig {
+        addr,
+        mode: a.mode.into(),
+        proto: a.proto.into(),
+        conns: a.connections as usize,
+        // In range: parse_msg_size caps it at 64 MiB.
+        size: a.size as usize,
+        depth: a.depth as usize,
+        duration: a.duration,
+        warmup: a.warmup,
+        rate: a.rate,
+        expect: a.expect,
+        sources: a.source.clone().map(|s| s.0).unwrap_or_default(),
+        close: a.close.into(),
+        threads: a.threads as usize,
+        timeout: a.timeout,
+        connect_timeout: a.connect_timeout,
+        tolerate_errors: a.tolerate_errors,
+        server_pid: a.server_pid,
+        quiet: a.quiet,
+    }
+}
+
+/// The one address the run goes to. A literal address is itself. A name may resolve to several
+/// (`localhost`: `::1` and `127.0.0.1`), and all of the run's connections go to one: of those
+/// of the `--source` addresses' family, if given, the first that accepts a TCP connection (as
+/// `nc` and `upecho tcp` choose), else the first. The probe connection is closed at once. UDP
+/// cannot be probed without sending, so it takes the first, as `upecho udp` does.
+fn resolve(hp: &HostPort, proto: Proto, sources: &[IpAddr]) -> Result<SocketAddr, AddrError> {
+    let mut addrs = hp.resolve()?;
+    if let Some(src) = sources.first() {
+        let same: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == src.is_ipv4())
+            .collect();
+        if !same.is_empty() {
+            addrs = same;
+        }
+    }
+    let first = match addrs.first() {
+        Some(&a) => a,
+        None => {
+            return Err(AddrError::Unresolvable {
+                addr: hp.to_string(),
+                source: io::Error::new(io::ErrorKind::NotFound, "the name has no addresses"),
+            });
+        }
+    };
+    if addrs.len() == 1 || proto == Proto::Udp {
+        return Ok(first);
+    }
+    let accepting = addrs
+        .iter()
+        .find(|a| TcpStream::connect_timeout(a, PROBE_TIMEOUT).is_ok());
+    Ok(accepting.copied().unwrap_or(first))
+}
+
+/// Runs `upecho load`: exit 0 when every byte was right and work got done, 1 when not (or the
+/// address does not resolve, or the report cannot be written), 2 on a usage error.
+pub(crate) fn run(args: LoadArgs) -> ExitCode {
+    let usage = |e: &dyn std::fmt::Display| {
+        say(&format!(
+            "error: {e}\n\nFor more information, try '--help'.\n"
+        ));
+        ExitCode::from(2)
+    };
+    let sources = args.source.clone().map(|s| s.0).unwrap_or_default();
+    // A name that does not resolve is a failure of the run, not of its usage, as for the
+    // clients: the same command may work a minute later.
+    let addr = match resolve(&args.addr, args.proto.into(), &sources) {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!("upecho load: {e}\n"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = match config(&args, addr).check(&MachineLimits::probe()) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    if let Err(e) = cfg.check_server_pid() {
+        return usage(&e);
+    }
+    let (report, hist) = upecho::load::execute(&cfg);
+    if let Some(path) = &args.histogram
+        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&hist))
+    {
+        say(&format!(
+            "upecho load: cannot write {}: {e}\n",
+            path.display()
+        ));
+        return ExitCode::FAILURE;
+    }
+    let text = report.text();
+    // The report is the product: if it cannot be written (a closed pipe, a full disk), the
+    // run did not deliver, whatever it measured.
+    let written = if args.json {
+        say(&text);
+        let json =
+            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        write_stdout(&format!("{json}\n"))
+    } else {
+        write_stdout(&text)
+    };
+    if let Err(e) = written {
+        say(&format!("upecho load: cannot write the report: {e}\n"));
+        return ExitCode::FAILURE;
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Writes `text` to stdout and flushes it. Explicit, because `print!` panics on a write error
+/// (and Rust ignores SIGPIPE, so a closed pipe is such an error, EPIPE).
+fn write_stdout(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Writes `text` to stderr, returning whether it could: `eprint!` would panic on a closed
+/// stderr, and there is nowhere left to report that failure.
+fn say(text: &str) -> bool {
+    let mut err = io::stderr().lock();
+    err.write_all(text.as_bytes())
+        .and_then(|()| err.flush())
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadArgs,
+    }
+
+    const LIM: MachineLimits = MachineLimits {
+        nofile: 20_000,
+        ports: 28_232,
+    };
+
+    fn args(args: &[&str]) -> Result<LoadArgs, String> {
+        Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Parses and checks, towards 127.0.0.1:9 unless a literal address is given.
+    fn parse(a: &[&str]) -> Result<LoadConfig, String> {
+        let a = args(a)?;
+        let addr = a.addr.resolve().map_err(|e| e.to_string())?[0];
+        config(&a, addr).check(&LIM).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn no_options_are_the_library_defaults() {
+        assert_eq!(parse(&[]).unwrap(), LoadConfig::default());
+    }
+
+    #[test]
+    fn source_single_range_and_list() {
+        let s: Sources = "127.0.0.2-127.0.0.4,127.0.0.9".parse().unwrap();
+        let want: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(s.0, want);
+        let s: Sources = "::1".parse().unwrap();
+        assert_eq!(s.0, vec!["::1".parse::<IpAddr>().unwrap()]);
+        let s: Sources = "fd00::1-fd00::3".parse().unwrap();
+        assert_eq!(s.0.len(), 3);
+    }
+
+    #[test]
+    fn source_range_crosses_octet_boundary() {
+        let s: Sources = "10.0.0.255-10.0.1.1".parse().unwrap();
+        assert_eq!(s.0.len(), 3);
+        assert_eq!(s.0[1], "10.0.1.0".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn source_rejects_garbage_backwards_mixed_and_huge() {
+        for bad in [
+            "",
+            "127.0.0.300",
+            "127.0.0.9-127.0.0.2",
+            "127.0.0.1-::1",
+            "1.0.0.0-2.0.0.0",
+            "127.0.0.1-",
+        ] {
+            assert!(bad.parse::<Sources>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn defaults_are_pingpong_tcp_upper() {
+        let c = parse(&["127.0.0.1:9"]).unwrap();
+        assert_eq!(c.mode, Mode::Pingpong);
+        assert_eq!(c.proto, Proto::Tcp);
+        assert_eq!((c.conns, c.size, c.depth, c.threads), (50, 64, 1, 1));
+        assert_eq!(c.expect, Transform::Upper);
+    }
+
+    #[test]
+    fn incompatible_options_are_usage_errors() {
+        assert!(
+            parse(&["--proto", "udp", "--mode", "bulk"])
+                .unwrap_err()
+                .contains("pingpong only")
+        );
+        assert!(
+            parse(&["--proto", "udp", "-s", "4"])
+                .unwrap_err()
+                .contains("-s between")
+        );
+        assert!(parse(&["--proto", "udp", "-s", "70000"]).is_err());
+        assert!(
+            parse(&["--mode", "churn", "--rate", "10"])
+                .unwrap_err()
+                .contains("--rate")
+        );
+        assert!(
+            parse(&["[::1]:9", "--source", "127.0.0.2"])
+                .unwrap_err()
+                .contains("family")
+        );
+        assert!(parse(&["-t", "0"]).is_err());
+        assert!(parse(&["-c", "0"]).is_err());
+        assert!(parse(&["--rate", "-1"]).is_err());
+        assert!(parse(&["--warmup", "nan"]).is_err());
+        assert!(parse(&["--mode", "sideways"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_rates_have_floors_that_say_why_and_a_ceiling() {
+        for (flag, tiny) in [
+            ("-t", "0.01"),
+            ("-t", "50ms"),
+            ("--timeout", "1e-9"),
+            ("--connect-timeout", "0.099"),
+        ] {
+            let e = parse(&[flag, tiny]).unwrap_err();
+            assert!(e.contains("at least 0.1"), "{flag}: {e}");
+        }
+        let e = parse(&["--rate", "1e-19"]).unwrap_err();
+        assert!(e.contains("at least 0.001"), "{e}");
+        for (flag, huge) in [
+            ("-t", "1e19"),
+            ("-t", "2days"),
+            ("--warmup", "1e19"),
+            ("--timeout", "86400.5"),
+            ("--connect-timeout", "inf"),
+            ("--rate", "1e19"),
+        ] {
+            assert!(parse(&[flag, huge]).is_err(), "{flag} {huge}");
+        }
+        // The floors and ceilings themselves are accepted, and no warm-up is fine.
+        let c = parse(&[
+            "-t",
+            "0.1",
+            "--timeout",
+            "86400",
+            "--warmup",
+            "0",
+            "--rate",
+            "0.001",
+        ])
+        .unwrap();
+        assert_eq!(c.duration, CHECK_INTERVAL);
+        assert!(parse(&["--rate", "1e9", "--connect-timeout", "0.1"]).is_ok());
+    }
+
+    #[test]
+    fn durations_and_sizes_take_units() {
+        let c = parse(&[
+            "-t",
+            "500ms",
+            "--warmup",
+            "1m",
+            "--timeout",
+            "1.5",
+            "-s",
+            "1KiB",
+        ])
+        .unwrap();
+        assert_eq!(c.duration, Duration::from_millis(500));
+        assert_eq!(c.warmup, Duration::from_secs(60));
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert_eq!(c.size, 1024);
+        assert_eq!(parse(&["-s", "64K"]).unwrap().size, 65_536);
+        for bad in ["0", "lots", "65MiB", "99999999999"] {
+            assert!(parse(&["-s", bad]).is_err(), "-s {bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_host_port_with_an_example_when_malformed() {
+        let e = args(&["not-an-address"]).unwrap_err();
+        assert!(e.contains("expected HOST:PORT, e.g. 127.0.0.1:8005"), "{e}");
+        assert!(args(&["localhost:0"]).unwrap_err().contains("port 0"));
+        let a = args(&["localhost:8005"]).unwrap();
+        assert_eq!(a.addr.host, "localhost");
+        let a = args(&["[::1]:9"]).unwrap();
+        assert_eq!(
+            resolve(&a.addr, Proto::Tcp, &[]).unwrap(),
+            "[::1]:9".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_name_resolves_to_a_listening_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hp = HostPort::parse(&format!("localhost:{port}")).unwrap();
+        let a = resolve(&hp, Proto::Tcp, &[]).unwrap();
+        assert_eq!(a, SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+
+    #[test]
+    fn messages_in_flight_are_bounded() {
+        let e = parse(&["-c", "19000", "--depth", "65536"]).unwrap_err();
+        assert!(e.contains("in flight") && e.contains("4194304"), "{e}");
+        assert!(parse(&["-c", "64", "--depth", "65536"]).is_ok());
+    }
+
+    #[test]
+    fn connections_split_evenly_over_threads() {
+        // Never more threads than connections.
+        assert_eq!(parse(&["-c", "2", "--threads", "8"]).unwrap().threads, 2);
+    }
+}

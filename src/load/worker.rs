@@ -1,0 +1,294 @@
+//! The one event loop every worker thread runs, whatever the protocol.
+//!
+//! It owns what TCP and UDP workers have in common: the `mio::Poll` and its wait (a wake-up by a
+//! signal is just another turn), following the stage the main thread sets, the worker's own hard
+//! deadline, the tick on which timeouts are looked at, the end of the drain and of hold's check,
+//! the open-loop schedule (`--rate`) with its `timerfd`, and publishing the progress counters.
+//! What happens on the sockets is a [`Flow`]'s: the per-protocol state machine over the worker's
+//! share of the connections (`tcp`, `udp`). A flow is driven only through the calls below, so a
+//! unit test can drive one by hand, without the loop.
+//!
+//! One turn of the loop:
+//!
+//! ```text
+//!   stage / deadline ─▶ stage change? flow.on_stage ─▶ tick due? flow.on_tick
+//!     ─▶ draining or checking: nothing owed, or time up (drain: flow.end_drain) ─▶ return
+//!     ─▶ flow.on_turn ─▶ deal due messages (flow.on_due) ─▶ publish ─▶ poll ─▶ flow.on_event
+//! ```
+
+use std::ops::Range;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use super::config::CHECK_INTERVAL;
+use super::schedule::{RateSchedule, lane_share};
+use super::stats::{Counts, ErrorClass};
+use super::timer::Timer;
+use super::{Stage, WorkerCtx};
+use crate::io_outcome::{Class, classify};
+
+/// How often timeouts, stage changes and the progress counters are looked at when idle.
+pub(crate) const TICK: Duration = CHECK_INTERVAL;
+/// The open-loop timer's token: beyond any connection or socket a flow registers.
+const TIMER: Token = Token(usize::MAX);
+
+/// What a readiness event said, apart from mio's type so that tests can make one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    pub write_closed: bool,
+    pub error: bool,
+}
+
+/// Everything a worker has besides its sockets; every [`Flow`] call gets it.
+pub(crate) struct Env<'a> {
+    pub ctx: &'a WorkerCtx<'a>,
+    pub poll: Poll,
+    pub counts: Counts,
+    /// The stage the worker is in (the main thread's, as of this turn).
+    pub stage: Stage,
+    /// The open-loop clock, when `--rate` was given, and the lanes it deals messages to.
+    pub sched: Option<RateSchedule>,
+    pub lanes: usize,
+    /// All-time counters for the progress line.
+    pub live_msgs: u64,
+    pub live_bytes: u64,
+    /// Connections (sockets) open now.
+    pub open: u64,
+}
+
+impl<'a> Env<'a> {
+    pub(crate) fn new(ctx: &'a WorkerCtx<'a>, poll: Poll) -> Env<'a> {
+        Env {
+            ctx,
+            poll,
+            counts: Counts::new(),
+            stage: Stage::Warmup,
+            sched: None,
+            lanes: 0,
+            live_msgs: 0,
+            live_bytes: 0,
+            open: 0,
+        }
+    }
+
+    /// Inside the measurement window: what is answered now is counted.
+    pub(crate) fn measuring(&self) -> bool {
+        self.stage == Stage::Measure
+    }
+
+    /// The run is over: nothing new is sent or connected.
+    pub(crate) fn draining(&self) -> bool {
+        self.stage == Stage::Drain
+    }
+
+    fn publish(&self, ready: bool) {
+        let p = self.ctx.live();
+        p.msgs.store(self.live_msgs, Relaxed);
+        p.bytes.store(self.live_bytes, Relaxed);
+        p.errors.store(self.counts.errors.total, Relaxed);
+        p.mismatches.store(self.counts.mismatch_events, Relaxed);
+        p.open.store(self.open, Relaxed);
+        p.ready.store(u64::from(ready), Relaxed);
+    }
+}
+
+/// A protocol's side of a worker: a state machine over its connections (sockets), driven by the
+/// loop in [`run`].
+pub(crate) trait Flow {
+    /// Opens what must exist before the loop starts and returns the number of open-loop lanes:
+    /// message `k` of the schedule goes to lane `k % lanes` (0: nothing to run).
+    fn open(&mut self, env: &mut Env, now: Instant) -> usize;
+    /// The count of messages of `lane`'s schedule that are due, for the loop to deal into.
+    fn due_mut(&mut self, lane: usize) -> &mut u64;
+    /// Messages became due on `lane`: issue what its depth allows.
+    fn on_due(&mut self, env: &mut Env, lane: usize, now: Instant);
+    /// The stage changed (`env.stage` is the new one).
+    fn on_stage(&mut self, env: &mut Env, now: Instant);
+    /// Once a tick: timeouts and retries.
+    fn on_tick(&mut self, env: &mut Env, now: Instant);
+    /// Once a turn, before the wait.
+    fn on_turn(&mut self, _env: &mut Env, _now: Instant) {}
+    /// A readiness event for `token`, as the flow registered it.
+    fn on_event(&mut self, env: &mut Env, token: usize, ready: Readiness);
+    /// Whether the server still owes anything: the drain and hold's check end when not.
+    fn owes(&self) -> bool;
+    /// The drain's time is up: what is still owed counts as timed out (lost).
+    fn end_drain(&mut self, env: &mut Env, now: Instant);
+    /// Whether the flow has stopped opening connections (hold waits for every worker's).
+    fn settled(&self) -> bool {
+        true
+    }
+    /// When the flow needs the loop awake, besides its events and the tick.
+    fn wake_at(&self, _env: &Env, _now: Instant) -> Option<Instant> {
+        None
+    }
+}
+
+/// Runs one worker until the main thread says stop (or its own hard deadline passes) and
+/// returns what it counted.
+pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
+    let poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            let mut counts = Counts::new();
+            counts
+                .errors
+                .count(ErrorClass::of(&e), || format!("epoll: {e}"));
+            return counts;
+        }
+    };
+    let mut env = Env::new(ctx, poll);
+    let cfg = ctx.cfg;
+    let now = Instant::now();
+    let lanes = flow.open(&mut env, now);
+    env.lanes = lanes;
+    env.publish(flow.settled());
+    if lanes == 0 {
+        return env.counts;
+    }
+    // This worker's share of the total rate: its lanes' share of all connections.
+    env.sched = cfg
+        .rate
+        .map(|r| RateSchedule::new(now, r * lanes as f64 / cfg.conns as f64));
+    let mut timer = match env
+        .sched
+        .is_some()
+        .then(|| Timer::new(env.poll.registry(), TIMER))
+    {
+        Some(Err(e)) => {
+            env.counts
+                .errors
+                .count(ErrorClass::Local, || format!("timerfd: {e}"));
+            return env.counts;
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let mut events = Events::with_capacity(1024);
+    let hard_end = now + ctx.hard_limit();
+    let mut next_tick = now;
+    // When the check (hold) or the drain must be over, once it has begun.
+    let mut closing_until = None;
+
+    loop {
+        let now = Instant::now();
+        let stage = ctx.shared.stage();
+        if stage == Stage::Stop || now >= hard_end {
+            break;
+        }
+        if stage != env.stage {
+            env.stage = stage;
+            flow.on_stage(&mut env, now);
+            closing_until = match stage {
+                Stage::Check => Some(now + cfg.timeout),
+                // One tick more than the timeout: the housekeeping that counts a connection
+                // silent for the timeout runs once a tick.
+                Stage::Drain => Some(now + cfg.timeout + TICK),
+                Stage::Warmup | Stage::Measure | Stage::Stop => None,
+            };
+        }
+        if now >= next_tick {
+            flow.on_tick(&mut env, now);
+            next_tick = now + TICK;
+        }
+        if let Some(until) = closing_until {
+            if !flow.owes() {
+                break;
+            }
+            if now >= until {
+                if stage == Stage::Drain {
+                    flow.end_drain(&mut env, now);
+                }
+                break;
+            }
+        }
+        flow.on_turn(&mut env, now);
+        if !env.draining()
+            && let Some(due) = env.sched.as_mut().map(|s| s.take_due(now))
+        {
+            deal(&mut flow, &mut env, due, lanes, now);
+        }
+        env.publish(flow.settled());
+
+        let mut wake = next_tick;
+        // Not while draining: nothing more is issued, so the next due time stays in the past
+        // and would wake the loop at once, over and over.
+        if let (Some(s), Some(t)) = (&env.sched, &mut timer)
+            && !env.draining()
+            && let Err(e) = t.arm(s.peek().1, now)
+        {
+            env.counts
+                .errors
+                .count(ErrorClass::Local, || format!("timerfd: {e}"));
+            break;
+        }
+        if let Some(at) = closing_until {
+            wake = wake.min(at);
+        }
+        if let Some(at) = flow.wake_at(&env, now) {
+            wake = wake.min(at);
+        }
+        if !wait(&mut env, &mut events, wake.saturating_duration_since(now)) {
+            break;
+        }
+        for ev in events.iter() {
+            if ev.token() == TIMER {
+                if let Some(t) = &mut timer {
+                    t.clear();
+                }
+                continue;
+            }
+            let ready = Readiness {
+                readable: ev.is_readable(),
+                writable: ev.is_writable(),
+                write_closed: ev.is_write_closed(),
+                error: ev.is_error(),
+            };
+            flow.on_event(&mut env, ev.token().0, ready);
+        }
+    }
+    env.publish(flow.settled());
+    // Dropping the flow closes its sockets; the server sees ordinary closes (and after a drain,
+    // closes of connections that owe nothing).
+    drop(flow);
+    env.counts
+}
+
+/// Hands the open-loop messages `due` out round-robin over the lanes.
+fn deal<F: Flow>(flow: &mut F, env: &mut Env, due: Range<u64>, lanes: usize, now: Instant) {
+    let n = lanes as u64;
+    if due.end - due.start < n {
+        for k in due {
+            let lane = (k % n) as usize;
+            *flow.due_mut(lane) += 1;
+            flow.on_due(env, lane, now);
+        }
+    } else {
+        // At least a message for every lane: set each lane's count at once, so that a generator
+        // far behind its schedule spends a turn per lane, not per message.
+        for lane in 0..lanes {
+            *flow.due_mut(lane) = lane_share(due.end, lane as u64, n);
+            flow.on_due(env, lane, now);
+        }
+    }
+}
+
+/// One wait for readiness. A wake-up by a signal is a turn with no events; any other failure is
+/// counted and means the worker must stop (`false`).
+fn wait(env: &mut Env, events: &mut Events, timeout: Duration) -> bool {
+    match env.poll.poll(events, Some(timeout)) {
+        Ok(()) => true,
+        // mio clears `events` before waiting, so none are left over from an earlier wait.
+        Err(e) if classify(&e) == Class::Interrupted => true,
+        Err(e) => {
+            env.counts
+                .errors
+                .count(ErrorClass::Local, || format!("epoll_wait: {e}"));
+            false
+        }
+    }
+}
