@@ -315,8 +315,8 @@ impl Server {
             }
         }
         self.acceptor.on_timer(now);
-        if self.stats_log.due(now) {
-            info!("stats: {}", self.stats);
+        if let Some(rates) = self.stats_log.due(now, &self.stats) {
+            info!("stats: {}; {rates}", self.stats);
         }
         if self.life.drain_expired(now) {
             warn!(
