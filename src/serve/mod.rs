@@ -6,6 +6,8 @@
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
+//! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
+//!   only when debug logging is on; the rate limit on "not answering" lines).
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
@@ -16,6 +18,7 @@ pub mod conn;
 mod conns;
 mod lifecycle;
 mod limit;
+mod logs;
 mod reactor;
 mod source;
 mod stats;
