@@ -30,7 +30,8 @@
 //!   limit.rs      the per-source UDP reply budget (GCRA, echo-of-reply detection)
 //!   lifecycle.rs  signals, shutdown handle, drain, watchdog; the signal policy
 //!   systemd.rs    sockets from socket activation; READY/STOPPING/WATCHDOG via sd_notify
-//!   stats.rs      the counters
+//!   stats.rs      the counters and the periodic counters line with rates
+//!   logs.rs       connection ids and close lines (debug only), rate-limited "not answering"
 //! deploy/         systemd units (socket activation, hardening)
 //! src/client/     upecho tcp / upecho udp
 //! src/load/       upecho load

@@ -364,3 +364,89 @@ fn a_source_over_its_reply_budget_is_ignored_and_counted() {
     assert_eq!(stats.datagrams_in, 70);
     assert_eq!(stats.datagrams_ignored, 70 - answered);
 }
+
+#[test]
+fn a_drain_timeout_close_line_says_drain_timeout() {
+    let mut s = ServerProc::start(&["--drain-timeout", "500ms"]);
+    let mut c = non_reader(s.tcp());
+    c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = c.write_all(&random_bytes(4 << 20, 9));
+    let me = c.local_addr().unwrap();
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    assert!(
+        log.contains(&format!(" {me} closed: drain timeout; lived ")),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_refusal_lines_add_up_to_the_refused_counter_and_say_connection_in_the_singular() {
+    let mut s = ServerProc::start(&["--max-connections", "1"]);
+    let mut held = s.connect();
+    assert_eq!(roundtrip(&mut held, b"in"), b"IN");
+    // Refused in a burst: the first has a line at once, the rest wait for the next one, which
+    // the shutdown (well within the second) must not lose.
+    for _ in 0..5 {
+        let mut extra = s.connect();
+        let mut b = [0u8; 1];
+        assert!(matches!(
+            std::io::Read::read(&mut extra, &mut b),
+            Ok(0) | Err(_)
+        ));
+    }
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    let logged: u64 = log
+        .lines()
+        .filter_map(|l| l.split("reached: refused ").nth(1))
+        .map(|rest| {
+            let n: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+            let noun = if n == 1 {
+                "connection ("
+            } else {
+                "connections ("
+            };
+            assert!(rest.starts_with(&format!("{n} {noun}")), "{rest}");
+            n
+        })
+        .sum();
+    assert_eq!(Some(logged), counter(&log, "refused"), "{log}");
+    assert_eq!(logged, 5, "{log}");
+    assert!(log.contains("up to 1 connection,"), "{log}");
+}
+
+#[test]
+fn an_ignored_udp_source_is_logged_once_not_per_datagram() {
+    let s = ServerProc::start(&["--udp-only"]);
+    let sources: Vec<UdpSocket> = (600..1024)
+        .filter_map(|p| UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).ok())
+        .take(2)
+        .collect();
+    assert_eq!(
+        sources.len(),
+        2,
+        "no privileged ports free (tests need root)"
+    );
+    for u in &sources {
+        for _ in 0..5 {
+            u.send_to(b"reflect me", s.udp()).unwrap();
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while datagrams_in(&s) < 10 {
+        assert!(Instant::now() < deadline, "{}", s.stderr());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.stderr();
+    assert_eq!(counter(&log, "ignored"), Some(10), "{log}");
+    for u in &sources {
+        let line = format!(
+            "udp: not answering {}: reflection guard",
+            u.local_addr().unwrap()
+        );
+        assert_eq!(log.matches(&line).count(), 1, "{log}");
+    }
+}

@@ -510,3 +510,153 @@ fn a_socket_that_cannot_be_bound_leaves_nothing_announced() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot bind tcp {addr}")), "{err}");
 }
+
+/// The log line that closed the connection whose client address is `client`, once logged.
+fn close_line(s: &ServerProc, client: SocketAddr) -> String {
+    let needle = format!(" {client} closed: ");
+    assert!(
+        s.logged(&needle),
+        "no close line for {client}: {}",
+        s.stderr()
+    );
+    s.stderr()
+        .lines()
+        .find(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+/// The id in a `conn ID ADDR ...` line.
+fn conn_id(line: &str) -> u64 {
+    let at = line.find("conn ").expect("a conn line") + 5;
+    line[at..]
+        .split(' ')
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {line:?}"))
+}
+
+#[test]
+fn every_connection_has_its_own_id_and_a_close_line_with_peer_life_bytes_and_reason() {
+    let s = ServerProc::start(&["--idle-timeout", "1"]);
+    // Three in turn: each reuses slab key 0, and each must still get an id of its own.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut c = s.connect();
+        let me = c.local_addr().unwrap();
+        assert_eq!(roundtrip(&mut c, b"hello"), b"HELLO");
+        c.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut c), b"");
+        let line = close_line(&s, me);
+        assert!(line.contains("closed: closed by peer; lived "), "{line}");
+        assert!(line.ends_with("s, 5 bytes in, 5 bytes out"), "{line}");
+        ids.push(conn_id(&line));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "ids reused: {}", s.stderr());
+    // A reset: getpeername fails by the time the server closes it, yet the line names the peer.
+    let mut c = s.connect();
+    let me = c.local_addr().unwrap();
+    assert_eq!(roundtrip(&mut c, b"x"), b"X");
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let line = close_line(&s, me);
+    assert!(line.contains("closed: reset by peer ("), "{line}");
+    assert!(line.ends_with("1 byte in, 1 byte out"), "{line}");
+    // A quiet one, closed by the idle timeout.
+    let quiet = s.connect();
+    let line = close_line(&s, quiet.local_addr().unwrap());
+    assert!(line.contains("closed: idle timeout; lived "), "{line}");
+    assert!(line.ends_with("0 bytes in, 0 bytes out"), "{line}");
+    let log = s.stderr();
+    assert!(!log.contains("Some(") && !log.contains("None"), "{log}");
+}
+
+/// The value of `name=X` in `line`, as a number.
+fn field(line: &str, name: &str) -> f64 {
+    let at = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        + name.len()
+        + 2;
+    line[at..]
+        .split([' ', ';'])
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not a number in {line:?}"))
+}
+
+#[test]
+fn stats_lines_carry_per_second_rates_beside_the_totals() {
+    let s = ServerProc::start(&["--stats-interval", "500ms"]);
+    let u = udp_client();
+    // Traffic until one line has seen connections, bytes and datagrams in its own interval.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = s.connect();
+        assert_eq!(roundtrip(&mut c, b"rate"), b"RATE");
+        assert_eq!(udp_roundtrip(&u, s.udp(), b"dg"), b"DG");
+        let log = s.stderr();
+        let busy = log.lines().filter(|l| l.contains("stats: ")).find(|l| {
+            [
+                "accepted/s",
+                "bytes_in/s",
+                "bytes_out/s",
+                "datagrams_in/s",
+                "datagrams_out/s",
+            ]
+            .iter()
+            .all(|n| field(l, n) > 0.0)
+        });
+        if let Some(line) = busy {
+            assert!(line.contains(" over 0.5s: "), "{line}");
+            assert!(field(line, "accepted") >= 1.0, "totals too: {line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stats line with rates: {log}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `upecho serve` on loopback port 0 with `RUST_LOG=level`.
+fn start_logging(level: &str, args: &[&str]) -> ServerProc {
+    let mut full = vec!["serve", "--listen", "127.0.0.1:0"];
+    full.extend_from_slice(args);
+    ServerProc::start_raw(&full, Some(&format!("RUST_LOG={level}; export RUST_LOG")))
+}
+
+#[test]
+fn trace_logs_events_accepts_reads_and_writes_and_datagram_batches() {
+    let mut s = start_logging("upecho=trace", &[]);
+    let mut c = s.connect();
+    assert_eq!(roundtrip(&mut c, b"trace"), b"TRACE");
+    let u = udp_client();
+    assert_eq!(udp_roundtrip(&u, s.udp(), b"dg"), b"DG");
+    for needle in [
+        "event 16 (Listener(0)): readable",
+        "listener 0: accepted ",
+        ": read 5 B, wrote 5 B, owes 0 B, wait",
+        "udp 0: batch of 1 datagram in, 1 to answer",
+    ] {
+        assert!(s.logged(needle), "no {needle:?} in {}", s.stderr());
+    }
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn at_info_a_connection_logs_nothing() {
+    let mut s = start_logging("info", &[]);
+    let mut c = s.connect();
+    assert_eq!(roundtrip(&mut c, b"quiet"), b"QUIET");
+    drop(c);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    let log = s.stderr();
+    assert!(
+        log.contains("final counters") && !log.contains("conn "),
+        "{log}"
+    );
+}

@@ -194,10 +194,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => "no UDP rate limit".into(),
     };
     info!(
-        "upecho {} serving (transform {}, open-file limit {nofile}, up to {max_connections} connections, \
+        "upecho {} serving (transform {}, open-file limit {nofile}, up to {max_connections} connection{}, \
          {} KiB pending per connection, {} KiB in all, {udp_limit}, drain {})",
         env!("CARGO_PKG_VERSION"),
         config.transform.name(),
+        if max_connections == 1 { "" } else { "s" },
         config.max_pending / 1024,
         config.max_pending_total / 1024,
         units::show(config.drain_timeout),

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, trace, warn};
 
+use super::logs::Count;
 use super::stats::Stats;
 
 /// Connections accepted per listener per turn before the others get theirs (a connect flood must
@@ -29,7 +30,8 @@ const ACCEPT_BUDGET: usize = 256;
 /// How long accepting pauses when the process is out of descriptors (or the kernel out of memory)
 /// and no connection has closed meanwhile.
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Refusals are logged at most this often, with the number since the last line.
+/// Refusals are logged at most this often, with the number since the last line; those that wait
+/// are logged when the second is up (or at shutdown), so the lines add up to the counter.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A listening socket, as the acceptor needs it: real ones are mio listeners; tests script one.
@@ -57,6 +59,10 @@ pub(crate) struct Acceptor<L: Listen> {
     taken: usize,
     refused_logged_at: Option<Instant>,
     refused_since_log: u64,
+    /// Refusals the log lines have reported so far (each line says this total too).
+    refused_logged: u64,
+    /// The connection limit at the last refusal, for the line that reports it later.
+    refused_limit: usize,
 }
 
 impl<L: Listen> Acceptor<L> {
@@ -70,6 +76,8 @@ impl<L: Listen> Acceptor<L> {
             taken: 0,
             refused_logged_at: None,
             refused_since_log: 0,
+            refused_logged: 0,
+            refused_limit: 0,
         }
     }
 
@@ -93,6 +101,18 @@ impl<L: Listen> Acceptor<L> {
             self.paused_until = None;
             self.owed = true;
         }
+        if self.refusals_due().is_some_and(|t| now >= t) {
+            self.log_refusals(now);
+        }
+    }
+
+    /// When refusals not yet logged are due for their line, if any wait.
+    pub(crate) fn refusals_due(&self) -> Option<Instant> {
+        // The first refusal is always logged at once, so one that waits has a time to wait from.
+        let t = self
+            .refused_logged_at
+            .filter(|_| self.refused_since_log > 0)?;
+        Some(t + REFUSAL_LOG_EVERY)
     }
 
     /// A connection closed: if accepting paused for want of descriptors, one is free again, so
@@ -124,10 +144,14 @@ impl<L: Listen> Acceptor<L> {
             }
             match self.listeners[self.cursor].accept() {
                 Ok(accepted) => {
+                    trace!("listener {}: accepted {}", self.cursor, accepted.1);
                     self.taken += 1;
                     if self.starved {
                         self.starved = false;
-                        info!("accepting again ({open} connections open)");
+                        info!(
+                            "accepting again ({} open)",
+                            Count(open as u64, "connection")
+                        );
                     }
                     return Some(accepted);
                 }
@@ -140,7 +164,8 @@ impl<L: Listen> Acceptor<L> {
                     if !self.starved {
                         self.starved = true;
                         warn!(
-                            "accept: {e}; pausing accepts until a connection closes ({open} open)"
+                            "accept: {e}; pausing accepts until a connection closes ({} open)",
+                            Count(open as u64, "connection")
                         );
                     }
                     self.paused_until = Some(now + ACCEPT_BACKOFF);
@@ -167,22 +192,35 @@ impl<L: Listen> Acceptor<L> {
     ) {
         stats.refused += 1;
         self.refused_since_log += 1;
+        self.refused_limit = limit;
         trace!("refused {peer}: connection limit");
         if self
             .refused_logged_at
             .is_none_or(|t| now >= t + REFUSAL_LOG_EVERY)
         {
-            warn!(
-                "connection limit ({limit}) reached: refused {} connection(s)",
-                self.refused_since_log
-            );
-            self.refused_logged_at = Some(now);
-            self.refused_since_log = 0;
+            self.log_refusals(now);
         }
+    }
+
+    /// One line for the refusals since the last one, with the running total.
+    fn log_refusals(&mut self, now: Instant) {
+        self.refused_logged += self.refused_since_log;
+        warn!(
+            "connection limit ({}) reached: refused {} ({} since start)",
+            self.refused_limit,
+            Count(self.refused_since_log, "connection"),
+            self.refused_logged
+        );
+        self.refused_logged_at = Some(now);
+        self.refused_since_log = 0;
     }
 
     /// Stops accepting for good (shutdown): the listeners are handed back to be closed.
     pub(crate) fn close(&mut self) -> Vec<L> {
+        // No refusal can follow: whatever waits for its line gets it now.
+        if self.refused_since_log > 0 {
+            self.log_refusals(Instant::now());
+        }
         self.owed = false;
         self.paused_until = None;
         std::mem::take(&mut self.listeners)
@@ -310,5 +348,28 @@ mod tests {
             a.refused_since_log, 2,
             "logged the first; two wait for the next line"
         );
+        assert_eq!(a.refused_logged, 1);
+    }
+
+    #[test]
+    fn refusals_waiting_for_their_line_get_it_when_the_second_is_up_or_at_shutdown() {
+        let t0 = Instant::now();
+        let mut a = Acceptor::new(Vec::<Scripted>::new());
+        let mut stats = Stats::default();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        for i in 0..3 {
+            a.refuse(peer, 1, t0 + Duration::from_millis(i), &mut stats);
+        }
+        assert_eq!(a.refusals_due(), Some(t0 + REFUSAL_LOG_EVERY));
+        a.on_timer(t0 + REFUSAL_LOG_EVERY / 2);
+        assert_eq!(a.refused_logged, 1, "not before the second is up");
+        a.on_timer(t0 + REFUSAL_LOG_EVERY);
+        assert_eq!(a.refused_logged, stats.refused, "the lines add up");
+        assert_eq!(a.refusals_due(), None);
+        // One more, refused within the second of that line: the shutdown logs it.
+        a.refuse(peer, 1, t0 + REFUSAL_LOG_EVERY, &mut stats);
+        assert_eq!(a.refused_logged, 3);
+        a.close();
+        assert_eq!(a.refused_logged, stats.refused);
     }
 }

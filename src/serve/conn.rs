@@ -45,6 +45,18 @@ pub enum Progress {
     Failed(io::Error),
 }
 
+impl Progress {
+    /// A word for the trace log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Progress::Wait => "wait",
+            Progress::Yield => "yield",
+            Progress::Done => "done",
+            Progress::Failed(_) => "failed",
+        }
+    }
+}
+
 /// The per-turn environment the reactor lends a connection.
 pub struct Ctx<'a> {
     /// Reactor-wide read buffer; its length is the largest single read.

@@ -6,13 +6,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, info, trace, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
 
-use super::conn::{Conn, Ctx, Moved, Progress};
+use super::conn::{Conn, Ctx, Moved, Progress, State};
+use super::logs::{CloseLine, ConnLog, Peer, Reason};
 use super::stats::Stats;
 use super::token;
 use crate::Transform;
@@ -29,7 +31,10 @@ pub const FAIR_BUDGET: usize = 8 * READ_CHUNK;
 
 /// Why a connection is being closed, for the counters and the log.
 pub(crate) enum Close {
-    Done,
+    /// The peer half-closed and has been sent everything it was owed.
+    PeerClosed,
+    /// Draining, and the connection had nothing owed and nothing unread.
+    Drained,
     Failed(io::Error),
     Idle,
     DrainTimeout,
@@ -59,6 +64,9 @@ pub(crate) struct Connections {
     owed_total: usize,
     /// `owed_total` has reached the ceiling and not yet fallen back below its low-water mark.
     at_ceiling: bool,
+    /// Ids, peers, ages and byte counts for the debug log; `None` unless debug logging was on at
+    /// start, so that otherwise a connection costs only its 16 bytes in the slab.
+    log: Option<ConnLog>,
 }
 
 impl Connections {
@@ -72,6 +80,9 @@ impl Connections {
             limits,
             owed_total: 0,
             at_ceiling: false,
+            // Checked once: the level does not change while serving (env_logger sets it once).
+            log: log::log_enabled!(log::Level::Debug)
+                .then(|| ConnLog::new(log::log_enabled!(log::Level::Trace))),
         }
     }
 
@@ -101,6 +112,7 @@ impl Connections {
         mut stream: TcpStream,
         peer: SocketAddr,
         registry: &Registry,
+        now: Instant,
     ) -> io::Result<usize> {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("set TCP_NODELAY for {peer}: {e}");
@@ -115,6 +127,10 @@ impl Connections {
             Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         )?;
         entry.insert(Conn::new(stream));
+        if let Some(log) = &mut self.log {
+            let id = log.opened(key, peer, now);
+            debug!("conn {id} {peer}: accepted");
+        }
         Ok(key)
     }
 
@@ -158,6 +174,21 @@ impl Connections {
         self.owed_total = ctx.owed_total;
         stats.bytes_in += moved.read as u64;
         stats.bytes_out += moved.written as u64;
+        if let Some(log) = &mut self.log {
+            log.moved(key, moved);
+            if log.trace
+                && let Some(m) = log.get(key)
+            {
+                trace!(
+                    "conn {}: read {} B, wrote {} B, owes {} B, {}",
+                    m.id,
+                    moved.read,
+                    moved.written,
+                    c.owed(),
+                    progress.name()
+                );
+            }
+        }
         let closed = match progress {
             Progress::Wait => false,
             Progress::Yield => {
@@ -166,7 +197,14 @@ impl Connections {
                 }
                 false
             }
-            Progress::Done => self.close(key, Close::Done, stats),
+            Progress::Done => {
+                // Done in `Open` is only ever a drain finding the connection quiet.
+                let why = match c.state() {
+                    State::ReadClosed => Close::PeerClosed,
+                    State::Open => Close::Drained,
+                };
+                self.close(key, why, stats)
+            }
             Progress::Failed(e) => self.close(key, Close::Failed(e), stats),
         };
         self.check_ceiling(stats);
@@ -196,29 +234,51 @@ impl Connections {
         // A reset or a drain timeout can leave output owed: it is no longer anyone's.
         self.owed_total = self.owed_total.saturating_sub(c.owed());
         self.check_ceiling(stats);
-        // getpeername costs a syscall per close: only pay it when someone reads the line.
-        let peer = log::log_enabled!(log::Level::Debug)
-            .then(|| c.socket().peer_addr().ok())
-            .flatten();
-        match why {
-            Close::Done => debug!("conn {key} {peer:?}: closed"),
+        let reason = match &why {
+            Close::PeerClosed => Reason::ByPeer,
+            Close::Drained => Reason::Drained,
             Close::Idle => {
                 stats.idle_closed += 1;
-                debug!("conn {key} {peer:?}: idle timeout");
+                Reason::Idle
             }
-            Close::DrainTimeout => debug!("conn {key} {peer:?}: drain timeout"),
-            Close::Failed(e) => match classify(&e) {
+            Close::DrainTimeout => Reason::DrainTimeout,
+            Close::Failed(e) => match classify(e) {
                 Class::Local => {
-                    // Not the peer's doing: an operator should see it, with whom it happened.
                     stats.errors += 1;
-                    let peer = c.socket().peer_addr().ok();
-                    warn!("conn {key} {peer:?}: local error: {e}");
+                    Reason::Local(e)
                 }
                 _ => {
                     stats.reset += 1;
-                    debug!("conn {key} {peer:?}: reset by peer ({e})");
+                    Reason::Reset(e)
                 }
             },
+        };
+        let meta = self.log.as_mut().and_then(|l| l.closed(key));
+        match (meta, &reason) {
+            (Some(meta), Reason::Local(_)) => warn!(
+                "{}",
+                CloseLine {
+                    meta: &meta,
+                    reason,
+                    now: Instant::now(),
+                }
+            ),
+            (Some(meta), _) => debug!(
+                "{}",
+                CloseLine {
+                    meta: &meta,
+                    reason,
+                    now: Instant::now(),
+                }
+            ),
+            // Not the peer's doing: an operator should see it, with whom it happened. Without
+            // the debug record the peer is asked of the socket (a rare path), which may no
+            // longer know it.
+            (None, Reason::Local(_)) => warn!(
+                "conn {} closed: {reason}",
+                Peer(c.socket().peer_addr().ok())
+            ),
+            (None, _) => {}
         }
         // Dropping the stream closes the descriptor, which also removes it from the poll.
         drop(c);

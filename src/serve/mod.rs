@@ -7,6 +7,8 @@
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
 //! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
+//! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
+//!   only when debug logging is on; the rate limit on "not answering" lines).
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
@@ -17,6 +19,7 @@ pub mod conn;
 mod conns;
 mod lifecycle;
 mod limit;
+mod logs;
 mod reactor;
 mod source;
 mod stats;

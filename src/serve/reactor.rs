@@ -25,7 +25,7 @@
 use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, trace, warn};
+use log::{info, trace, warn};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll};
 
@@ -33,6 +33,7 @@ use super::accept::Acceptor;
 use super::conns::{Close, Connections, Limits};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
+use super::logs::Count;
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
 use super::timer::IdleTracker;
@@ -205,7 +206,10 @@ impl Server {
             }
         }
         if self.life.forced {
-            warn!("forced exit with {} connection(s) open", self.conns.len());
+            warn!(
+                "forced exit with {} open",
+                Count(self.conns.len() as u64, "connection")
+            );
         }
         Ok(Summary {
             stats: self.stats,
@@ -219,6 +223,24 @@ impl Server {
             event.token(),
             self.acceptor.listeners.len(),
             self.udp.endpoints.len(),
+        );
+        trace!(
+            "event {} ({source:?}):{}{}{}{}{}{}",
+            event.token().0,
+            if event.is_readable() { " readable" } else { "" },
+            if event.is_writable() { " writable" } else { "" },
+            if event.is_read_closed() {
+                " read-closed"
+            } else {
+                ""
+            },
+            if event.is_write_closed() {
+                " write-closed"
+            } else {
+                ""
+            },
+            if event.is_error() { " error" } else { "" },
+            if event.is_priority() { " priority" } else { "" },
         );
         match source {
             Source::Signals => self.on_signals(now),
@@ -251,6 +273,7 @@ impl Server {
         [
             self.idle.as_ref().and_then(IdleTracker::next_wake),
             self.acceptor.paused_until(),
+            self.acceptor.refusals_due(),
             self.stats_log.next(),
             self.life.drain_deadline(),
             self.life.next_watchdog(),
@@ -290,7 +313,7 @@ impl Server {
                     .refuse(peer, self.conns.max(), now, &mut self.stats);
                 continue;
             }
-            let key = match self.conns.insert(stream, peer, self.poll.registry()) {
+            let key = match self.conns.insert(stream, peer, self.poll.registry(), now) {
                 Ok(key) => key,
                 Err(e) => {
                     warn!("register connection from {peer}: {e}");
@@ -302,7 +325,6 @@ impl Server {
             }
             self.stats.accepted += 1;
             self.stats.active += 1;
-            debug!("conn {key} {peer}: accepted");
         }
     }
 
@@ -326,13 +348,13 @@ impl Server {
         }
         self.acceptor.on_timer(now);
         self.life.on_timer(now);
-        if self.stats_log.due(now) {
-            info!("stats: {}", self.stats);
+        if let Some(rates) = self.stats_log.due(now, &self.stats) {
+            info!("stats: {}; {rates}", self.stats);
         }
         if self.life.drain_expired(now) {
             warn!(
-                "drain timeout: closing {} connection(s) that still owe output",
-                self.conns.len()
+                "drain timeout: closing {} that still owe output",
+                Count(self.conns.len() as u64, "connection")
             );
             for key in self.conns.keys() {
                 self.close(key, Close::DrainTimeout);
@@ -371,9 +393,9 @@ impl Server {
             let _ = registry.deregister(&mut ep.socket);
         }
         info!(
-            "stopped listening; draining {} connection(s) for at most {:?}",
-            self.conns.len(),
-            self.life.drain_timeout()
+            "stopped listening; draining {} for at most {}",
+            Count(self.conns.len() as u64, "connection"),
+            crate::units::show(self.life.drain_timeout())
         );
         self.conns.queue_all_for_drain();
     }

@@ -36,10 +36,12 @@ pub struct Stats {
     pub unknown_events: u64,
 }
 
-/// When the periodic counters line is due.
+/// When the periodic counters line is due, and the counters at the last one, for its rates.
 pub(crate) struct StatsLog {
     every: Option<Duration>,
     next: Option<Instant>,
+    last: Stats,
+    last_at: Instant,
 }
 
 impl StatsLog {
@@ -47,6 +49,8 @@ impl StatsLog {
         StatsLog {
             every,
             next: every.and_then(|e| now.checked_add(e)),
+            last: Stats::default(),
+            last_at: now,
         }
     }
 
@@ -54,15 +58,69 @@ impl StatsLog {
         self.next
     }
 
-    /// Whether a line is due at `now`; if so the next one is scheduled.
-    pub(crate) fn due(&mut self, now: Instant) -> bool {
+    /// If a line is due at `now`: the rates since the last one (the next one is scheduled).
+    pub(crate) fn due(&mut self, now: Instant, stats: &Stats) -> Option<Rates> {
         match (self.next, self.every) {
             (Some(t), Some(every)) if now >= t => {
                 self.next = now.checked_add(every);
-                true
+                let rates = Rates::between(&self.last, stats, now - self.last_at);
+                self.last = stats.clone();
+                self.last_at = now;
+                Some(rates)
             }
-            _ => false,
+            _ => None,
         }
+    }
+}
+
+/// Per-second rates over one stats interval, for the line beside the totals:
+/// `over 10.0s: accepted/s=12.0 bytes_in/s=... bytes_out/s=... datagrams_in/s=... datagrams_out/s=...`
+/// (the names carry `/s` so that they are never mistaken for the totals of the same name).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Rates {
+    pub(crate) secs: f64,
+    pub(crate) accepted: f64,
+    pub(crate) bytes_in: f64,
+    pub(crate) bytes_out: f64,
+    pub(crate) datagrams_in: f64,
+    pub(crate) datagrams_out: f64,
+}
+
+impl Rates {
+    pub(crate) fn between(before: &Stats, after: &Stats, elapsed: Duration) -> Rates {
+        // An interval is at least 100 ms (the flag's floor); guard the division all the same.
+        let secs = elapsed.as_secs_f64();
+        let per_sec = |a: u64, b: u64| {
+            if secs > 0.0 {
+                b.saturating_sub(a) as f64 / secs
+            } else {
+                0.0
+            }
+        };
+        Rates {
+            secs,
+            accepted: per_sec(before.accepted, after.accepted),
+            bytes_in: per_sec(before.bytes_in, after.bytes_in),
+            bytes_out: per_sec(before.bytes_out, after.bytes_out),
+            datagrams_in: per_sec(before.datagrams_in, after.datagrams_in),
+            datagrams_out: per_sec(before.datagrams_out, after.datagrams_out),
+        }
+    }
+}
+
+impl fmt::Display for Rates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "over {:.1}s: accepted/s={:.1} bytes_in/s={:.0} bytes_out/s={:.0} datagrams_in/s={:.1} \
+             datagrams_out/s={:.1}",
+            self.secs,
+            self.accepted,
+            self.bytes_in,
+            self.bytes_out,
+            self.datagrams_in,
+            self.datagrams_out,
+        )
     }
 }
 
@@ -87,5 +145,33 @@ impl fmt::Display for Stats {
             self.datagrams_dropped,
             self.datagrams_ignored,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stats_line_carries_the_rates_since_the_last_one() {
+        let t0 = Instant::now();
+        let mut log = StatsLog::new(Some(Duration::from_secs(2)), t0);
+        let mut s = Stats::default();
+        assert_eq!(log.due(t0 + Duration::from_secs(1), &s), None, "not yet");
+        s.accepted = 10;
+        s.bytes_in = 4000;
+        s.bytes_out = 3000;
+        s.datagrams_in = 20;
+        s.datagrams_out = 18;
+        let r = log.due(t0 + Duration::from_secs(2), &s).expect("due");
+        assert_eq!(
+            r.to_string(),
+            "over 2.0s: accepted/s=5.0 bytes_in/s=2000 bytes_out/s=1500 datagrams_in/s=10.0 \
+             datagrams_out/s=9.0"
+        );
+        // The next interval counts only what happened in it.
+        s.accepted = 14;
+        let r = log.due(t0 + Duration::from_secs(4), &s).expect("due");
+        assert_eq!((r.accepted, r.bytes_in), (2.0, 0.0));
     }
 }

@@ -19,10 +19,11 @@ use std::os::fd::AsRawFd;
 
 use std::time::Instant;
 
-use log::{debug, warn};
+use log::{debug, info, trace, warn};
 use mio::net::UdpSocket;
 
 use super::limit::{SourceLimiter, fingerprint};
+use super::logs::{Count, Peer, SourceLog};
 use super::stats::Stats;
 use crate::Transform;
 use crate::io_outcome::{Class, classify};
@@ -187,6 +188,8 @@ pub struct UdpPolicy {
     pub limiter: Option<SourceLimiter>,
     /// The limiter's clock origin.
     epoch: Instant,
+    /// Which ignored datagrams get an info line (once per source a minute, a few a second).
+    ignored_log: SourceLog,
 }
 
 impl UdpPolicy {
@@ -195,6 +198,18 @@ impl UdpPolicy {
             guard,
             limiter: replies_per_source.map(SourceLimiter::new),
             epoch: Instant::now(),
+            ignored_log: SourceLog::new(),
+        }
+    }
+
+    /// Logs, rate-limited, that a datagram from `src` is not answered and why; the clock is
+    /// read only on this path, and at most once per batch (`now`).
+    fn ignored(&mut self, src: Option<SocketAddr>, why: &str, now: &mut Option<Instant>) {
+        trace!("udp: not answering {} ({why})", Peer(src));
+        let Some(src) = src else { return };
+        let now = *now.get_or_insert_with(Instant::now);
+        if self.ignored_log.should_log(src, now) {
+            info!("udp: not answering {src}: {why} (logged at most once a minute per source)");
         }
     }
 
@@ -264,9 +279,11 @@ impl UdpEndpoint {
         self.writable |= writable;
     }
 
-    /// Flushes queued replies, then answers up to about [`UDP_BUDGET`] datagrams.
+    /// Flushes queued replies, then answers up to about [`UDP_BUDGET`] datagrams; `index` names
+    /// the socket in the trace log.
     pub fn drive(
         &mut self,
+        index: usize,
         batch: &mut Batch,
         transform: Transform,
         policy: &mut UdpPolicy,
@@ -305,6 +322,7 @@ impl UdpEndpoint {
             let mut answer = [0usize; BATCH];
             let mut m = 0;
             let now_ns = policy.now_ns();
+            let mut now = None;
             for i in 0..n {
                 let verdict = match batch.srcs[i] {
                     Some(src) => policy.answer(src, batch.buf(i), transform, now_ns),
@@ -317,10 +335,14 @@ impl UdpEndpoint {
                     }
                     Err(why) => {
                         stats.datagrams_ignored += 1;
-                        debug!("udp: not answering {:?} ({why})", batch.srcs[i]);
+                        policy.ignored(batch.srcs[i], why, &mut now);
                     }
                 }
             }
+            trace!(
+                "udp {index}: batch of {} in, {m} to answer",
+                Count(n as u64, "datagram")
+            );
             self.reply(batch, &answer[..m], stats);
         }
         UdpProgress::Yield
@@ -418,8 +440,10 @@ impl UdpSide {
         if !std::mem::take(&mut self.owed) {
             return;
         }
-        for ep in &mut self.endpoints {
-            if ep.drive(&mut self.batch, transform, &mut self.policy, stats) == UdpProgress::Yield {
+        for (i, ep) in self.endpoints.iter_mut().enumerate() {
+            if ep.drive(i, &mut self.batch, transform, &mut self.policy, stats)
+                == UdpProgress::Yield
+            {
                 self.owed = true;
             }
         }
@@ -435,8 +459,8 @@ impl UdpSide {
 /// A failed reply: the peer's side (unreachable, refused) at debug, ours at warn.
 fn log_send_error(dst: Option<SocketAddr>, e: &io::Error) {
     match classify(e) {
-        Class::Local => warn!("udp send to {dst:?}: {e}"),
-        _ => debug!("udp send to {dst:?}: {e}"),
+        Class::Local => warn!("udp send to {}: {e}", Peer(dst)),
+        _ => debug!("udp send to {}: {e}", Peer(dst)),
     }
 }
 
