@@ -29,6 +29,11 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:8005]
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<HostPort>,
+    /// Serve `GET /metrics` (Prometheus text format) on this address, e.g. 127.0.0.1:9105, from
+    /// the same reactor (at most 16 scrapers at once, 8 KiB requests, 5 s each). Port 0 picks one;
+    /// the log says which.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<HostPort>,
     /// Serve TCP only.
     #[arg(long, conflicts_with = "udp_only")]
     pub tcp_only: bool,
@@ -205,7 +210,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     );
     // The signal handlers are installed here, before anything is announced: whoever reads the
     // `listening` lines may signal at once, and must get a drain, not a death by signal.
-    let server = Server::new(config, sockets.listeners, sockets.udp)?;
+    let mut server = Server::new(config, sockets.listeners, sockets.udp)?;
+    if let Some(hp) = &args.metrics {
+        let addr = *hp.resolve()?.first().ok_or("no address for --metrics")?;
+        let listener = net::bind_tcp(addr, &SocketOptions::default())?;
+        let bound = listener.local_addr()?;
+        server = server.with_metrics(listener)?;
+        info!("metrics at http://{bound}/metrics");
+    }
     let mut out = io::stdout().lock();
     out.write_all(lines.as_bytes())?;
     out.flush()?;

@@ -54,6 +54,10 @@ pub(crate) struct Acceptor<L: Listen> {
     paused_until: Option<Instant>,
     /// Out of descriptors since the last successful accept (log once per episode).
     starved: bool,
+    /// When the current starvation episode began, and the episodes and time before it.
+    starved_since: Option<Instant>,
+    pauses: u64,
+    paused: Duration,
     /// This turn: the listener being drained and how many it has given.
     cursor: usize,
     taken: usize,
@@ -72,6 +76,9 @@ impl<L: Listen> Acceptor<L> {
             owed: true,
             paused_until: None,
             starved: false,
+            starved_since: None,
+            pauses: 0,
+            paused: Duration::ZERO,
             cursor: 0,
             taken: 0,
             refused_logged_at: None,
@@ -124,6 +131,14 @@ impl<L: Listen> Acceptor<L> {
         }
     }
 
+    /// Starvation episodes so far, and the time they took (the current one up to `now`).
+    pub(crate) fn pauses(&self, now: Instant) -> (u64, Duration) {
+        let current = self
+            .starved_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        (self.pauses, self.paused + current)
+    }
+
     /// Starts a turn of accepting.
     pub(crate) fn begin_turn(&mut self) {
         self.owed = false;
@@ -148,6 +163,9 @@ impl<L: Listen> Acceptor<L> {
                     self.taken += 1;
                     if self.starved {
                         self.starved = false;
+                        if let Some(t) = self.starved_since.take() {
+                            self.paused += now.saturating_duration_since(t);
+                        }
                         info!(
                             "accepting again ({} open)",
                             Count(open as u64, "connection")
@@ -163,6 +181,8 @@ impl<L: Listen> Acceptor<L> {
                 Err(e) if is_resource_exhaustion(&e) => {
                     if !self.starved {
                         self.starved = true;
+                        self.starved_since = Some(now);
+                        self.pauses += 1;
                         warn!(
                             "accept: {e}; pausing accepts until a connection closes ({} open)",
                             Count(open as u64, "connection")

@@ -6,6 +6,7 @@
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
+//! - `metrics`: the `--metrics` endpoint (Prometheus text format).
 //! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
 //!   only when debug logging is on; the rate limit on "not answering" lines).
@@ -20,6 +21,7 @@ mod conns;
 mod lifecycle;
 mod limit;
 mod logs;
+mod metrics;
 mod reactor;
 mod source;
 mod stats;

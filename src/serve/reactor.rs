@@ -34,6 +34,7 @@ use super::conns::{Close, Connections, Limits};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
+use super::metrics::{self, MetricsEndpoint, Snapshot};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
 use super::timer::IdleTracker;
@@ -113,6 +114,10 @@ pub struct Server {
     life: Lifecycle,
     stats: Stats,
     stats_log: StatsLog,
+    metrics: Option<MetricsEndpoint>,
+    /// What the metrics report besides the counters.
+    limits: metrics::Limits,
+    start_time: f64,
 }
 
 impl Server {
@@ -169,8 +174,22 @@ impl Server {
             life,
             stats: Stats::default(),
             stats_log: StatsLog::new(config.stats_interval, now),
+            metrics: None,
+            limits: metrics::Limits {
+                max_connections: config.max_connections as u64,
+                max_pending: config.max_pending as u64,
+                max_pending_total: config.max_pending_total as u64,
+                udp_source_rate: config.udp_source_rate.map_or(0, u64::from),
+            },
+            start_time: metrics::unix_now(),
             poll,
         })
+    }
+
+    /// Serves `GET /metrics` on `listener` too (already bound and listening), from this reactor.
+    pub fn with_metrics(mut self, listener: TcpListener) -> io::Result<Server> {
+        self.metrics = Some(MetricsEndpoint::new(listener, self.poll.registry())?);
+        Ok(self)
     }
 
     /// A handle that stops this reactor gracefully from another thread.
@@ -211,6 +230,7 @@ impl Server {
                 Count(self.conns.len() as u64, "connection")
             );
         }
+        self.fill_accept_pauses(Instant::now());
         Ok(Summary {
             stats: self.stats,
             forced: self.life.forced,
@@ -259,11 +279,40 @@ impl Server {
                 .udp
                 .on_ready(i, event.is_readable(), event.is_writable()),
             Source::Listener(_) => self.acceptor.on_ready(),
+            Source::Metrics => {
+                let snap = self.snapshot(now);
+                if let Some(m) = &mut self.metrics {
+                    self.stats.scrapes += m.accept(self.poll.registry(), now, &snap);
+                }
+            }
+            Source::Scrape(key) => {
+                let snap = self.snapshot(now);
+                if let Some(m) = &mut self.metrics {
+                    self.stats.scrapes += m.drive(key, &snap);
+                }
+            }
             Source::Unknown(t) => {
                 self.stats.unknown_events += 1;
                 trace!("event for unknown token {t}: ignored");
             }
         }
+    }
+
+    /// The counters as a scrape reports them.
+    fn snapshot(&mut self, now: Instant) -> Snapshot {
+        self.fill_accept_pauses(now);
+        Snapshot {
+            stats: self.stats.clone(),
+            limits: self.limits,
+            start_time: self.start_time,
+        }
+    }
+
+    /// The acceptor keeps its own pause accounting; the counters show it.
+    fn fill_accept_pauses(&mut self, now: Instant) {
+        let (pauses, paused) = self.acceptor.pauses(now);
+        self.stats.accept_pauses = pauses;
+        self.stats.accept_paused_ns = u64::try_from(paused.as_nanos()).unwrap_or(u64::MAX);
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -277,6 +326,9 @@ impl Server {
             self.stats_log.next(),
             self.life.drain_deadline(),
             self.life.next_watchdog(),
+            self.metrics
+                .as_ref()
+                .and_then(MetricsEndpoint::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -348,6 +400,9 @@ impl Server {
         }
         self.acceptor.on_timer(now);
         self.life.on_timer(now);
+        if let Some(m) = &mut self.metrics {
+            m.on_timer(now);
+        }
         if let Some(rates) = self.stats_log.due(now, &self.stats) {
             info!("stats: {}; {rates}", self.stats);
         }

@@ -34,6 +34,12 @@ pub struct Stats {
     pub ceiling_reached: u64,
     /// Events whose token named nothing the reactor registered (ignored).
     pub unknown_events: u64,
+    /// Episodes of accepting paused for want of descriptors or memory (EMFILE and the like).
+    pub accept_pauses: u64,
+    /// Time spent in those episodes, in nanoseconds.
+    pub accept_paused_ns: u64,
+    /// Metrics requests answered (`--metrics`).
+    pub scrapes: u64,
 }
 
 /// When the periodic counters line is due, and the counters at the last one, for its rates.

@@ -6,10 +6,12 @@
 //! ```text
 //!   0                signals   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 (signal-hook-mio)
 //!   1                waker     ShutdownHandle
-//!   2 .. 16          (unused)
+//!   2                metrics   the --metrics listener
+//!   3 .. 16          (unused)
 //!   16 .. 256        listeners, in the order given
 //!   256 .. 1024      UDP sockets, in the order given
 //!   1024 ..          connections (slab key + 1024)
+//!   2^40 ..          metrics scrape connections (their own slab's key + 2^40)
 //! ```
 //!
 //! A token that decodes to nothing the reactor registered (an unused number, a listener index
@@ -19,6 +21,9 @@ use mio::Token;
 
 pub(crate) const SIGNALS: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
+pub(crate) const METRICS: Token = Token(2);
+/// Far above any connection key a process could reach (one per descriptor).
+const SCRAPE_BASE: usize = 1 << 40;
 const LISTENER_BASE: usize = 16;
 const UDP_BASE: usize = 256;
 const CONN_BASE: usize = 1024;
@@ -38,6 +43,10 @@ pub(crate) enum Source {
     Udp(usize),
     /// Connection slab key.
     Conn(usize),
+    /// The metrics listener.
+    Metrics,
+    /// Metrics scrape connection, by its own slab key.
+    Scrape(usize),
     /// Nothing the reactor hands out; the raw token is kept for the log.
     Unknown(usize),
 }
@@ -48,6 +57,8 @@ impl Source {
         match token.0 {
             0 => Source::Signals,
             1 => Source::Waker,
+            2 => Source::Metrics,
+            t if t >= SCRAPE_BASE => Source::Scrape(t - SCRAPE_BASE),
             t if t >= CONN_BASE => Source::Conn(t - CONN_BASE),
             t if (UDP_BASE..UDP_BASE + udp).contains(&t) => Source::Udp(t - UDP_BASE),
             t if (LISTENER_BASE..LISTENER_BASE + listeners).contains(&t) => {
@@ -69,7 +80,12 @@ pub(crate) fn udp(i: usize) -> Token {
 }
 
 pub(crate) fn conn(key: usize) -> Token {
+    debug_assert!(key < SCRAPE_BASE - CONN_BASE);
     Token(CONN_BASE + key)
+}
+
+pub(crate) fn scrape(key: usize) -> Token {
+    Token(SCRAPE_BASE + key)
 }
 
 #[cfg(test)]
@@ -90,13 +106,17 @@ mod tests {
         for key in [0, 1, 77, 1 << 20] {
             assert_eq!(Source::of(conn(key), l, u), Source::Conn(key));
         }
+        assert_eq!(Source::of(METRICS, l, u), Source::Metrics);
+        for key in [0, 15] {
+            assert_eq!(Source::of(scrape(key), l, u), Source::Scrape(key));
+        }
     }
 
     #[test]
     fn tokens_nobody_was_given_are_unknown_not_a_listener() {
         let (l, u) = (3, 2);
         for t in [
-            2,
+            3,
             15,
             LISTENER_BASE + 3,
             LISTENER_BASE + 239,

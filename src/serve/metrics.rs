@@ -1,0 +1,516 @@
+//! `--metrics ADDR`: `GET /metrics` in the Prometheus text exposition format, served by the
+//! reactor itself, on its own listener and its own small table of scrape connections (an echo
+//! connection stays 16 bytes).
+//!
+//! A scraper is a client like any other, so it is held to limits that keep a hostile one from
+//! hurting the echo clients: at most [`MAX_SCRAPERS`] at once (more are closed at once), a request
+//! of at most [`MAX_REQUEST`] bytes (431 past it), [`SCRAPE_TIMEOUT`] from accept to the last
+//! byte of the response (then closed), one request per connection (`Connection: close`). The
+//! request is parsed with `httparse`. The exposition is written here, from a snapshot of the
+//! counters taken at the scrape, in the classic text format: the official `prometheus-client`
+//! crate writes OpenMetrics text only (HELP and TYPE on the name without `_total`, an `info`
+//! type, `# EOF`), which `promtool check metrics` rejects, and twenty-odd fixed lines need no
+//! registry.
+//!
+//! | request | response |
+//! |---|---|
+//! | `GET /metrics` (or `HEAD`) | 200, the exposition |
+//! | another path | 404 |
+//! | another method | 405, `Allow: GET, HEAD` |
+//! | not HTTP/1.x | 400 |
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry};
+use slab::Slab;
+
+use super::stats::Stats;
+use super::token;
+use crate::io_outcome::Outcome;
+
+/// Most scrape connections open at once.
+pub const MAX_SCRAPERS: usize = 16;
+/// Largest request accepted (a scraper's request is a few hundred bytes).
+pub const MAX_REQUEST: usize = 8 << 10;
+/// From accept to the last byte of the response.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The limits the server runs under, exposed as gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: u64,
+    pub(crate) max_pending: u64,
+    pub(crate) max_pending_total: u64,
+    /// 0: no limit.
+    pub(crate) udp_source_rate: u64,
+}
+
+/// What a scrape reports: the counters at that moment and what does not change.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) stats: Stats,
+    pub(crate) limits: Limits,
+    /// Seconds since the epoch at which the process started serving.
+    pub(crate) start_time: f64,
+}
+
+/// One metric family in the classic text format: `# HELP`, `# TYPE`, one sample.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: f64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
+    );
+}
+
+/// The exposition of `snapshot`, in the Prometheus text format (version 0.0.4), names as the
+/// Prometheus naming guide has them: `upecho_` prefix, base units, `_total` on counters.
+pub(crate) fn render(snapshot: &Snapshot) -> String {
+    let s = &snapshot.stats;
+    let l = &snapshot.limits;
+    let mut out = String::with_capacity(4096);
+    let counters: [(&str, &str, u64); 15] = [
+        (
+            "upecho_connections_accepted_total",
+            "TCP connections accepted and served.",
+            s.accepted,
+        ),
+        (
+            "upecho_connections_refused_total",
+            "TCP connections closed at once at --max-connections.",
+            s.refused,
+        ),
+        (
+            "upecho_connections_reset_total",
+            "TCP connections the peer ended abnormally (reset, broken pipe, timeout).",
+            s.reset,
+        ),
+        (
+            "upecho_connection_errors_total",
+            "TCP connections ended by an error on the server's side.",
+            s.errors,
+        ),
+        (
+            "upecho_connections_idle_closed_total",
+            "TCP connections closed by --idle-timeout.",
+            s.idle_closed,
+        ),
+        (
+            "upecho_received_bytes_total",
+            "Bytes read from TCP connections.",
+            s.bytes_in,
+        ),
+        (
+            "upecho_sent_bytes_total",
+            "Bytes written to TCP connections.",
+            s.bytes_out,
+        ),
+        (
+            "upecho_udp_received_datagrams_total",
+            "UDP datagrams received.",
+            s.datagrams_in,
+        ),
+        (
+            "upecho_udp_sent_datagrams_total",
+            "UDP replies sent.",
+            s.datagrams_out,
+        ),
+        (
+            "upecho_udp_dropped_datagrams_total",
+            "UDP replies dropped (reply queue full, or the send failed).",
+            s.datagrams_dropped,
+        ),
+        (
+            "upecho_udp_ignored_datagrams_total",
+            "UDP datagrams not answered (reflection guard or per-source budget).",
+            s.datagrams_ignored,
+        ),
+        (
+            "upecho_pending_ceiling_reached_total",
+            "Times pending output reached --max-pending-total.",
+            s.ceiling_reached,
+        ),
+        (
+            "upecho_accept_pauses_total",
+            "Times accepting paused for want of descriptors or memory (EMFILE and the like).",
+            s.accept_pauses,
+        ),
+        (
+            "upecho_unknown_events_total",
+            "Poll events for tokens the server did not register (ignored).",
+            s.unknown_events,
+        ),
+        (
+            "upecho_scrapes_total",
+            "Metrics requests answered before this one.",
+            s.scrapes,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help, "", value as f64);
+    }
+    family(
+        &mut out,
+        "upecho_accept_paused_seconds_total",
+        "counter",
+        "Time accepting was paused for want of descriptors or memory.",
+        "",
+        s.accept_paused_ns as f64 / 1e9,
+    );
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "upecho_connections_active",
+            "TCP connections open now.",
+            s.active,
+        ),
+        (
+            "upecho_pending_bytes",
+            "Output owed to clients now, all connections together.",
+            s.pending_bytes,
+        ),
+        (
+            "upecho_max_connections",
+            "--max-connections.",
+            l.max_connections,
+        ),
+        (
+            "upecho_max_pending_bytes",
+            "--max-pending: output one connection may owe.",
+            l.max_pending,
+        ),
+        (
+            "upecho_max_pending_total_bytes",
+            "--max-pending-total: output all connections together may owe.",
+            l.max_pending_total,
+        ),
+        (
+            "upecho_udp_source_rate",
+            "--udp-source-rate: replies per second per UDP source (0: no limit).",
+            l.udp_source_rate,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(&mut out, name, "gauge", help, "", value as f64);
+    }
+    family(
+        &mut out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        "",
+        snapshot.start_time,
+    );
+    family(
+        &mut out,
+        "upecho_build_info",
+        "gauge",
+        "The running build of upecho (always 1).",
+        &format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
+        1.0,
+    );
+    out
+}
+
+/// Seconds since the Unix epoch now.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What to answer a request read so far, or `None` while it is incomplete.
+pub(crate) fn respond(request: &[u8], exposition: impl FnOnce() -> String) -> Option<Vec<u8>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let (status, body, extra) = match req.parse(request) {
+        Ok(httparse::Status::Partial) if request.len() < MAX_REQUEST => return None,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => (
+            "431 Request Header Fields Too Large",
+            "request too large\n".to_string(),
+            "",
+        ),
+        Err(_) => (
+            "400 Bad Request",
+            "not an HTTP/1.x request\n".to_string(),
+            "",
+        ),
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or("");
+            let path = path.split('?').next().unwrap_or(path);
+            match req.method.unwrap_or("") {
+                "GET" | "HEAD" if path == "/metrics" => {
+                    let body = exposition();
+                    let head = req.method == Some("HEAD");
+                    return Some(response(
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        &body,
+                        "",
+                        head,
+                    ));
+                }
+                "GET" | "HEAD" => (
+                    "404 Not Found",
+                    format!("no such page: {path}; the metrics are at /metrics\n"),
+                    "",
+                ),
+                _ => (
+                    "405 Method Not Allowed",
+                    "only GET /metrics is served here\n".to_string(),
+                    "Allow: GET, HEAD\r\n",
+                ),
+            }
+        }
+    };
+    Some(response(
+        status,
+        "text/plain; charset=utf-8",
+        &body,
+        extra,
+        false,
+    ))
+}
+
+fn response(status: &str, content_type: &str, body: &str, extra: &str, head: bool) -> Vec<u8> {
+    let mut out = String::with_capacity(body.len() + 160);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra}\r\n",
+        body.len()
+    );
+    if !head {
+        out.push_str(body);
+    }
+    out.into_bytes()
+}
+
+/// One scrape connection: the request read so far, then the response being written.
+struct Scrape {
+    stream: TcpStream,
+    peer: SocketAddr,
+    request: Vec<u8>,
+    response: Option<(Vec<u8>, usize)>,
+    deadline: Instant,
+}
+
+/// The metrics listener and its scrape connections.
+pub(crate) struct MetricsEndpoint {
+    listener: TcpListener,
+    scrapes: Slab<Scrape>,
+}
+
+impl MetricsEndpoint {
+    pub(crate) fn new(mut listener: TcpListener, registry: &Registry) -> io::Result<Self> {
+        registry.register(&mut listener, token::METRICS, Interest::READABLE)?;
+        Ok(MetricsEndpoint {
+            listener,
+            scrapes: Slab::with_capacity(MAX_SCRAPERS),
+        })
+    }
+
+    /// The earliest scrape deadline, for the poll timeout.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.scrapes.iter().map(|(_, s)| s.deadline).min()
+    }
+
+    /// Accepts every waiting scraper (the listener is edge-triggered); past [`MAX_SCRAPERS`] a
+    /// connection is closed at once.
+    pub(crate) fn accept(&mut self, registry: &Registry, now: Instant, snap: &Snapshot) -> u64 {
+        let mut answered = 0;
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) => match Outcome::of_error(e) {
+                    Outcome::Interrupted => continue,
+                    Outcome::WouldBlock => return answered,
+                    // A scraper that gave up, or no descriptor: the next event retries.
+                    other => {
+                        debug!("metrics accept: {other:?}");
+                        return answered;
+                    }
+                },
+            };
+            if self.scrapes.len() >= MAX_SCRAPERS {
+                debug!("metrics: refusing {peer}: {MAX_SCRAPERS} scrapes open");
+                continue;
+            }
+            let entry = self.scrapes.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = registry.register(
+                &mut stream,
+                token::scrape(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("metrics: register {peer}: {e}");
+                continue;
+            }
+            entry.insert(Scrape {
+                stream,
+                peer,
+                request: Vec::new(),
+                response: None,
+                deadline: now + SCRAPE_TIMEOUT,
+            });
+            // Registration reports what is already there, but trying costs one read.
+            answered += self.drive(key, snap);
+        }
+    }
+
+    /// Moves scrape `key` along: reads the request, answers it, writes the answer, closes.
+    /// Returns 1 if a response was made in this turn (for the `scrapes` counter), else 0.
+    pub(crate) fn drive(&mut self, key: usize, snap: &Snapshot) -> u64 {
+        let Some(s) = self.scrapes.get_mut(key) else {
+            return 0;
+        };
+        let mut answered = 0;
+        let done = loop {
+            if let Some((out, off)) = &mut s.response {
+                match Outcome::of_write(s.stream.write(&out[*off..])) {
+                    Outcome::Moved(n) => {
+                        *off += n;
+                        if *off == out.len() {
+                            break true;
+                        }
+                    }
+                    Outcome::Interrupted => {}
+                    Outcome::WouldBlock => break false,
+                    _ => break true,
+                }
+                continue;
+            }
+            let mut buf = [0u8; 1024];
+            match Outcome::of_read(s.stream.read(&mut buf)) {
+                Outcome::Moved(n) => {
+                    s.request.extend_from_slice(&buf[..n]);
+                    if let Some(resp) = respond(&s.request, || render(snap)) {
+                        s.response = Some((resp, 0));
+                        answered = 1;
+                    }
+                }
+                Outcome::Interrupted => {}
+                Outcome::WouldBlock => break false,
+                // The scraper left before asking.
+                _ => break true,
+            }
+        };
+        if done {
+            self.close(key);
+        }
+        answered
+    }
+
+    /// Closes scrapes past their deadline.
+    pub(crate) fn on_timer(&mut self, now: Instant) {
+        let late: Vec<usize> = self
+            .scrapes
+            .iter()
+            .filter(|(_, s)| now >= s.deadline)
+            .map(|(k, _)| k)
+            .collect();
+        for key in late {
+            if let Some(s) = self.scrapes.get(key) {
+                debug!("metrics: {} timed out", s.peer);
+            }
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        // Dropping the stream closes it, which also removes it from the poll.
+        drop(self.scrapes.try_remove(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            stats: Stats {
+                accepted: 7,
+                active: 2,
+                bytes_in: 100,
+                ..Stats::default()
+            },
+            limits: Limits {
+                max_connections: 1000,
+                max_pending: 1 << 20,
+                max_pending_total: 256 << 20,
+                udp_source_rate: 100_000,
+            },
+            start_time: 1_700_000_000.5,
+        }
+    }
+
+    fn text(resp: &[u8]) -> String {
+        String::from_utf8_lossy(resp).into_owned()
+    }
+
+    #[test]
+    fn get_metrics_is_the_exposition_with_every_counter_and_limit() {
+        let resp = text(
+            &respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", || {
+                render(&snapshot())
+            })
+            .unwrap(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        assert!(
+            resp.contains("Content-Type: text/plain; version=0.0.4"),
+            "{resp}"
+        );
+        for line in [
+            "upecho_connections_accepted_total 7",
+            "upecho_connections_active 2",
+            "upecho_received_bytes_total 100",
+            "upecho_max_connections 1000",
+            "upecho_max_pending_total_bytes 268435456",
+            "# TYPE upecho_connections_active gauge",
+            "# TYPE upecho_connections_accepted_total counter",
+            "process_start_time_seconds 1700000000.5",
+            "upecho_build_info{version=\"",
+        ] {
+            assert!(resp.contains(line), "missing {line:?} in\n{resp}");
+        }
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        let len: usize = resp
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), len);
+    }
+
+    #[test]
+    fn other_paths_methods_and_garbage_get_clear_errors() {
+        let r = |req: &[u8]| text(&respond(req, String::new).unwrap());
+        assert!(r(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let post = r(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            post.starts_with("HTTP/1.1 405") && post.contains("Allow: GET, HEAD"),
+            "{post}"
+        );
+        assert!(r(b"\x16\x03\x01 hello tls\r\n\r\n").starts_with("HTTP/1.1 400"));
+        let head = r(b"HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_request_waits_and_an_oversized_one_is_refused() {
+        assert!(respond(b"GET /metrics HTTP/1.1\r\nHost:", String::new).is_none());
+        let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_REQUEST + 10, b'a');
+        let resp = text(&respond(&big, String::new).unwrap());
+        assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    }
+}
