@@ -884,3 +884,45 @@ fn server_figures_are_unavailable_when_the_process_vanishes() {
     assert!(v["server"]["rss_bytes"].is_null(), "{v:#}");
     assert!(err.contains("unavailable"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The load generator's manners (issue 12).
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts that the in-process server saw no connection reset and sent back every byte it read.
+fn assert_server_saw_clean_closes(s: &upecho::serve::Summary, what: &str) {
+    assert_eq!(s.stats.reset, 0, "{what}: {:?}", s.stats);
+    assert_eq!(s.stats.errors, 0, "{what}: {:?}", s.stats);
+    assert_eq!(s.stats.bytes_in, s.stats.bytes_out, "{what}: {:?}", s.stats);
+    assert!(s.stats.bytes_in > 0, "{what}: {:?}", s.stats);
+}
+
+#[test]
+fn a_finished_run_closes_every_connection_cleanly_and_the_server_returns_every_byte() {
+    for args in [
+        &["-c", "5", "--depth", "4"][..],
+        &["--mode", "bulk", "-c", "3", "-s", "64KiB"],
+        &["--mode", "churn", "-c", "3", "--close", "fin"],
+        &["--mode", "hold", "-c", "20"],
+    ] {
+        let server = util::InProcess::start(upecho::serve::Config::default());
+        let addr = server.tcp.to_string();
+        let mut full = vec![addr.as_str(), "-t", "1", "--warmup", "0.3"];
+        full.extend_from_slice(args);
+        let (code, v, err) = load_json(&full);
+        assert_clean_success(code, &v, &err);
+        assert_server_saw_clean_closes(&server.stop(), &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn churn_with_close_rst_is_the_one_mode_that_resets_on_purpose() {
+    let server = util::InProcess::start(upecho::serve::Config::default());
+    let addr = server.tcp.to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "--mode", "churn", "-c", "2", "--close", "rst", "-t", "1", "--warmup", "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+    let s = server.stop();
+    assert!(s.stats.reset > 0, "{:?}", s.stats);
+}
