@@ -886,8 +886,93 @@ fn server_figures_are_unavailable_when_the_process_vanishes() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The load generator's manners (issue 12).
+// The load generator's manners (issue 12): clean closes, Ctrl-C, what hold measured.
 // ---------------------------------------------------------------------------------------------
+
+/// A running `upecho load`, its stderr read line by line on a thread (so the test can wait for
+/// the first progress line), killed by PID on drop if it is still running.
+struct LoadProc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl LoadProc {
+    fn start(args: &[&str]) -> LoadProc {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(bin())
+            .arg("load")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn upecho load");
+        let pipe = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        LoadProc {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits (bounded) for a stderr line that starts with `prefix`.
+    fn wait_line(&self, prefix: &str) -> bool {
+        let deadline = Instant::now() + RUN_BOUND;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for the exit; returns the exit code, stdout and all of stderr.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let deadline = Instant::now() + RUN_BOUND;
+        while self.child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait");
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        let err = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (status.code(), out, err)
+    }
+}
+
+impl Drop for LoadProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Asserts that the in-process server saw no connection reset and sent back every byte it read.
 fn assert_server_saw_clean_closes(s: &upecho::serve::Summary, what: &str) {
@@ -925,4 +1010,41 @@ fn churn_with_close_rst_is_the_one_mode_that_resets_on_purpose() {
     assert_clean_success(code, &v, &err);
     let s = server.stop();
     assert!(s.stats.reset > 0, "{:?}", s.stats);
+}
+
+#[test]
+fn ctrl_c_ends_the_run_interrupted_with_the_summary_exit_130_and_clean_closes() {
+    for mode in ["pingpong", "bulk"] {
+        let server = util::InProcess::start(upecho::serve::Config::default());
+        let addr = server.tcp.to_string();
+        let load = LoadProc::start(&[
+            &addr, "--mode", mode, "-c", "4", "-s", "4KiB", "-t", "60", "--warmup", "0",
+        ]);
+        assert!(load.wait_line("["), "no progress line");
+        load.signal(libc::SIGINT);
+        let (code, out, err) = load.finish();
+        assert_eq!(code, Some(130), "{mode}: {out}\n{err}");
+        assert!(out.starts_with("upecho load: "), "{mode}: {out}\n{err}");
+        assert!(out.contains("  result      INTERRUPTED"), "{mode}: {out}");
+        assert!(!out.contains("result      ok"), "{mode}: {out}");
+        // Even cut short, every connection was closed with FIN after its last reply was read.
+        assert_server_saw_clean_closes(&server.stop(), mode);
+    }
+}
+
+#[test]
+fn sigterm_ends_the_run_interrupted_in_json_with_exit_143() {
+    let server = util::InProcess::start(upecho::serve::Config::default());
+    let addr = server.tcp.to_string();
+    let load = LoadProc::start(&[&addr, "--json", "-c", "2", "-t", "60", "--warmup", "0"]);
+    assert!(load.wait_line("["), "no progress line");
+    load.signal(libc::SIGTERM);
+    let (code, out, err) = load.finish();
+    assert_eq!(code, Some(143), "{out}\n{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["interrupted"], true, "{v:#}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(err.contains("result      INTERRUPTED"), "{err}");
+    assert_server_saw_clean_closes(&server.stop(), "sigterm");
 }

@@ -348,8 +348,13 @@ pub struct Report {
     pub server: Option<ServerUse>,
     /// Whether errors, losses and duplicates were only counted (`--tolerate-errors`).
     pub tolerate_errors: bool,
-    /// False when any byte was wrong, nothing got through, (hold) a connection was lost or did
-    /// not answer, or (unless errors are tolerated) any error, loss or duplicate was counted.
+    /// SIGINT or SIGTERM ended the run before its end: the figures cover the window so far.
+    pub interrupted: bool,
+    /// The number of that signal (2 for SIGINT, 15 for SIGTERM); the binary exits 128 + it.
+    pub signal: Option<i32>,
+    /// False when the run was interrupted, any byte was wrong, nothing got through, (hold) a
+    /// connection was lost or did not answer, or (unless errors are tolerated) any error, loss or
+    /// duplicate was counted.
     pub ok: bool,
     /// Why the run failed, one reason each; empty when `ok`.
     pub failures: Vec<String>,
@@ -448,7 +453,24 @@ impl Report {
             };
             let _ = writeln!(s, "  server cpu  {cpu} (pid {}, rss {rss}){why}", sv.pid);
         }
-        if self.ok {
+        if self.interrupted {
+            let by = match self.signal {
+                Some(libc::SIGINT) => "SIGINT".to_string(),
+                Some(libc::SIGTERM) => "SIGTERM".to_string(),
+                Some(n) => format!("signal {n}"),
+                None => "a signal".to_string(),
+            };
+            let also = if self.failures.is_empty() {
+                String::new()
+            } else {
+                format!("; also {}", self.failures.join("; "))
+            };
+            let _ = writeln!(
+                s,
+                "  result      INTERRUPTED by {by} after {:.2} s measured{also}",
+                self.window_s
+            );
+        } else if self.ok {
             let counted = self.errors.total + self.losses + self.duplicate_replies;
             let tolerated = if self.tolerate_errors && counted > 0 {
                 " (errors tolerated)"
