@@ -1048,3 +1048,27 @@ fn sigterm_ends_the_run_interrupted_in_json_with_exit_143() {
     assert!(err.contains("result      INTERRUPTED"), "{err}");
     assert_server_saw_clean_closes(&server.stop(), "sigterm");
 }
+
+#[test]
+fn hold_reports_connections_held_answered_and_the_latency_of_the_answers() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    // With --json the text summary goes to stderr: one run checks both.
+    let (code, v, text) = load_json(&[&addr, "--mode", "hold", "-c", "20", "-t", "1"]);
+    assert_clean_success(code, &v, &text);
+    assert_eq!(v["held"], 20, "{v:#}");
+    assert_eq!(v["answered"], 20, "{v:#}");
+    assert_eq!(v["interrupted"], false, "{v:#}");
+    let lat = &v["latency_us"];
+    assert_eq!(lat["count"], 20, "{v:#}");
+    assert!(lat["p50"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert!(lat["p50"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
+    assert!(
+        text.contains("  held        20 connections, 20 answered"),
+        "{text}"
+    );
+    assert!(text.contains("  latency µs  p50 "), "{text}");
+    assert!(text.contains("(mean "), "{text}");
+    assert!(!text.contains("throughput"), "{text}");
+    assert!(!text.contains("none recorded"), "{text}");
+}

@@ -342,6 +342,8 @@ pub struct Report {
     pub losses: u64,
     pub late_replies: u64,
     pub duplicate_replies: u64,
+    /// hold: connections open when the hold ended, and how many answered the check (whose round
+    /// trips are `latency_us`; hold has no throughput, so `messages` and `bytes` are 0).
     pub held: Option<u64>,
     pub answered: Option<u64>,
     pub client: CpuUse,
@@ -381,12 +383,14 @@ impl Report {
         );
         if let (Some(h), Some(a)) = (self.held, self.answered) {
             let _ = writeln!(s, "  held        {h} connections, {a} answered");
+        } else {
+            // hold moves no stream worth a rate: what it measured is the line above.
+            let _ = writeln!(
+                s,
+                "  throughput  {:.0} msg/s, {:.2} MB/s ({} messages, {} bytes)",
+                self.msgs_per_s, self.mb_per_s, self.messages, self.bytes
+            );
         }
-        let _ = writeln!(
-            s,
-            "  throughput  {:.0} msg/s, {:.2} MB/s ({} messages, {} bytes)",
-            self.msgs_per_s, self.mb_per_s, self.messages, self.bytes
-        );
         if self.mode == "churn" {
             let _ = writeln!(
                 s,
@@ -396,9 +400,15 @@ impl Report {
         }
         match &self.latency_us {
             Some(l) => {
+                // hold's samples are the round trips of its checks, one per connection answered.
+                let what = if self.held.is_some() {
+                    "checks"
+                } else {
+                    "samples"
+                };
                 let _ = writeln!(
                     s,
-                    "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, {} samples)",
+                    "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, {} {what})",
                     l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
                 );
             }

@@ -675,10 +675,15 @@ impl Cx<'_, '_> {
             }
             return true;
         }
+        // hold's measurement is its check, which comes after the window: its round trips are
+        // the latency it reports (but not throughput, of which hold has none).
+        let hold_check = cfg.mode == Mode::Hold && self.env.stage == Stage::Check;
         for _ in 0..newly {
             let origin = c.inflight.pop().unwrap_or(now);
             if self.env.measuring() {
                 self.env.counts.msgs += 1;
+            }
+            if self.env.measuring() || hold_check {
                 self.env
                     .counts
                     .latency(now.saturating_duration_since(origin));
@@ -914,6 +919,21 @@ mod tests {
             assert_eq!(c.state, ConnState::Idle);
             assert_eq!(cx.q.ready.front(), Some(&0));
             assert_eq!(cx.env.counts.errors.total, 0);
+        });
+    }
+
+    #[test]
+    fn hold_counts_the_check_answer_and_its_latency_but_no_throughput() {
+        with_flow(&cfg(Mode::Hold, 1), |conns, cx, p| {
+            cx.env.stage = Stage::Check;
+            let c = &mut conns[0];
+            cx.issue_check(c, Instant::now());
+            c.tx = 64;
+            assert!(cx.on_bytes(c, 0, &reply(p, 0, 64)));
+            assert_eq!(cx.env.counts.answered, 1);
+            assert_eq!(cx.env.counts.hist.len(), 1);
+            assert_eq!(cx.env.counts.msgs, 0);
+            assert!(!owes(c));
         });
     }
 
