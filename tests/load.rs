@@ -884,3 +884,191 @@ fn server_figures_are_unavailable_when_the_process_vanishes() {
     assert!(v["server"]["rss_bytes"].is_null(), "{v:#}");
     assert!(err.contains("unavailable"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The load generator's manners (issue 12): clean closes, Ctrl-C, what hold measured.
+// ---------------------------------------------------------------------------------------------
+
+/// A running `upecho load`, its stderr read line by line on a thread (so the test can wait for
+/// the first progress line), killed by PID on drop if it is still running.
+struct LoadProc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl LoadProc {
+    fn start(args: &[&str]) -> LoadProc {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(bin())
+            .arg("load")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn upecho load");
+        let pipe = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        LoadProc {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits (bounded) for a stderr line that starts with `prefix`.
+    fn wait_line(&self, prefix: &str) -> bool {
+        let deadline = Instant::now() + RUN_BOUND;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for the exit; returns the exit code, stdout and all of stderr.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let deadline = Instant::now() + RUN_BOUND;
+        while self.child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait");
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        let err = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (status.code(), out, err)
+    }
+}
+
+impl Drop for LoadProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that the in-process server saw no connection reset and sent back every byte it read.
+fn assert_server_saw_clean_closes(s: &upecho::serve::Summary, what: &str) {
+    assert_eq!(s.stats.reset, 0, "{what}: {:?}", s.stats);
+    assert_eq!(s.stats.errors, 0, "{what}: {:?}", s.stats);
+    assert_eq!(s.stats.bytes_in, s.stats.bytes_out, "{what}: {:?}", s.stats);
+    assert!(s.stats.bytes_in > 0, "{what}: {:?}", s.stats);
+}
+
+#[test]
+fn a_finished_run_closes_every_connection_cleanly_and_the_server_returns_every_byte() {
+    for args in [
+        &["-c", "5", "--depth", "4"][..],
+        &["--mode", "bulk", "-c", "3", "-s", "64KiB"],
+        &["--mode", "churn", "-c", "3", "--close", "fin"],
+        &["--mode", "hold", "-c", "20"],
+    ] {
+        let server = util::InProcess::start(upecho::serve::Config::default());
+        let addr = server.tcp.to_string();
+        let mut full = vec![addr.as_str(), "-t", "1", "--warmup", "0.3"];
+        full.extend_from_slice(args);
+        let (code, v, err) = load_json(&full);
+        assert_clean_success(code, &v, &err);
+        assert_server_saw_clean_closes(&server.stop(), &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn churn_with_close_rst_is_the_one_mode_that_resets_on_purpose() {
+    let server = util::InProcess::start(upecho::serve::Config::default());
+    let addr = server.tcp.to_string();
+    let (code, v, err) = load_json(&[
+        &addr, "--mode", "churn", "-c", "2", "--close", "rst", "-t", "1", "--warmup", "0",
+    ]);
+    assert_clean_success(code, &v, &err);
+    let s = server.stop();
+    assert!(s.stats.reset > 0, "{:?}", s.stats);
+}
+
+#[test]
+fn ctrl_c_ends_the_run_interrupted_with_the_summary_exit_130_and_clean_closes() {
+    for mode in ["pingpong", "bulk"] {
+        let server = util::InProcess::start(upecho::serve::Config::default());
+        let addr = server.tcp.to_string();
+        let load = LoadProc::start(&[
+            &addr, "--mode", mode, "-c", "4", "-s", "4KiB", "-t", "60", "--warmup", "0",
+        ]);
+        assert!(load.wait_line("["), "no progress line");
+        load.signal(libc::SIGINT);
+        let (code, out, err) = load.finish();
+        assert_eq!(code, Some(130), "{mode}: {out}\n{err}");
+        assert!(out.starts_with("upecho load: "), "{mode}: {out}\n{err}");
+        assert!(out.contains("  result      INTERRUPTED"), "{mode}: {out}");
+        assert!(!out.contains("result      ok"), "{mode}: {out}");
+        // Even cut short, every connection was closed with FIN after its last reply was read.
+        assert_server_saw_clean_closes(&server.stop(), mode);
+    }
+}
+
+#[test]
+fn sigterm_ends_the_run_interrupted_in_json_with_exit_143() {
+    let server = util::InProcess::start(upecho::serve::Config::default());
+    let addr = server.tcp.to_string();
+    let load = LoadProc::start(&[&addr, "--json", "-c", "2", "-t", "60", "--warmup", "0"]);
+    assert!(load.wait_line("["), "no progress line");
+    load.signal(libc::SIGTERM);
+    let (code, out, err) = load.finish();
+    assert_eq!(code, Some(143), "{out}\n{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["interrupted"], true, "{v:#}");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(err.contains("result      INTERRUPTED"), "{err}");
+    assert_server_saw_clean_closes(&server.stop(), "sigterm");
+}
+
+#[test]
+fn hold_reports_connections_held_answered_and_the_latency_of_the_answers() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    // With --json the text summary goes to stderr: one run checks both.
+    let (code, v, text) = load_json(&[&addr, "--mode", "hold", "-c", "20", "-t", "1"]);
+    assert_clean_success(code, &v, &text);
+    assert_eq!(v["held"], 20, "{v:#}");
+    assert_eq!(v["answered"], 20, "{v:#}");
+    assert_eq!(v["interrupted"], false, "{v:#}");
+    let lat = &v["latency_us"];
+    assert_eq!(lat["count"], 20, "{v:#}");
+    assert!(lat["p50"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert!(lat["p50"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
+    assert!(
+        text.contains("  held        20 connections, 20 answered"),
+        "{text}"
+    );
+    assert!(text.contains("  latency µs  p50 "), "{text}");
+    assert!(text.contains("(mean "), "{text}");
+    assert!(!text.contains("throughput"), "{text}");
+    assert!(!text.contains("none recorded"), "{text}");
+}

@@ -338,7 +338,8 @@ fn resolve(hp: &HostPort, proto: Proto, sources: &[IpAddr]) -> Result<SocketAddr
 }
 
 /// Runs `upecho load`: exit 0 when every byte was right and work got done, 1 when not (or the
-/// address does not resolve, or the report cannot be written), 2 on a usage error.
+/// address does not resolve, or the report cannot be written), 2 on a usage error, 130 (143)
+/// when SIGINT (SIGTERM) cut the run short.
 pub(crate) fn run(args: LoadArgs) -> ExitCode {
     let usage = |e: &dyn std::fmt::Display| {
         say(&format!(
@@ -388,10 +389,12 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         say(&format!("upecho load: cannot write the report: {e}\n"));
         return ExitCode::FAILURE;
     }
-    if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match report.signal {
+        // As a shell reports a command killed by the signal, though this one finished in order
+        // and printed its summary: scripts can tell an interrupted run from a failed one.
+        Some(sig) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)),
+        None if report.ok => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
     }
 }
 

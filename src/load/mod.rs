@@ -23,7 +23,8 @@
 //! must come back within the timeout. So a server that stalled near the end is caught as a
 //! timeout like one that stalled earlier, the last replies are verified too, and the
 //! generator's own closing of its connections afterwards can never be mistaken for the
-//! server's doing.
+//! server's doing. That closing is orderly too (FIN, then read to the server's end of stream;
+//! see `worker`), also when Ctrl-C skipped the drain, so the server counts no resets.
 
 mod config;
 mod payload;
@@ -36,7 +37,7 @@ mod worker;
 
 use std::io::{self, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -131,16 +132,30 @@ fn say(text: &str) -> bool {
 
 /// Runs the load described by `cfg` (as returned by [`LoadConfig::check`]) and returns the
 /// report and the merged latency histogram (nanoseconds). Progress lines go to stderr unless
-/// `cfg.quiet`. SIGINT or SIGTERM during the run ends it early, with the figures so far.
+/// `cfg.quiet`. SIGINT or SIGTERM during the run ends it early, with the figures so far, and the
+/// report says so ([`Report::interrupted`], [`Report::signal`]); a second one exits the process
+/// at once with status 128 + the signal's number, as a shell would.
 pub fn execute(cfg: &LoadConfig) -> (Report, hdrhistogram::Histogram<u64>) {
     let pattern = Pattern::new(PATTERN_SEED, cfg.expect);
     let shared = Shared::new(cfg.threads);
-    // Ctrl-C (or SIGTERM) ends the run early but still reports what was measured.
+    // Which signal ended the run (0: none), and whether one has: the main thread polls the flag.
+    let signal = Arc::new(AtomicUsize::new(0));
     let interrupted = Arc::new(AtomicBool::new(false));
-    let sig_ids: Vec<_> = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
-        .into_iter()
-        .filter_map(|s| signal_hook::flag::register(s, interrupted.clone()).ok())
-        .collect();
+    let mut sig_ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The exit on a second signal is registered first, so that the first one finds the flag
+        // still false and only sets it.
+        let code = 128 + sig;
+        sig_ids.extend(
+            [
+                signal_hook::flag::register_conditional_shutdown(sig, code, interrupted.clone()),
+                signal_hook::flag::register_usize(sig, signal.clone(), sig as usize),
+                signal_hook::flag::register(sig, interrupted.clone()),
+            ]
+            .into_iter()
+            .filter_map(Result::ok),
+        );
+    }
 
     let mut merged = Counts::new();
     let mut window = Window::default();
@@ -174,6 +189,11 @@ pub fn execute(cfg: &LoadConfig) -> (Report, hdrhistogram::Histogram<u64>) {
             }
         }
         window = drive(cfg, &shared, &interrupted, &handles);
+        // Read at the end of the run proper: a signal during the closing below cut nothing short.
+        window.signal = match signal.load(Ordering::Relaxed) {
+            0 => None,
+            sig => Some(sig as i32),
+        };
         for h in handles {
             match h.join() {
                 Ok(s) => merged.merge(&s),
@@ -200,6 +220,8 @@ struct Window {
     client_cpu: Duration,
     server_cpu: Option<Duration>,
     server_rss: Option<u64>,
+    /// The signal that cut the run short, if one did.
+    signal: Option<i32>,
 }
 
 /// The main thread's part: warm-up, window, progress lines, stop.
@@ -277,6 +299,7 @@ fn drive(
             _ => None,
         },
         server_rss: rss,
+        signal: None,
     }
 }
 
@@ -390,7 +413,9 @@ fn build_report(cfg: &LoadConfig, s: &Counts, w: &Window) -> Report {
             cpu_us_per_msg: w.server_cpu.and_then(per_msg),
             rss_bytes: w.server_rss,
         }),
-        ok: failures.is_empty(),
+        interrupted: w.signal.is_some(),
+        signal: w.signal,
+        ok: failures.is_empty() && w.signal.is_none(),
         failures,
     }
 }

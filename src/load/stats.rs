@@ -342,14 +342,21 @@ pub struct Report {
     pub losses: u64,
     pub late_replies: u64,
     pub duplicate_replies: u64,
+    /// hold: connections open when the hold ended, and how many answered the check (whose round
+    /// trips are `latency_us`; hold has no throughput, so `messages` and `bytes` are 0).
     pub held: Option<u64>,
     pub answered: Option<u64>,
     pub client: CpuUse,
     pub server: Option<ServerUse>,
     /// Whether errors, losses and duplicates were only counted (`--tolerate-errors`).
     pub tolerate_errors: bool,
-    /// False when any byte was wrong, nothing got through, (hold) a connection was lost or did
-    /// not answer, or (unless errors are tolerated) any error, loss or duplicate was counted.
+    /// SIGINT or SIGTERM ended the run before its end: the figures cover the window so far.
+    pub interrupted: bool,
+    /// The number of that signal (2 for SIGINT, 15 for SIGTERM); the binary exits 128 + it.
+    pub signal: Option<i32>,
+    /// False when the run was interrupted, any byte was wrong, nothing got through, (hold) a
+    /// connection was lost or did not answer, or (unless errors are tolerated) any error, loss or
+    /// duplicate was counted.
     pub ok: bool,
     /// Why the run failed, one reason each; empty when `ok`.
     pub failures: Vec<String>,
@@ -376,12 +383,14 @@ impl Report {
         );
         if let (Some(h), Some(a)) = (self.held, self.answered) {
             let _ = writeln!(s, "  held        {h} connections, {a} answered");
+        } else {
+            // hold moves no stream worth a rate: what it measured is the line above.
+            let _ = writeln!(
+                s,
+                "  throughput  {:.0} msg/s, {:.2} MB/s ({} messages, {} bytes)",
+                self.msgs_per_s, self.mb_per_s, self.messages, self.bytes
+            );
         }
-        let _ = writeln!(
-            s,
-            "  throughput  {:.0} msg/s, {:.2} MB/s ({} messages, {} bytes)",
-            self.msgs_per_s, self.mb_per_s, self.messages, self.bytes
-        );
         if self.mode == "churn" {
             let _ = writeln!(
                 s,
@@ -391,9 +400,15 @@ impl Report {
         }
         match &self.latency_us {
             Some(l) => {
+                // hold's samples are the round trips of its checks, one per connection answered.
+                let what = if self.held.is_some() {
+                    "checks"
+                } else {
+                    "samples"
+                };
                 let _ = writeln!(
                     s,
-                    "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, {} samples)",
+                    "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (mean {:.1}, {} {what})",
                     l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
                 );
             }
@@ -448,7 +463,24 @@ impl Report {
             };
             let _ = writeln!(s, "  server cpu  {cpu} (pid {}, rss {rss}){why}", sv.pid);
         }
-        if self.ok {
+        if self.interrupted {
+            let by = match self.signal {
+                Some(libc::SIGINT) => "SIGINT".to_string(),
+                Some(libc::SIGTERM) => "SIGTERM".to_string(),
+                Some(n) => format!("signal {n}"),
+                None => "a signal".to_string(),
+            };
+            let also = if self.failures.is_empty() {
+                String::new()
+            } else {
+                format!("; also {}", self.failures.join("; "))
+            };
+            let _ = writeln!(
+                s,
+                "  result      INTERRUPTED by {by} after {:.2} s measured{also}",
+                self.window_s
+            );
+        } else if self.ok {
             let counted = self.errors.total + self.losses + self.duplicate_replies;
             let tolerated = if self.tolerate_errors && counted > 0 {
                 " (errors tolerated)"

@@ -9,7 +9,15 @@
 //!   Idle ──connect()──▶ Connecting ──handshake done──▶ Open ──error / EOF / timeout──▶ Idle
 //!                          │                            │ churn: reply received ─────▶ Idle
 //!                          └── hold: any failure ──▶ Done ◀── hold: any failure ──────┘
+//!
+//!   end of the run (any stage): Open ──shutdown(Write)──▶ Closing ──server's EOF──▶ Idle
 //! ```
+//!
+//! The end is orderly, after a finished run and after Ctrl-C alike: each open connection is
+//! half-closed (FIN), then read (and checked) until the server, having sent what it still owed,
+//! closes its side; only then is the socket closed, with nothing unread. Closing it with unread
+//! bytes instead would make the kernel send RST: the server would count a reset, and the
+//! replies it sent would be thrown away unread.
 //!
 //! At the end (`Stage::Drain`) nothing new is issued or connected, connects still in progress
 //! are abandoned, and the worker ends once no open connection owes a reply; one that still owes
@@ -61,6 +69,8 @@ enum ConnState {
     Open,
     /// hold only: lost, and not reopened.
     Done,
+    /// The run is over: FIN sent, reading until the server's end of stream.
+    Closing,
 }
 
 struct TcpConn {
@@ -215,6 +225,7 @@ impl Flow for TcpFlow {
             ConnState::Idle | ConnState::Done => {}
             ConnState::Connecting => cx.on_connecting(c, token, &mut self.scratch),
             ConnState::Open => cx.service(c, token, &mut self.scratch, writable),
+            ConnState::Closing => cx.read_to_eof(c, token, &mut self.scratch),
         }
     }
 
@@ -232,6 +243,27 @@ impl Flow for TcpFlow {
 
     fn settled(&self) -> bool {
         self.q.ready.is_empty() && self.q.retry.is_empty() && self.q.connecting == 0
+    }
+
+    fn begin_close(&mut self, env: &mut Env) {
+        let mut cx = Cx {
+            env,
+            q: &mut self.q,
+        };
+        cx.q.ready.clear();
+        cx.q.retry.clear();
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            match c.state {
+                // A connect in progress owes nothing and is simply abandoned.
+                ConnState::Connecting => cx.close(c),
+                ConnState::Open => cx.half_close(c, i, &mut self.scratch),
+                ConnState::Idle | ConnState::Done | ConnState::Closing => {}
+            }
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.conns.iter().any(|c| c.state == ConnState::Closing)
     }
 
     fn wake_at(&self, env: &Env, now: Instant) -> Option<Instant> {
@@ -354,7 +386,8 @@ impl Cx<'_, '_> {
         match c.state {
             ConnState::Connecting => self.q.connecting -= 1,
             ConnState::Open => self.env.open -= 1,
-            ConnState::Idle | ConnState::Done => {}
+            // Already not counted as open (see `half_close`).
+            ConnState::Idle | ConnState::Done | ConnState::Closing => {}
         }
         // Dropping closes the descriptor, which also removes it from the epoll set.
         c.stream = None;
@@ -365,6 +398,69 @@ impl Cx<'_, '_> {
         c.done = 0;
         c.want_write = false;
         c.inflight.clear();
+    }
+
+    /// The end of an open connection: send FIN, then read what the server still sends.
+    fn half_close(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8]) {
+        let Some(s) = &c.stream else { return };
+        if s.shutdown(std::net::Shutdown::Write).is_err() {
+            // Not connected any more (the server reset it just now): nothing left to be polite to.
+            self.close(c);
+            return;
+        }
+        self.env.open -= 1;
+        c.state = ConnState::Closing;
+        // The server's reply (or even its FIN) may already be here, and an edge-triggered socket
+        // would not announce it again.
+        self.read_to_eof(c, i, scratch);
+    }
+
+    /// Closing: reads until `WouldBlock` (wait for the next event) or the server's end of stream
+    /// (close). What arrives is still checked, since a wrong byte is wrong at any time, but no
+    /// longer counted as throughput: the window is closed.
+    fn read_to_eof(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8]) {
+        loop {
+            let Some(s) = &mut c.stream else { return };
+            match Outcome::of_read(s.read(scratch)) {
+                Outcome::Moved(n) => {
+                    let got = &scratch[..n];
+                    let id = self.env.ctx.first_conn + i;
+                    if c.rx + n as u64 > c.tx {
+                        let extra = c.rx + n as u64 - c.tx;
+                        self.env.counts.wrong_reply(extra, || {
+                            format!(
+                                "connection {id}: {extra} bytes back more than were sent                                  (after stream byte {}), after the end of the run",
+                                c.tx
+                            )
+                        });
+                        // The stream cannot be matched any more; closing it with bytes unread
+                        // resets it, which such a server has earned.
+                        self.close(c);
+                        return;
+                    }
+                    if let Err(m) = self.env.ctx.pattern.check(c.start + c.rx, got, c.rx) {
+                        self.env.counts.mismatch(m, || format!("connection {id}"));
+                    }
+                    c.rx += n as u64;
+                }
+                Outcome::WouldBlock => return,
+                Outcome::Interrupted => {}
+                Outcome::PeerClosed => {
+                    self.close(c);
+                    return;
+                }
+                Outcome::PeerReset(e) | Outcome::Local(e) => {
+                    // The server reset a connection it had been asked to close in order.
+                    let addr = self.env.ctx.cfg.addr;
+                    let id = self.env.ctx.first_conn + i;
+                    self.env.counts.errors.count(ErrorClass::of(&e), || {
+                        format!("connection {id} to {addr} (Closing): {e}")
+                    });
+                    self.close(c);
+                    return;
+                }
+            }
+        }
     }
 
     /// Reads what has arrived, then writes whatever that (or write space) allows.
@@ -579,10 +675,15 @@ impl Cx<'_, '_> {
             }
             return true;
         }
+        // hold's measurement is its check, which comes after the window: its round trips are
+        // the latency it reports (but not throughput, of which hold has none).
+        let hold_check = cfg.mode == Mode::Hold && self.env.stage == Stage::Check;
         for _ in 0..newly {
             let origin = c.inflight.pop().unwrap_or(now);
             if self.env.measuring() {
                 self.env.counts.msgs += 1;
+            }
+            if self.env.measuring() || hold_check {
                 self.env
                     .counts
                     .latency(now.saturating_duration_since(origin));
@@ -640,7 +741,8 @@ impl Cx<'_, '_> {
             let late = match c.state {
                 ConnState::Connecting => now.duration_since(c.began) > cfg.connect_timeout,
                 ConnState::Open => owes(c) && now.duration_since(c.last) > cfg.timeout,
-                ConnState::Idle | ConnState::Done => false,
+                // Closing is bounded by the worker (CLOSE_BOUND), not by --timeout.
+                ConnState::Idle | ConnState::Done | ConnState::Closing => false,
             };
             if late {
                 let what = match c.state {
@@ -817,6 +919,21 @@ mod tests {
             assert_eq!(c.state, ConnState::Idle);
             assert_eq!(cx.q.ready.front(), Some(&0));
             assert_eq!(cx.env.counts.errors.total, 0);
+        });
+    }
+
+    #[test]
+    fn hold_counts_the_check_answer_and_its_latency_but_no_throughput() {
+        with_flow(&cfg(Mode::Hold, 1), |conns, cx, p| {
+            cx.env.stage = Stage::Check;
+            let c = &mut conns[0];
+            cx.issue_check(c, Instant::now());
+            c.tx = 64;
+            assert!(cx.on_bytes(c, 0, &reply(p, 0, 64)));
+            assert_eq!(cx.env.counts.answered, 1);
+            assert_eq!(cx.env.counts.hist.len(), 1);
+            assert_eq!(cx.env.counts.msgs, 0);
+            assert!(!owes(c));
         });
     }
 

@@ -15,6 +15,10 @@
 //!     ─▶ draining or checking: nothing owed, or time up (drain: flow.end_drain) ─▶ return
 //!     ─▶ flow.on_turn ─▶ deal due messages (flow.on_due) ─▶ publish ─▶ poll ─▶ flow.on_event
 //! ```
+//!
+//! After the last turn (the drain or check done, or the main thread's `Stop` on Ctrl-C), the
+//! flow closes its connections in an orderly way (`flow.begin_close`, then events until
+//! `flow.closing()` is false or `CLOSE_BOUND` passes) before it is dropped.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
@@ -33,6 +37,11 @@ use crate::io_outcome::{Class, classify};
 pub(crate) const TICK: Duration = CHECK_INTERVAL;
 /// The open-loop timer's token: beyond any connection or socket a flow registers.
 const TIMER: Token = Token(usize::MAX);
+/// Longest the worker waits, once the run is over, for the server to answer its FINs. A server
+/// that got the FIN sends what it still owes and closes at once (on loopback, well under a
+/// millisecond), so this is only reached with a stalled server, and it must stay short: after
+/// Ctrl-C someone is waiting for the summary.
+pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// What a readiness event said, apart from mio's type so that tests can make one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,6 +134,14 @@ pub(crate) trait Flow {
     /// When the flow needs the loop awake, besides its events and the tick.
     fn wake_at(&self, _env: &Env, _now: Instant) -> Option<Instant> {
         None
+    }
+    /// The run is over (or interrupted): begin closing every connection in an orderly way, so
+    /// that the server sees a FIN, never a reset. Events keep coming to `on_event` until
+    /// `closing` is false or [`CLOSE_BOUND`] has passed; then the flow is dropped.
+    fn begin_close(&mut self, _env: &mut Env) {}
+    /// Whether a connection is still waiting for the server's end of stream.
+    fn closing(&self) -> bool {
+        false
     }
 }
 
@@ -251,11 +268,42 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
             flow.on_event(&mut env, ev.token().0, ready);
         }
     }
+    close(&mut flow, &mut env, &mut events);
     env.publish(flow.settled());
-    // Dropping the flow closes its sockets; the server sees ordinary closes (and after a drain,
-    // closes of connections that owe nothing).
+    // Dropping the flow closes what is left of its sockets. After `close` that is connections
+    // whose server has closed too (nothing unread, so no RST), or, past the bound, ones whose
+    // server would not.
     drop(flow);
     env.counts
+}
+
+/// The orderly end of every connection: the flow half-closes them all (FIN), then reads each
+/// to the server's end of stream, so that nothing is left unread when it is closed: closing a
+/// socket with unread data makes the kernel send RST, which the server rightly counts as a
+/// reset, and throws away replies the server did send (its bytes out would then exceed what
+/// the generator read). Bounded by [`CLOSE_BOUND`], and done on an interrupted run too.
+fn close<F: Flow>(flow: &mut F, env: &mut Env, events: &mut Events) {
+    flow.begin_close(env);
+    let until = Instant::now() + CLOSE_BOUND;
+    while flow.closing() {
+        let now = Instant::now();
+        if now >= until || !wait(env, events, until - now) {
+            return;
+        }
+        for ev in events.iter() {
+            // The open-loop timer has nothing more to say.
+            if ev.token() == TIMER {
+                continue;
+            }
+            let ready = Readiness {
+                readable: ev.is_readable(),
+                writable: ev.is_writable(),
+                write_closed: ev.is_write_closed(),
+                error: ev.is_error(),
+            };
+            flow.on_event(env, ev.token().0, ready);
+        }
+    }
 }
 
 /// Hands the open-loop messages `due` out round-robin over the lanes.
