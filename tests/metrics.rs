@@ -83,7 +83,10 @@ fn metrics_count_what_the_server_did() {
         sample(&again, "upecho_connections_accepted_total"),
         Some(1.0)
     );
-    assert!(sample(&again, "upecho_scrapes_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(&again, "upecho_scrapes_total").unwrap_or(0.0) >= 1.0,
+        "{again}"
+    );
 }
 
 #[test]

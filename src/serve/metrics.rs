@@ -302,6 +302,9 @@ struct Scrape {
 pub(crate) struct MetricsEndpoint {
     listener: TcpListener,
     scrapes: Slab<Scrape>,
+    /// Requests answered so far. Kept here rather than in the reactor's counters, since one
+    /// accept turn may answer several scrapes from one snapshot.
+    answered: u64,
 }
 
 impl MetricsEndpoint {
@@ -310,7 +313,13 @@ impl MetricsEndpoint {
         Ok(MetricsEndpoint {
             listener,
             scrapes: Slab::with_capacity(MAX_SCRAPERS),
+            answered: 0,
         })
+    }
+
+    /// Requests answered so far.
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered
     }
 
     /// The earliest scrape deadline, for the poll timeout.
@@ -320,18 +329,17 @@ impl MetricsEndpoint {
 
     /// Accepts every waiting scraper (the listener is edge-triggered); past [`MAX_SCRAPERS`] a
     /// connection is closed at once.
-    pub(crate) fn accept(&mut self, registry: &Registry, now: Instant, snap: &Snapshot) -> u64 {
-        let mut answered = 0;
+    pub(crate) fn accept(&mut self, registry: &Registry, now: Instant, snap: &Snapshot) {
         loop {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) => match Outcome::of_error(e) {
                     Outcome::Interrupted => continue,
-                    Outcome::WouldBlock => return answered,
+                    Outcome::WouldBlock => return,
                     // A scraper that gave up, or no descriptor: the next event retries.
                     other => {
                         debug!("metrics accept: {other:?}");
-                        return answered;
+                        return;
                     }
                 },
             };
@@ -357,17 +365,15 @@ impl MetricsEndpoint {
                 deadline: now + SCRAPE_TIMEOUT,
             });
             // Registration reports what is already there, but trying costs one read.
-            answered += self.drive(key, snap);
+            self.drive(key, snap);
         }
     }
 
     /// Moves scrape `key` along: reads the request, answers it, writes the answer, closes.
-    /// Returns 1 if a response was made in this turn (for the `scrapes` counter), else 0.
-    pub(crate) fn drive(&mut self, key: usize, snap: &Snapshot) -> u64 {
+    pub(crate) fn drive(&mut self, key: usize, snap: &Snapshot) {
         let Some(s) = self.scrapes.get_mut(key) else {
-            return 0;
+            return;
         };
-        let mut answered = 0;
         let done = loop {
             if let Some((out, off)) = &mut s.response {
                 match Outcome::of_write(s.stream.write(&out[*off..])) {
@@ -387,9 +393,15 @@ impl MetricsEndpoint {
             match Outcome::of_read(s.stream.read(&mut buf)) {
                 Outcome::Moved(n) => {
                     s.request.extend_from_slice(&buf[..n]);
-                    if let Some(resp) = respond(&s.request, || render(snap)) {
+                    let answered = &mut self.answered;
+                    let resp = respond(&s.request, || {
+                        let mut snap = snap.clone();
+                        snap.stats.scrapes = *answered;
+                        render(&snap)
+                    });
+                    if let Some(resp) = resp {
                         s.response = Some((resp, 0));
-                        answered = 1;
+                        self.answered += 1;
                     }
                 }
                 Outcome::Interrupted => {}
@@ -401,7 +413,6 @@ impl MetricsEndpoint {
         if done {
             self.close(key);
         }
-        answered
     }
 
     /// Closes scrapes past their deadline.

@@ -230,7 +230,7 @@ impl Server {
                 Count(self.conns.len() as u64, "connection")
             );
         }
-        self.fill_accept_pauses(Instant::now());
+        self.fill_own_counters(Instant::now());
         Ok(Summary {
             stats: self.stats,
             forced: self.life.forced,
@@ -282,13 +282,13 @@ impl Server {
             Source::Metrics => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
-                    self.stats.scrapes += m.accept(self.poll.registry(), now, &snap);
+                    m.accept(self.poll.registry(), now, &snap);
                 }
             }
             Source::Scrape(key) => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
-                    self.stats.scrapes += m.drive(key, &snap);
+                    m.drive(key, &snap);
                 }
             }
             Source::Unknown(t) => {
@@ -300,7 +300,7 @@ impl Server {
 
     /// The counters as a scrape reports them.
     fn snapshot(&mut self, now: Instant) -> Snapshot {
-        self.fill_accept_pauses(now);
+        self.fill_own_counters(now);
         Snapshot {
             stats: self.stats.clone(),
             limits: self.limits,
@@ -308,11 +308,14 @@ impl Server {
         }
     }
 
-    /// The acceptor keeps its own pause accounting; the counters show it.
-    fn fill_accept_pauses(&mut self, now: Instant) {
+    /// The acceptor and the metrics endpoint keep their own accounting; the counters show it.
+    fn fill_own_counters(&mut self, now: Instant) {
         let (pauses, paused) = self.acceptor.pauses(now);
         self.stats.accept_pauses = pauses;
         self.stats.accept_paused_ns = u64::try_from(paused.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(m) = &self.metrics {
+            self.stats.scrapes = m.answered();
+        }
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
