@@ -3,10 +3,8 @@
 //! It knows nothing of sockets, so the reactor, the clients and the load generator's verifier all
 //! share exactly the same definition of a correct reply.
 
-use clap::ValueEnum;
-
 /// What the server does to each byte before sending it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Transform {
     /// ASCII `a`-`z` become `A`-`Z`; every other byte is unchanged (Python's `bytes.upper()`).
     #[default]

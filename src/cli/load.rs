@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use upecho::Transform;
+use super::TransformArg;
 use upecho::addr::{AddrError, DEFAULT_ADDR, HostPort};
 use upecho::load::{
     CHECK_INTERVAL, CloseHow, LoadConfig, MAX_RATE, MAX_RUN_DURATION, MAX_TCP_MESSAGE, MIN_RATE,
@@ -176,8 +176,8 @@ pub(crate) struct LoadArgs {
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// The transform every reply must show; any other byte is a mismatch and fails the run.
-    #[arg(long, value_enum, default_value_t = Transform::Upper)]
-    pub expect: Transform,
+    #[arg(long, value_enum, default_value_t = TransformArg::Upper)]
+    pub expect: TransformArg,
     /// churn: how each connection is closed after its reply.
     #[arg(long, value_enum, default_value_t = CloseArg::Fin)]
     pub close: CloseArg,
@@ -290,7 +290,7 @@ fn config(a: &LoadArgs, addr: SocketAddr) -> LoadConfig {
         duration: a.duration,
         warmup: a.warmup,
         rate: a.rate,
-        expect: a.expect,
+        expect: a.expect.into(),
         sources: a.source.clone().map(|s| s.0).unwrap_or_default(),
         close: a.close.into(),
         threads: a.threads as usize,
@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Pingpong);
         assert_eq!(c.proto, Proto::Tcp);
         assert_eq!((c.conns, c.size, c.depth, c.threads), (50, 64, 1, 1));
-        assert_eq!(c.expect, Transform::Upper);
+        assert_eq!(c.expect, upecho::Transform::Upper);
     }
 
     #[test]

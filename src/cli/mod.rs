@@ -15,7 +15,7 @@ mod serve;
 use std::io;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Shown under `--help` of the commands that log: how to turn logging up or down.
 const LOG_HELP: &str = "\
@@ -56,6 +56,25 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `upecho man | man -l -`.
     Man,
+}
+
+/// `--transform` / `--expect` on the command line; the library's [`upecho::Transform`] knows
+/// nothing of clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransformArg {
+    /// ASCII `a`-`z` become `A`-`Z`; every other byte is unchanged (Python's `bytes.upper()`).
+    Upper,
+    /// Bytes unchanged: a plain RFC 862 echo.
+    None,
+}
+
+impl From<TransformArg> for upecho::Transform {
+    fn from(t: TransformArg) -> Self {
+        match t {
+            TransformArg::Upper => upecho::Transform::Upper,
+            TransformArg::None => upecho::Transform::None,
+        }
+    }
 }
 
 /// Parses the command line and runs the subcommand; returns the process's exit code.

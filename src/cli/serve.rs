@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use log::{info, warn};
 
-use upecho::Transform;
+use super::TransformArg;
 use upecho::addr::{DEFAULT_ADDR, HostPort};
 use upecho::net::{self, FD_RESERVE, SocketOptions};
 use upecho::serve::systemd::{self, Notifier};
@@ -71,8 +71,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_stats_interval)]
     pub stats_interval: Duration,
     /// What to do to each byte: `upper` (the tutorial's protocol) or `none` (RFC 862 echo).
-    #[arg(long, value_enum, default_value_t = Transform::Upper)]
-    pub transform: Transform,
+    #[arg(long, value_enum, default_value_t = TransformArg::Upper)]
+    pub transform: TransformArg,
     /// Answer UDP from any source, including privileged ports and broadcast/multicast addresses
     /// (by default they are ignored, as inetd's echo does, to prevent reflection and echo loops).
     #[arg(long)]
@@ -182,7 +182,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let lines = sockets.listening_lines()?;
     let notifier = Notifier::from_env();
     let config = Config {
-        transform: args.transform,
+        transform: args.transform.into(),
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
         max_pending_total: usize::try_from(args.max_pending_total).unwrap_or(usize::MAX),

@@ -33,9 +33,9 @@ pub const UDP_BUDGET: usize = 64;
 /// Largest reply queue, in datagrams and in bytes.
 const QUEUE_MAX_DATAGRAMS: usize = 1024;
 const QUEUE_MAX_BYTES: usize = 4 << 20;
-/// Largest datagram payload (IPv6 jumbograms aside); each receive buffer is this large so nothing
-/// is ever truncated.
-pub const MAX_DATAGRAM: usize = 65_535;
+/// Each receive buffer holds the largest datagram payload there is (IPv6's; jumbograms aside), so
+/// nothing is ever truncated.
+const MAX_DATAGRAM: usize = crate::net::MAX_DATAGRAM_V6;
 /// Datagrams per `recvmmsg`/`sendmmsg`. The buffers are reserved at full size but only the pages
 /// datagrams actually land in become resident.
 pub const BATCH: usize = 16;
