@@ -372,6 +372,7 @@ impl<'a> Session<'a> {
             poll,
             shared: Arc::clone(&self.shared),
             main: Arc::clone(&self.waker),
+            _own_waker: Arc::clone(&reader_waker),
             prompt,
             notifier,
         };
@@ -573,6 +574,10 @@ struct Reader {
     poll: Poll,
     shared: Arc<Mutex<ReaderHandoff>>,
     main: Arc<Waker>,
+    /// The waker the session uses to say "quit". Held here too: if the session dropped the last
+    /// reference, its eventfd would close and leave this thread's poll, and a wake sent just
+    /// before would be lost with it (the reader then waited for the socket to end by itself).
+    _own_waker: Arc<Waker>,
     prompt: Option<console::Waker>,
     notifier: Notifier,
 }

@@ -338,6 +338,7 @@ impl<'a> Interactive<'a> {
             poll,
             shared: Arc::clone(&self.shared),
             main: Arc::clone(&self.waker),
+            _own_waker: Arc::clone(&receiver_waker),
             prompt,
             notifier,
         };
@@ -486,6 +487,9 @@ struct ReplyReceiver {
     poll: Poll,
     shared: Arc<Mutex<ReceiverHandoff>>,
     main: Arc<Waker>,
+    /// The waker the session uses to say "quit", held here too so that its eventfd outlives
+    /// this thread's poll (see the TCP reader).
+    _own_waker: Arc<Waker>,
     prompt: Option<console::Waker>,
     notifier: Notifier,
 }
