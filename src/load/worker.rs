@@ -52,6 +52,17 @@ pub(crate) struct Readiness {
     pub error: bool,
 }
 
+impl Readiness {
+    fn of(ev: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: ev.is_readable(),
+            writable: ev.is_writable(),
+            write_closed: ev.is_write_closed(),
+            error: ev.is_error(),
+        }
+    }
+}
+
 /// Everything a worker has besides its sockets; every [`Flow`] call gets it.
 pub(crate) struct Env<'a> {
     pub ctx: &'a WorkerCtx<'a>,
@@ -259,12 +270,7 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
                 }
                 continue;
             }
-            let ready = Readiness {
-                readable: ev.is_readable(),
-                writable: ev.is_writable(),
-                write_closed: ev.is_write_closed(),
-                error: ev.is_error(),
-            };
+            let ready = Readiness::of(ev);
             flow.on_event(&mut env, ev.token().0, ready);
         }
     }
@@ -295,12 +301,7 @@ fn close<F: Flow>(flow: &mut F, env: &mut Env, events: &mut Events) {
             if ev.token() == TIMER {
                 continue;
             }
-            let ready = Readiness {
-                readable: ev.is_readable(),
-                writable: ev.is_writable(),
-                write_closed: ev.is_write_closed(),
-                error: ev.is_error(),
-            };
+            let ready = Readiness::of(ev);
             flow.on_event(env, ev.token().0, ready);
         }
     }
