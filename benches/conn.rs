@@ -7,7 +7,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use upecho::Transform;
 use upecho::serve::READ_CHUNK;
-use upecho::serve::conn::{Conn, Ctx, Progress};
+use upecho::serve::conn::{Conn, Ctx, Peek, Progress};
 
 /// A socket with one chunk waiting to be read per event and unlimited room to write.
 struct MemSocket {
@@ -25,6 +25,13 @@ impl Read for MemSocket {
         let n = self.chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&self.chunk[..n]);
         Ok(n)
+    }
+}
+
+// Never asked: the benchmarked connections expect no PROXY header.
+impl Peek for MemSocket {
+    fn peek(&self, _: &mut [u8]) -> io::Result<usize> {
+        Err(ErrorKind::Unsupported.into())
     }
 }
 
@@ -61,6 +68,7 @@ fn per_chunk(c: &mut Criterion) {
                     max_pending_total: 256 << 20,
                     budget: 1 << 20,
                     draining: false,
+                    header: None,
                 };
                 let (progress, moved) = conn.drive(&mut ctx);
                 assert!(matches!(progress, Progress::Wait) && moved.written == size);

@@ -13,6 +13,7 @@ use log::{info, warn};
 use super::TransformArg;
 use upecho::addr::{DEFAULT_ADDR, HostPort};
 use upecho::net::{self, FD_RESERVE, SocketOptions};
+use upecho::serve::proxy::{ProxyConfig, TrustedSources};
 use upecho::serve::systemd::{self, Notifier};
 use upecho::serve::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Protocols, Server, SocketSource,
@@ -83,6 +84,23 @@ pub struct ServeArgs {
     /// spoofed datagram) costs 100 replies, so such a loop ends within seconds. 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_UDP_SOURCE_RATE)]
     pub udp_source_rate: u32,
+    /// Read a PROXY protocol header (v1 or v2, told apart by its first bytes) at the start of
+    /// every TCP connection from the `--proxy-from` sources, as nginx's `proxy_protocol on` and
+    /// HAProxy's `send-proxy`/`send-proxy-v2` send it, and use the client address it names in
+    /// the log. The header is never echoed. A trusted source's connection without a valid header
+    /// is closed and counted (proxy_rejected); connections from other sources are served as
+    /// plain clients (any header they send is data).
+    #[arg(long, requires = "proxy_from")]
+    pub proxy_protocol: bool,
+    /// The balancers trusted to send a PROXY header: a comma-separated list of address ranges,
+    /// e.g. 127.0.0.1,10.0.0.0/8,fd00::/8.
+    #[arg(long, value_name = "CIDRS", requires = "proxy_protocol")]
+    pub proxy_from: Option<TrustedSources>,
+    /// How long a trusted source has to send its whole PROXY header, from the connection's
+    /// accept (at least 10ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_idle_timeout,
+          requires = "proxy_protocol")]
+    pub proxy_timeout: Duration,
 }
 
 /// The idle wheel's resolution: a shorter timeout could not be honoured anyway.
@@ -193,14 +211,26 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         udp_source_rate: (args.udp_source_rate > 0).then_some(args.udp_source_rate),
         handle_signals: true,
         notifier: notifier.clone(),
+        proxy: args.proxy_from.clone().map(|from| ProxyConfig {
+            from,
+            timeout: args.proxy_timeout,
+        }),
     };
     let udp_limit = match config.udp_source_rate {
         Some(n) => format!("{n} UDP replies/s per source"),
         None => "no UDP rate limit".into(),
     };
+    let proxy = match &config.proxy {
+        Some(p) => format!(
+            ", PROXY headers from {} within {}",
+            p.from,
+            units::show(p.timeout)
+        ),
+        None => String::new(),
+    };
     info!(
         "upecho {} serving (transform {}, open-file limit {nofile}, up to {max_connections} connection{}, \
-         {} KiB pending per connection, {} KiB in all, {udp_limit}, drain {})",
+         {} KiB pending per connection, {} KiB in all, {udp_limit}, drain {}{proxy})",
         env!("CARGO_PKG_VERSION"),
         config.transform.name(),
         if max_connections == 1 { "" } else { "s" },

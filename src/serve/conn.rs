@@ -7,6 +7,7 @@
 //! produce.
 //!
 //! ```text
+//!   Header ── PROXY header consumed ──▶ Open  (only for connections from --proxy-from sources)
 //!            read 0 (peer EOF)              owed output sent
 //!   Open ───────────────────────▶ ReadClosed ───────────────▶ (Done: the reactor closes)
 //!     │                                                     ▲
@@ -17,14 +18,32 @@
 //! Memory: the transform runs in place in a reactor-wide scratch buffer and the result is written
 //! straight back; only what the socket does not take is copied into the connection's own
 //! [`Pending`] buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
+//! A connection waiting for its PROXY header owns none either: it peeks at what has arrived and
+//! consumes the header only once it is whole.
 
 use std::io::{self, ErrorKind, Read, Write};
 
+use super::proxy::{self, HeaderError, Parsed};
 use crate::Transform;
+
+/// What the state machine needs of a socket besides reading and writing: a look at the bytes
+/// that have arrived without taking them (`MSG_PEEK`), for the PROXY header.
+pub trait Peek {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Peek for mio::net::TcpStream {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        mio::net::TcpStream::peek(self, buf)
+    }
+}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// From a trusted source with `--proxy-protocol`: waiting for the PROXY header, which must
+    /// come before anything is echoed.
+    Header,
     /// Reading input, echoing it back.
     Open,
     /// The peer has sent EOF: nothing more will be read; flushing what is owed, then done.
@@ -43,6 +62,8 @@ pub enum Progress {
     Done,
     /// The socket failed (reset, broken pipe, ...): close it.
     Failed(io::Error),
+    /// The connection should have started with a PROXY header and did not: close it.
+    Rejected(HeaderError),
 }
 
 impl Progress {
@@ -53,6 +74,7 @@ impl Progress {
             Progress::Yield => "yield",
             Progress::Done => "done",
             Progress::Failed(_) => "failed",
+            Progress::Rejected(_) => "rejected",
         }
     }
 }
@@ -75,6 +97,8 @@ pub struct Ctx<'a> {
     pub budget: usize,
     /// The server is shutting down: finish as soon as nothing is owed and nothing is unread.
     pub draining: bool,
+    /// Set by [`Conn::drive`] in the turn a PROXY header is consumed.
+    pub header: Option<proxy::Header>,
 }
 
 /// Bytes moved during one [`Conn::drive`], for the counters and the idle clock.
@@ -133,7 +157,18 @@ pub struct Conn<S> {
     flags: Flags,
 }
 
-impl<S: Read + Write> Conn<S> {
+/// Where taking the PROXY header got to.
+enum HeaderStep {
+    /// Not whole yet: wait for more.
+    Wait,
+    /// Consumed; the payload follows.
+    Taken(proxy::Header),
+    /// The peer closed without sending a byte (a balancer's plain TCP health check).
+    Closed,
+    Bad(HeaderError),
+}
+
+impl<S: Read + Write + Peek> Conn<S> {
     /// A fresh connection. A new socket is assumed ready both ways: trying costs one syscall and
     /// saves waiting for the first event.
     pub fn new(sock: S) -> Conn<S> {
@@ -142,6 +177,14 @@ impl<S: Read + Write> Conn<S> {
             sock,
             state: State::Open,
             flags: Flags(Flags::READABLE | Flags::WRITABLE),
+        }
+    }
+
+    /// A fresh connection that must start with a PROXY header.
+    pub fn expecting_header(sock: S) -> Conn<S> {
+        Conn {
+            state: State::Header,
+            ..Conn::new(sock)
         }
     }
 
@@ -221,6 +264,20 @@ impl<S: Read + Write> Conn<S> {
                     Err(e) => return Err(e),
                 }
             }
+            if self.state == State::Header && self.flags.has(Flags::READABLE) {
+                match self.take_header(ctx)? {
+                    HeaderStep::Wait => break,
+                    HeaderStep::Taken(h) => {
+                        ctx.header = Some(h);
+                        self.state = State::Open;
+                    }
+                    HeaderStep::Closed => {
+                        self.state = State::ReadClosed;
+                        self.flags.set(Flags::READABLE, false);
+                    }
+                    HeaderStep::Bad(e) => return Ok(Progress::Rejected(e)),
+                }
+            }
             if !(self.flags.has(Flags::READABLE) && self.may_read(ctx)) {
                 break;
             }
@@ -259,11 +316,59 @@ impl<S: Read + Write> Conn<S> {
         let idle = self.pending.is_none();
         Ok(match self.state {
             State::ReadClosed if idle => Progress::Done,
-            State::Open if idle && ctx.draining && !self.flags.has(Flags::READABLE) => {
+            State::Open | State::Header
+                if idle && ctx.draining && !self.flags.has(Flags::READABLE) =>
+            {
                 Progress::Done
             }
             _ => Progress::Wait,
         })
+    }
+
+    /// Looks at what has arrived; once it holds a whole header, consumes exactly that much, so
+    /// the payload after it is read as usual.
+    fn take_header(&mut self, ctx: &mut Ctx<'_>) -> io::Result<HeaderStep> {
+        let cap = ctx.scratch.len().min(proxy::MAX_HEADER);
+        let buf = &mut ctx.scratch[..cap];
+        let n = loop {
+            match self.sock.peek(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.flags.set(Flags::READABLE, false);
+                    return Ok(HeaderStep::Wait);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Ok(HeaderStep::Closed);
+        }
+        let h = match proxy::parse(&buf[..n]) {
+            Parsed::Header(h) => h,
+            Parsed::Invalid(e) => return Ok(HeaderStep::Bad(e)),
+            // Everything the peer will send is in: the header never ends.
+            Parsed::Incomplete if self.flags.has(Flags::PEER_FIN) => {
+                return Ok(HeaderStep::Bad(HeaderError::Truncated));
+            }
+            Parsed::Incomplete if n == cap => return Ok(HeaderStep::Bad(HeaderError::TooLong(n))),
+            Parsed::Incomplete => {
+                // All that has arrived was seen; more raises a fresh edge.
+                self.flags.set(Flags::READABLE, false);
+                return Ok(HeaderStep::Wait);
+            }
+        };
+        let mut taken = 0;
+        while taken < h.len {
+            match self.sock.read(&mut ctx.scratch[..h.len - taken]) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(k) => taken += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // Peeked bytes are in the socket until read: this is not the peer's doing.
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(HeaderStep::Taken(h))
     }
 
     /// Writes freshly transformed bytes straight to the socket when nothing is owed, and keeps
@@ -368,6 +473,26 @@ mod tests {
         }
     }
 
+    impl Peek for FakeSocket {
+        fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(k) = self.fail_with {
+                return Err(k.into());
+            }
+            if self.arrived.is_empty() {
+                return if self.eof_arrived {
+                    Ok(0)
+                } else {
+                    Err(ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.arrived.len());
+            for (b, a) in buf.iter_mut().zip(self.arrived.iter()) {
+                *b = *a;
+            }
+            Ok(n)
+        }
+    }
+
     impl Write for FakeSocket {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.interrupted() {
@@ -443,6 +568,7 @@ mod tests {
                         max_pending_total: usize::MAX,
                         budget,
                         draining: false,
+                        header: None,
                     };
                     let (progress, _) = conn.drive(&mut ctx);
                     owed_total = ctx.owed_total;
@@ -453,6 +579,7 @@ mod tests {
                         Progress::Wait => break,
                         Progress::Done => { finished = true; break; }
                         Progress::Failed(e) => prop_assert!(false, "failed: {e}"),
+                        Progress::Rejected(e) => prop_assert!(false, "rejected: {e}"),
                     }
                 }
                 if finished {
@@ -464,6 +591,128 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// A PROXY header in any chunking is consumed whole and reported once, and the peer gets
+        /// exactly the transform of what followed it: never a byte of the header.
+        #[test]
+        fn a_proxy_header_is_consumed_and_the_payload_echoed(
+            v2 in any::<bool>(),
+            ipv6 in any::<bool>(),
+            ports in any::<(u16, u16)>(),
+            tlv in 0usize..200,
+            payload in proptest::collection::vec(any::<u8>(), 0..3000),
+            chunks in proptest::collection::vec(1usize..64, 1..40),
+            scratch_len in 256usize..5000,
+        ) {
+            let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) = if ipv6 {
+                (format!("[2001:db8::7]:{}", ports.0).parse().unwrap(),
+                 format!("[::1]:{}", ports.1).parse().unwrap())
+            } else {
+                (format!("203.0.113.7:{}", ports.0).parse().unwrap(),
+                 format!("127.0.0.1:{}", ports.1).parse().unwrap())
+            };
+            let mut input = if v2 {
+                proxy::tests::v2_header(src, dst, tlv)
+            } else {
+                proxy::tests::v1_header(src, dst)
+            };
+            let header_len = input.len();
+            input.extend_from_slice(&payload);
+            let mut conn = Conn::expecting_header(sock(b"", 1 << 20));
+            let mut scratch = vec![0u8; scratch_len];
+            let mut headers = Vec::new();
+            let mut fed = 0;
+            let mut finished = false;
+            for &c in chunks.iter().cycle().take(10_000) {
+                let n = c.min(input.len() - fed);
+                conn.sock.arrived.extend(&input[fed..fed + n]);
+                fed += n;
+                let eof_now = fed == input.len() && !conn.sock.eof_arrived;
+                conn.sock.eof_arrived |= fed == input.len();
+                conn.on_ready(n > 0, true, eof_now);
+                loop {
+                    let mut cx = ctx(&mut scratch);
+                    cx.max_pending = 1 << 20;
+                    let (p, _) = conn.drive(&mut cx);
+                    headers.extend(cx.header);
+                    match p {
+                        Progress::Yield => continue,
+                        Progress::Wait => break,
+                        Progress::Done => { finished = true; break; }
+                        other => prop_assert!(false, "{other:?}"),
+                    }
+                }
+                if finished {
+                    break;
+                }
+            }
+            prop_assert!(finished);
+            prop_assert_eq!(headers.len(), 1);
+            prop_assert_eq!(headers[0].len, header_len);
+            prop_assert_eq!(headers[0].addrs, Some((src, dst)));
+            prop_assert_eq!(&conn.sock.written, &payload.to_ascii_uppercase());
+        }
+    }
+
+    #[test]
+    fn header_anything_but_a_header_from_a_trusted_source_is_rejected_unanswered() {
+        let mut scratch = [0u8; 512];
+        let mut c = Conn::expecting_header(sock(b"hello world\r\n", 100));
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
+        assert!(
+            matches!(p, Progress::Rejected(HeaderError::Missing)),
+            "{p:?}"
+        );
+        assert!(c.sock.written.is_empty());
+    }
+
+    #[test]
+    fn header_cut_short_by_the_peer_is_rejected_and_silence_then_close_is_a_clean_close() {
+        let mut scratch = [0u8; 512];
+        let mut s = sock(b"PROXY TCP4 1.2.3.4 ", 100);
+        s.eof_arrived = true;
+        let mut c = Conn::expecting_header(s);
+        c.on_ready(true, true, true);
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
+        assert!(
+            matches!(p, Progress::Rejected(HeaderError::Truncated)),
+            "{p:?}"
+        );
+        // A balancer's plain TCP health check: connect, then close without a byte.
+        let mut s = sock(b"", 100);
+        s.eof_arrived = true;
+        let mut c = Conn::expecting_header(s);
+        let (p, _) = c.drive(&mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Done), "{p:?}");
+        assert_eq!(c.state(), State::ReadClosed);
+    }
+
+    #[test]
+    fn header_a_partial_one_waits_without_a_buffer_and_a_drain_ends_the_wait() {
+        let mut scratch = [0u8; 512];
+        let mut c = Conn::expecting_header(sock(b"\r\n\r\n\0\r\nQU", 100));
+        let (p, m) = c.drive(&mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Wait));
+        assert_eq!((m.read, c.sock.arrived.len()), (0, 9), "peeked, not taken");
+        assert!(c.pending.is_none());
+        let mut cx = ctx(&mut scratch);
+        cx.draining = true;
+        assert!(matches!(c.drive(&mut cx).0, Progress::Done));
+    }
+
+    #[test]
+    fn header_bytes_after_it_in_the_same_segment_are_echoed_in_the_same_turn() {
+        let mut scratch = [0u8; 512];
+        let mut c = Conn::expecting_header(sock(b"PROXY UNKNOWN\r\nping", 100));
+        let mut cx = ctx(&mut scratch);
+        let (p, m) = c.drive(&mut cx);
+        assert!(matches!(p, Progress::Wait));
+        assert_eq!(cx.header.map(|h| (h.len, h.addrs)), Some((15, None)));
+        assert_eq!((m.read, c.sock.written.as_slice()), (4, &b"PING"[..]));
+    }
+
     fn ctx(scratch: &mut [u8]) -> Ctx<'_> {
         Ctx {
             scratch,
@@ -473,6 +722,7 @@ mod tests {
             max_pending_total: usize::MAX,
             budget: 1 << 20,
             draining: false,
+            header: None,
         }
     }
 
@@ -584,6 +834,11 @@ mod tests {
                 };
                 buf[..seg.len()].copy_from_slice(&seg);
                 Ok(seg.len())
+            }
+        }
+        impl Peek for Marked {
+            fn peek(&self, _: &mut [u8]) -> io::Result<usize> {
+                unreachable!("no PROXY header expected")
             }
         }
         impl Write for Marked {

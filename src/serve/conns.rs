@@ -14,7 +14,8 @@ use mio::{Interest, Registry};
 use slab::Slab;
 
 use super::conn::{Conn, Ctx, Moved, Progress, State};
-use super::logs::{CloseLine, ConnLog, Peer, Reason};
+use super::logs::{CloseLine, ConnLog, Count, Peer, Reason, Via};
+use super::proxy::{HeaderError, TrustedSources};
 use super::stats::Stats;
 use super::token;
 use crate::Transform;
@@ -38,7 +39,12 @@ pub(crate) enum Close {
     Failed(io::Error),
     Idle,
     DrainTimeout,
+    /// A trusted source's connection did not start with a valid PROXY header.
+    BadHeader(HeaderError),
 }
+
+/// How often at most a refused PROXY header is logged at warn level; the counter has them all.
+const BAD_HEADER_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one turn of a connection came to, for the reactor's other parts.
 pub(crate) struct Turn {
@@ -67,10 +73,15 @@ pub(crate) struct Connections {
     /// Ids, peers, ages and byte counts for the debug log; `None` unless debug logging was on at
     /// start, so that otherwise a connection costs only its 16 bytes in the slab.
     log: Option<ConnLog>,
+    /// `--proxy-from`: connections from these must start with a PROXY header.
+    trusted: Option<TrustedSources>,
+    /// When a refused header was last logged, and how many were refused since unlogged.
+    bad_header_logged: Option<Instant>,
+    bad_headers_unlogged: u64,
 }
 
 impl Connections {
-    pub(crate) fn new(limits: Limits) -> Connections {
+    pub(crate) fn new(limits: Limits, trusted: Option<TrustedSources>) -> Connections {
         Connections {
             // The slab's storage is reserved, not touched: pages become resident only as
             // connections arrive, and the slab never moves while growing.
@@ -83,7 +94,17 @@ impl Connections {
             // Checked once: the level does not change while serving (env_logger sets it once).
             log: log::log_enabled!(log::Level::Debug)
                 .then(|| ConnLog::new(log::log_enabled!(log::Level::Trace))),
+            trusted,
+            bad_header_logged: None,
+            bad_headers_unlogged: 0,
         }
+    }
+
+    /// Whether connection `key` is still waiting for its PROXY header.
+    pub(crate) fn awaiting_header(&self, key: usize) -> bool {
+        self.slab
+            .get(key)
+            .is_some_and(|c| c.state() == State::Header)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -106,14 +127,15 @@ impl Connections {
         !self.run_queue.is_empty()
     }
 
-    /// Registers a freshly accepted stream and returns its key.
+    /// Registers a freshly accepted stream and returns its key, and whether it must start with
+    /// a PROXY header (it comes from a `--proxy-from` source).
     pub(crate) fn insert(
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
         registry: &Registry,
         now: Instant,
-    ) -> io::Result<usize> {
+    ) -> io::Result<(usize, bool)> {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("set TCP_NODELAY for {peer}: {e}");
         }
@@ -126,12 +148,17 @@ impl Connections {
             token::conn(key),
             Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         )?;
-        entry.insert(Conn::new(stream));
+        let proxied = self.trusted.as_ref().is_some_and(|t| t.trusts(peer.ip()));
+        entry.insert(if proxied {
+            Conn::expecting_header(stream)
+        } else {
+            Conn::new(stream)
+        });
         if let Some(log) = &mut self.log {
             let id = log.opened(key, peer, now);
             debug!("conn {id} {peer}: accepted");
         }
-        Ok(key)
+        Ok((key, proxied))
     }
 
     /// Records an event's readiness on connection `key`; false if there is no such connection
@@ -169,9 +196,24 @@ impl Connections {
             max_pending_total: self.limits.max_pending_total,
             budget: FAIR_BUDGET,
             draining,
+            header: None,
         };
         let (progress, moved) = c.drive(&mut ctx);
         self.owed_total = ctx.owed_total;
+        if let Some(h) = ctx.header {
+            stats.proxy_headers += 1;
+            if let (Some(log), Some((client, _))) = (&mut self.log, h.addrs)
+                && let Some(m) = log.proxied(key, client)
+            {
+                debug!(
+                    "conn {} {}{}: PROXY v{} header",
+                    m.id,
+                    m.peer,
+                    Via(m.via),
+                    h.version
+                );
+            }
+        }
         stats.bytes_in += moved.read as u64;
         stats.bytes_out += moved.written as u64;
         if let Some(log) = &mut self.log {
@@ -201,11 +243,12 @@ impl Connections {
                 // Done in `Open` is only ever a drain finding the connection quiet.
                 let why = match c.state() {
                     State::ReadClosed => Close::PeerClosed,
-                    State::Open => Close::Drained,
+                    State::Open | State::Header => Close::Drained,
                 };
                 self.close(key, why, stats)
             }
             Progress::Failed(e) => self.close(key, Close::Failed(e), stats),
+            Progress::Rejected(e) => self.close(key, Close::BadHeader(e), stats),
         };
         self.check_ceiling(stats);
         Turn { moved, closed }
@@ -242,6 +285,10 @@ impl Connections {
                 Reason::Idle
             }
             Close::DrainTimeout => Reason::DrainTimeout,
+            Close::BadHeader(e) => {
+                stats.proxy_rejected += 1;
+                Reason::BadHeader(e)
+            }
             Close::Failed(e) => match classify(e) {
                 Class::Local => {
                     stats.errors += 1;
@@ -280,9 +327,37 @@ impl Connections {
             ),
             (None, _) => {}
         }
+        if let Close::BadHeader(e) = &why {
+            self.log_bad_header(c.socket().peer_addr().ok(), e);
+        }
         // Dropping the stream closes the descriptor, which also removes it from the poll.
         drop(c);
         true
+    }
+
+    /// A trusted source that sends no valid PROXY header is misconfigured (a balancer without
+    /// `send-proxy`, or something else in a trusted range): worth a warning, but at most one
+    /// every [`BAD_HEADER_LOG_EVERY`], as a stream of them must not flood the log.
+    fn log_bad_header(&mut self, peer: Option<SocketAddr>, e: &HeaderError) {
+        let now = Instant::now();
+        if self
+            .bad_header_logged
+            .is_some_and(|t| now.saturating_duration_since(t) < BAD_HEADER_LOG_EVERY)
+        {
+            self.bad_headers_unlogged += 1;
+            return;
+        }
+        let more = std::mem::take(&mut self.bad_headers_unlogged);
+        let since = if more > 0 {
+            format!(
+                " ({} more since the last such line)",
+                Count(more, "connection")
+            )
+        } else {
+            String::new()
+        };
+        warn!("closed a connection from {}: {e}{since}", Peer(peer));
+        self.bad_header_logged = Some(now);
     }
 
     /// Every open connection's key (for a drain timeout, which closes them all).

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::conn::Moved;
+use super::proxy::HeaderError;
 
 /// `n` and a noun, plural unless `n` is 1: "1 connection", "2 connections", "0 bytes".
 pub(crate) struct Count(pub(crate) u64, pub(crate) &'static str);
@@ -32,6 +33,9 @@ pub(crate) struct ConnMeta {
     pub(crate) id: u64,
     /// As `accept` gave it: after a reset `getpeername` fails, and the close line still needs it.
     pub(crate) peer: SocketAddr,
+    /// The balancer it came through, when a PROXY header named the client (then `peer` is the
+    /// client).
+    pub(crate) via: Option<SocketAddr>,
     pub(crate) since: Instant,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
@@ -64,6 +68,7 @@ impl ConnLog {
         self.meta[key] = Some(ConnMeta {
             id,
             peer,
+            via: None,
             since: now,
             bytes_in: 0,
             bytes_out: 0,
@@ -76,6 +81,14 @@ impl ConnLog {
             m.bytes_in += moved.read as u64;
             m.bytes_out += moved.written as u64;
         }
+    }
+
+    /// A PROXY header named connection `key`'s real client.
+    pub(crate) fn proxied(&mut self, key: usize, client: SocketAddr) -> Option<&ConnMeta> {
+        let m = self.meta.get_mut(key)?.as_mut()?;
+        m.via = Some(m.peer);
+        m.peer = client;
+        Some(m)
     }
 
     pub(crate) fn get(&self, key: usize) -> Option<&ConnMeta> {
@@ -98,6 +111,7 @@ pub(crate) enum Reason<'a> {
     Idle,
     DrainTimeout,
     Local(&'a io::Error),
+    BadHeader(&'a HeaderError),
 }
 
 impl fmt::Display for Reason<'_> {
@@ -109,6 +123,7 @@ impl fmt::Display for Reason<'_> {
             Reason::Idle => f.write_str("idle timeout"),
             Reason::DrainTimeout => f.write_str("drain timeout"),
             Reason::Local(e) => write!(f, "local error: {e}"),
+            Reason::BadHeader(e) => write!(f, "{e}"),
         }
     }
 }
@@ -125,14 +140,27 @@ impl fmt::Display for CloseLine<'_> {
         let m = self.meta;
         write!(
             f,
-            "conn {} {} closed: {}; lived {:.3}s, {} in, {} out",
+            "conn {} {}{} closed: {}; lived {:.3}s, {} in, {} out",
             m.id,
             m.peer,
+            Via(m.via),
             self.reason,
             self.now.saturating_duration_since(m.since).as_secs_f64(),
             Count(m.bytes_in, "byte"),
             Count(m.bytes_out, "byte"),
         )
+    }
+}
+
+/// ` via 127.0.0.1:40312` after a proxied client's address, nothing otherwise.
+pub(crate) struct Via(pub(crate) Option<SocketAddr>);
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, " via {a}"),
+            None => Ok(()),
+        }
     }
 }
 

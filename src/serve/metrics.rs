@@ -73,7 +73,7 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
     let s = &snapshot.stats;
     let l = &snapshot.limits;
     let mut out = String::with_capacity(4096);
-    let counters: [(&str, &str, u64); 15] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "upecho_connections_accepted_total",
             "TCP connections accepted and served.",
@@ -143,6 +143,16 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
             "upecho_unknown_events_total",
             "Poll events for tokens the server did not register (ignored).",
             s.unknown_events,
+        ),
+        (
+            "upecho_proxy_headers_total",
+            "PROXY protocol headers read from trusted sources.",
+            s.proxy_headers,
+        ),
+        (
+            "upecho_proxy_rejected_total",
+            "Connections from trusted sources closed for a missing or bad PROXY header.",
+            s.proxy_rejected,
         ),
         (
             "upecho_scrapes_total",

@@ -6,6 +6,7 @@
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
+//! - [`proxy`]: the PROXY protocol: trusted sources, and where a header ends.
 //! - `metrics`: the `--metrics` endpoint (Prometheus text format).
 //! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
@@ -22,6 +23,7 @@ mod lifecycle;
 mod limit;
 mod logs;
 mod metrics;
+pub mod proxy;
 mod reactor;
 mod source;
 mod stats;

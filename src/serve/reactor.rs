@@ -35,6 +35,7 @@ pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
 use super::metrics::{self, MetricsEndpoint, Snapshot};
+use super::proxy::{HeaderError, ProxyConfig};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
 use super::timer::IdleTracker;
@@ -74,6 +75,8 @@ pub struct Config {
     pub handle_signals: bool,
     /// Where to report READY/STOPPING/WATCHDOG (systemd's `sd_notify`); does nothing by default.
     pub notifier: Notifier,
+    /// Read a PROXY protocol header first on connections from these sources.
+    pub proxy: Option<ProxyConfig>,
 }
 
 impl Default for Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             udp_source_rate: Some(DEFAULT_UDP_SOURCE_RATE),
             handle_signals: false,
             notifier: Notifier::default(),
+            proxy: None,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Server {
     acceptor: Acceptor<TcpListener>,
     conns: Connections,
     idle: Option<IdleTracker>,
+    /// `--proxy-timeout`: the deadline for a trusted source's PROXY header.
+    header_wait: Option<IdleTracker>,
     udp: UdpSide,
     life: Lifecycle,
     stats: Stats,
@@ -160,13 +166,20 @@ impl Server {
         Ok(Server {
             transform: config.transform,
             acceptor: Acceptor::new(listeners),
-            conns: Connections::new(Limits {
-                transform: config.transform,
-                max_connections: config.max_connections,
-                max_pending: config.max_pending,
-                max_pending_total: config.max_pending_total,
-            }),
+            conns: Connections::new(
+                Limits {
+                    transform: config.transform,
+                    max_connections: config.max_connections,
+                    max_pending: config.max_pending,
+                    max_pending_total: config.max_pending_total,
+                },
+                config.proxy.as_ref().map(|p| p.from.clone()),
+            ),
             idle: config.idle_timeout.map(|t| IdleTracker::new(t, now)),
+            header_wait: config
+                .proxy
+                .as_ref()
+                .map(|p| IdleTracker::new(p.timeout, now)),
             udp: UdpSide::new(
                 endpoints,
                 UdpPolicy::new(config.udp_guard, config.udp_source_rate),
@@ -211,6 +224,9 @@ impl Server {
             let now = Instant::now();
             if let Some(idle) = &mut self.idle {
                 idle.tick(now);
+            }
+            if let Some(w) = &mut self.header_wait {
+                w.tick(now);
             }
             for event in events.iter() {
                 self.dispatch(event, now);
@@ -324,6 +340,7 @@ impl Server {
         }
         [
             self.idle.as_ref().and_then(IdleTracker::next_wake),
+            self.header_wait.as_ref().and_then(IdleTracker::next_wake),
             self.acceptor.paused_until(),
             self.acceptor.refusals_due(),
             self.stats_log.next(),
@@ -369,7 +386,12 @@ impl Server {
                 continue;
             }
             let key = match self.conns.insert(stream, peer, self.poll.registry(), now) {
-                Ok(key) => key,
+                Ok((key, proxied)) => {
+                    if proxied && let Some(w) = &mut self.header_wait {
+                        w.watch(key);
+                    }
+                    key
+                }
                 Err(e) => {
                     warn!("register connection from {peer}: {e}");
                     continue;
@@ -399,6 +421,14 @@ impl Server {
             let conns = &self.conns;
             for key in idle.expired(|k| conns.contains(k)) {
                 self.close(key, Close::Idle);
+            }
+        }
+        if let Some(w) = &mut self.header_wait {
+            // Stamped once, at accept, and never touched: the header has a deadline, not an
+            // idle clock. A connection past its header is no longer "live" here.
+            let conns = &self.conns;
+            for key in w.expired(|k| conns.awaiting_header(k)) {
+                self.close(key, Close::BadHeader(HeaderError::TimedOut));
             }
         }
         self.acceptor.on_timer(now);

@@ -40,6 +40,11 @@ pub struct Stats {
     pub accept_paused_ns: u64,
     /// Metrics requests answered (`--metrics`).
     pub scrapes: u64,
+    /// PROXY headers read from trusted sources (`--proxy-protocol`).
+    pub proxy_headers: u64,
+    /// Connections from trusted sources closed for a missing, malformed, oversized, truncated
+    /// or late PROXY header.
+    pub proxy_rejected: u64,
 }
 
 /// When the periodic counters line is due, and the counters at the last one, for its rates.
@@ -135,7 +140,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "tcp: active={} accepted={} refused={} reset={} errors={} idle_closed={} bytes_in={} bytes_out={} \
-             pending={} ceiling_reached={}; udp: in={} out={} dropped={} ignored={}",
+             pending={} ceiling_reached={} proxy_headers={} proxy_rejected={}; udp: in={} out={} \
+             dropped={} ignored={}",
             self.active,
             self.accepted,
             self.refused,
@@ -146,6 +152,8 @@ impl fmt::Display for Stats {
             self.bytes_out,
             self.pending_bytes,
             self.ceiling_reached,
+            self.proxy_headers,
+            self.proxy_rejected,
             self.datagrams_in,
             self.datagrams_out,
             self.datagrams_dropped,
