@@ -202,16 +202,29 @@ impl Connections {
         self.owed_total = ctx.owed_total;
         if let Some(h) = ctx.header {
             stats.proxy_headers += 1;
-            if let (Some(log), Some((client, _))) = (&mut self.log, h.addrs)
-                && let Some(m) = log.proxied(key, client)
-            {
-                debug!(
-                    "conn {} {}{}: PROXY v{} header",
-                    m.id,
-                    m.peer,
-                    Via(m.via),
-                    h.version
-                );
+            if let Some(log) = &mut self.log {
+                match h.addrs {
+                    Some((client, _)) => {
+                        if let Some(m) = log.proxied(key, client) {
+                            debug!(
+                                "conn {} {}{}: PROXY v{} header",
+                                m.id,
+                                m.peer,
+                                Via(m.via),
+                                h.version
+                            );
+                        }
+                    }
+                    None => {
+                        if let Some(m) = log.get(key) {
+                            debug!(
+                                "conn {} {}: PROXY v{} header with no client address (the \
+                                 balancer's own connection, e.g. a health check)",
+                                m.id, m.peer, h.version
+                            );
+                        }
+                    }
+                }
             }
         }
         stats.bytes_in += moved.read as u64;
