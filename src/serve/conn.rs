@@ -455,20 +455,8 @@ mod tests {
             if self.interrupted() {
                 return Err(ErrorKind::Interrupted.into());
             }
-            if let Some(k) = self.fail_with {
-                return Err(k.into());
-            }
-            if self.arrived.is_empty() {
-                return if self.eof_arrived {
-                    Ok(0)
-                } else {
-                    Err(ErrorKind::WouldBlock.into())
-                };
-            }
-            let n = buf.len().min(self.arrived.len());
-            for (i, b) in self.arrived.drain(..n).enumerate() {
-                buf[i] = b;
-            }
+            let n = self.peek(buf)?;
+            self.arrived.drain(..n);
             Ok(n)
         }
     }

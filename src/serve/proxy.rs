@@ -407,28 +407,18 @@ pub(crate) mod tests {
     }
 
     fn arb_addrs() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
-        prop_oneof![
-            (
-                any::<[u8; 4]>(),
-                any::<u16>(),
-                any::<[u8; 4]>(),
-                any::<u16>()
-            )
-                .prop_map(|(a, p, b, q)| (
-                    SocketAddr::new(IpAddr::from(a), p),
-                    SocketAddr::new(IpAddr::from(b), q)
-                )),
-            (
-                any::<[u8; 16]>(),
-                any::<u16>(),
-                any::<[u8; 16]>(),
-                any::<u16>()
-            )
-                .prop_map(|(a, p, b, q)| (
-                    SocketAddr::new(IpAddr::from(a), p),
-                    SocketAddr::new(IpAddr::from(b), q)
-                )),
-        ]
+        (any::<bool>(), any::<[[u8; 16]; 2]>(), any::<[u16; 2]>()).prop_map(
+            |(v6, [a, b], [p, q])| {
+                let ip = |x: [u8; 16]| {
+                    if v6 {
+                        IpAddr::from(x)
+                    } else {
+                        IpAddr::from([x[0], x[1], x[2], x[3]])
+                    }
+                };
+                (SocketAddr::new(ip(a), p), SocketAddr::new(ip(b), q))
+            },
+        )
     }
 
     proptest! {
