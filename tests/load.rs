@@ -1072,3 +1072,651 @@ fn hold_reports_connections_held_answered_and_the_latency_of_the_answers() {
     assert!(!text.contains("throughput"), "{text}");
     assert!(!text.contains("none recorded"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Past one process, second by second, PROXY headers (issues 9, 11, 10).
+// ---------------------------------------------------------------------------------------------
+
+/// A scratch directory removed on drop.
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// The histograms of an interval log, untagged (the whole run) and by tag (its parts), added
+/// up here from the file alone: base64, then HdrHistogram's V2 deserializer.
+struct LogSums {
+    untagged: hdrhistogram::Histogram<u64>,
+    tagged: std::collections::BTreeMap<String, hdrhistogram::Histogram<u64>>,
+    untagged_intervals: usize,
+}
+
+fn read_hlog(path: &std::path::Path) -> LogSums {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Deserializer;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let bytes = std::fs::read(path).expect("read the log");
+    let new = || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut sums = LogSums {
+        untagged: new(),
+        tagged: Default::default(),
+        untagged_intervals: 0,
+    };
+    for e in IntervalLogIterator::new(&bytes) {
+        let LogEntry::Interval(i) = e.expect("a valid interval log") else {
+            continue;
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(i.encoded_histogram())
+            .expect("base64");
+        let h: hdrhistogram::Histogram<u64> =
+            Deserializer::new().deserialize(&mut &raw[..]).expect("V2");
+        match i.tag() {
+            None => {
+                sums.untagged.add(&h).unwrap();
+                sums.untagged_intervals += 1;
+            }
+            Some(t) => sums
+                .tagged
+                .entry(t.as_str().to_string())
+                .or_insert_with(new)
+                .add(&h)
+                .unwrap(),
+        }
+    }
+    sums
+}
+
+/// Asserts that the report's `latency_us` is exactly that of histogram `h` (the same
+/// arithmetic as the generator's, so equal to the last bit).
+fn assert_latency_is(lat: &Value, h: &hdrhistogram::Histogram<u64>, what: &str) {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    assert_eq!(lat["count"].as_u64(), Some(h.len()), "{what}: {lat}");
+    assert_eq!(
+        lat["p50"].as_f64(),
+        Some(us(h.value_at_quantile(0.5))),
+        "{what}"
+    );
+    assert_eq!(
+        lat["p99"].as_f64(),
+        Some(us(h.value_at_quantile(0.99))),
+        "{what}"
+    );
+    assert_eq!(
+        lat["p999"].as_f64(),
+        Some(us(h.value_at_quantile(0.999))),
+        "{what}"
+    );
+    assert_eq!(lat["max"].as_f64(), Some(us(h.max())), "{what}");
+}
+
+#[test]
+fn a_run_over_two_processes_reports_merged_totals_and_the_merge_of_their_histograms() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let dir = scratch();
+    let hlog = dir.path().join("run.hlog");
+    let hgrm = dir.path().join("run.hgrm");
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "6",
+        "--processes",
+        "2",
+        "--depth",
+        "2",
+        "-t",
+        "1.5",
+        "--warmup",
+        "0.3",
+        "--histogram-log",
+        hlog.to_str().unwrap(),
+        "--histogram",
+        hgrm.to_str().unwrap(),
+    ]);
+    assert_clean_success(code, &v, &err);
+    assert_eq!(v["processes"], 2, "{v:#}");
+    assert!(err.contains("2 processes x 1 thread(s)"), "{err}");
+    let parts = v["per_process"].as_array().expect("per_process");
+    assert_eq!(parts.len(), 2, "{v:#}");
+    let sum = |k: &str| parts.iter().map(|p| p[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("connections"), 6);
+    assert_eq!(sum("messages"), v["messages"].as_u64().unwrap());
+    assert_eq!(sum("bytes"), v["bytes"].as_u64().unwrap());
+    assert!(
+        parts.iter().all(|p| p["messages"].as_u64().unwrap() > 0),
+        "{v:#}"
+    );
+    // Each process's histogram, as its own tagged seconds in the log; their merge is the whole
+    // run's seconds, and exactly what the report, the .hgrm and the series say.
+    let log = read_hlog(&hlog);
+    assert_eq!(log.tagged.len(), 2, "tags: {:?}", log.tagged.keys());
+    let mut merged = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        let mine = &log.tagged[&format!("p{i}")];
+        assert_latency_is(&p["latency_us"], mine, &format!("process {i}"));
+        merged.add(mine).unwrap();
+    }
+    assert_eq!(merged, log.untagged);
+    assert_latency_is(&v["latency_us"], &merged, "merged");
+    assert_eq!(
+        std::fs::read_to_string(&hgrm).unwrap(),
+        upecho::load::hgrm(&merged)
+    );
+    let series = v["series"].as_array().expect("series");
+    assert_eq!(series.len(), log.untagged_intervals, "{v:#}");
+    assert!((1..=3).contains(&series.len()), "{v:#}");
+    let ssum = |f: &dyn Fn(&Value) -> u64| series.iter().map(f).sum::<u64>();
+    assert_eq!(
+        ssum(&|s| s["messages"].as_u64().unwrap()),
+        v["messages"].as_u64().unwrap()
+    );
+    assert_eq!(
+        ssum(&|s| s["latency_us"]["count"].as_u64().unwrap_or(0)),
+        merged.len()
+    );
+    assert!(
+        series.iter().all(|s| s["phase"] == "run" && s["open"] == 6),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn hold_over_processes_holds_every_connection_and_each_answers() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let load = LoadProc::start(&[
+        &addr,
+        "--mode",
+        "hold",
+        "-c",
+        "40",
+        "--processes",
+        "2",
+        "-t",
+        "1.2",
+        "--json",
+    ]);
+    let (code, out, err) = load.finish();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (v["held"].as_u64(), v["answered"].as_u64()),
+        (Some(40), Some(40)),
+        "{v:#}"
+    );
+    assert_eq!(v["latency_us"]["count"], 40, "{v:#}");
+    for p in v["per_process"].as_array().unwrap() {
+        assert_eq!(
+            (p["held"].as_u64(), p["answered"].as_u64()),
+            (Some(20), Some(20)),
+            "{v:#}"
+        );
+    }
+    let series = v["series"].as_array().unwrap();
+    let check = series.last().unwrap();
+    assert_eq!(
+        (check["phase"].as_str(), check["answered"].as_u64()),
+        (Some("check"), Some(40))
+    );
+    assert!(
+        series[..series.len() - 1]
+            .iter()
+            .all(|s| s["phase"] == "hold" && s["open"] == 40)
+    );
+    // The hold's progress says what it holds, not a throughput of nothing.
+    assert!(
+        err.contains(" hold   established      40  errors 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains(" check  answered      40 of 40 held  p50 "),
+        "{err}"
+    );
+    assert!(
+        !err.lines()
+            .any(|l| l.contains(" hold ") && l.contains("msg/s")),
+        "{err}"
+    );
+}
+
+#[test]
+fn progress_lines_carry_each_second_s_latency_and_the_json_its_series() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let load = LoadProc::start(&[&addr, "-c", "2", "-t", "2", "--warmup", "0.5", "--json"]);
+    let (code, out, err) = load.finish();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let run_lines: Vec<&str> = err.lines().filter(|l| l.contains("] run ")).collect();
+    assert!(!run_lines.is_empty(), "{err}");
+    for l in &run_lines {
+        assert!(
+            l.contains(" msg/s ") && l.contains(" p50 ") && l.contains(" µs  p99 "),
+            "{l}"
+        );
+    }
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2, "{v:#}");
+    for s in series {
+        let l = &s["latency_us"];
+        assert!(
+            l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap(),
+            "{s}"
+        );
+        assert!(
+            l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap(),
+            "{s}"
+        );
+        assert!(s["secs"].as_f64().unwrap() > 0.5, "{s}");
+    }
+}
+
+/// The children of process `pid`, from /proc (the kernel lists them per thread).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return kids;
+    };
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            kids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    kids
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited: its state in /proc/PID/stat is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn ctrl_c_to_the_parent_stops_every_process_in_order_and_still_reports() {
+    let server = util::InProcess::start(upecho::serve::Config::default());
+    let addr = server.tcp.to_string();
+    let load = LoadProc::start(&[
+        &addr,
+        "-c",
+        "4",
+        "--processes",
+        "2",
+        "-t",
+        "60",
+        "--warmup",
+        "0",
+    ]);
+    assert!(load.wait_line("["), "no progress line");
+    let kids = children_of(load.child.id());
+    assert_eq!(kids.len(), 2, "children: {kids:?}");
+    load.signal(libc::SIGINT);
+    let (code, out, err) = load.finish();
+    assert_eq!(code, Some(130), "{out}\n{err}");
+    assert!(out.contains("  result      INTERRUPTED by SIGINT"), "{out}");
+    assert!(out.contains("  processes   2: connections 2..2"), "{out}");
+    assert!(kids.iter().all(|&k| !alive(k)), "left running: {kids:?}");
+    assert_server_saw_clean_closes(&server.stop(), "processes, ctrl-c");
+}
+
+#[test]
+fn children_die_with_a_parent_that_is_killed() {
+    let server = util::InProcess::start(upecho::serve::Config::default());
+    let addr = server.tcp.to_string();
+    let load = LoadProc::start(&[
+        &addr,
+        "-c",
+        "4",
+        "--processes",
+        "2",
+        "-t",
+        "60",
+        "--warmup",
+        "0",
+    ]);
+    assert!(load.wait_line("["), "no progress line");
+    let kids = children_of(load.child.id());
+    assert_eq!(kids.len(), 2, "children: {kids:?}");
+    load.signal(libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kids.iter().any(|&k| alive(k)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(kids.iter().all(|&k| !alive(k)), "orphans: {kids:?}");
+    drop(load);
+    // They stopped in order, as after Ctrl-C: the server saw FINs, not resets.
+    assert_server_saw_clean_closes(&server.stop(), "processes, parent killed");
+}
+
+#[test]
+fn processes_are_checked_against_the_limits_of_each_process() {
+    let out = load(&[
+        "127.0.0.1:9",
+        "-c",
+        "30000",
+        "--source",
+        "127.0.0.2-127.0.0.3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--processes 2"), "{err}");
+    for bad in ["0", "257", "x"] {
+        let out = load(&["127.0.0.1:9", "--processes", bad]);
+        assert_eq!(out.status.code(), Some(2), "--processes {bad}");
+    }
+}
+
+#[test]
+fn load_merge_adds_up_logs_of_separate_runs() {
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let dir = scratch();
+    let logs: Vec<_> = ["a.hlog", "b.hlog"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    let mut messages = 0;
+    let mut merged = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for (c, log) in ["1", "3"].iter().zip(&logs) {
+        let (code, v, err) = load_json(&[
+            &addr,
+            "-c",
+            c,
+            "-t",
+            "0.6",
+            "--warmup",
+            "0",
+            "--histogram-log",
+            log.to_str().unwrap(),
+        ]);
+        assert_clean_success(code, &v, &err);
+        messages += v["messages"].as_u64().unwrap();
+        merged.add(&read_hlog(log).untagged).unwrap();
+    }
+    let hgrm = dir.path().join("m.hgrm");
+    let out = Command::new(bin())
+        .arg("load-merge")
+        .args(&logs)
+        .args(["--json", "--histogram", hgrm.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["messages"].as_u64(), Some(messages), "{v:#}");
+    assert_eq!(v["reports"], 2);
+    assert_eq!(v["connections"], 4);
+    assert_latency_is(&v["latency_us"], &merged, "load-merge");
+    assert_eq!(
+        std::fs::read_to_string(&hgrm).unwrap(),
+        upecho::load::hgrm(&merged)
+    );
+    assert!(err.contains("upecho load-merge: 2 log(s)"), "{err}");
+    assert!(err.contains("  result      ok"), "{err}");
+    // A log that is not there is one line and exit 1; no log at all is a usage error.
+    let out = Command::new(bin())
+        .args(["load-merge", "/nonexistent.hlog"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = Command::new(bin()).arg("load-merge").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_interval_log_is_read_by_hdrhistogram_s_own_log_processor() {
+    // HdrHistogram's Java HistogramLogProcessor (Debian: libhdrhistogram-java), when present.
+    let jar = "/usr/share/java/hdrhistogram.jar";
+    let java = Command::new("java").arg("-version").output();
+    if !std::path::Path::new(jar).exists() || java.is_err() {
+        eprintln!("skipped: needs java and {jar} (apt-get install libhdrhistogram-java)");
+        return;
+    }
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let dir = scratch();
+    let hlog = dir.path().join("run.hlog");
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "4",
+        "--processes",
+        "2",
+        "-t",
+        "1.2",
+        "--warmup",
+        "0",
+        "--histogram-log",
+        hlog.to_str().unwrap(),
+    ]);
+    assert_clean_success(code, &v, &err);
+    let out = Command::new("java")
+        .args(["-cp", jar, "org.HdrHistogram.HistogramLogProcessor", "-i"])
+        .arg(&hlog)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its summary line counts exactly the run's samples (its values are in milliseconds).
+    let count = v["latency_us"]["count"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("Total count    = {count:>12}]")),
+        "{count}:\n{text}"
+    );
+    // And each process's part, by its tag.
+    let p0 = v["per_process"][0]["latency_us"]["count"].as_u64().unwrap();
+    let out = Command::new("java")
+        .args([
+            "-cp",
+            jar,
+            "org.HdrHistogram.HistogramLogProcessor",
+            "-tag",
+            "p0",
+            "-i",
+        ])
+        .arg(&hlog)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Total count    = {p0:>12}]")),
+        "{p0}:\n{text}"
+    );
+}
+
+/// A raw TCP listener standing in for a server behind a load balancer: every connection must
+/// begin with the PROXY header naming its real addresses; after it, bytes are upper-cased back.
+struct ProxyListener {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    verdicts: std::sync::Arc<std::sync::Mutex<Vec<Result<(), String>>>>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+/// The header the specification says, written out here by hand (not with the crate the
+/// generator uses): v1's text line, or v2's signature, version/command, family, length,
+/// addresses and ports.
+fn expected_header(v2: bool, src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+    use std::net::IpAddr;
+    if !v2 {
+        let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+        return format!(
+            "PROXY {fam} {} {} {} {}\r\n",
+            src.ip(),
+            dst.ip(),
+            src.port(),
+            dst.port()
+        )
+        .into_bytes();
+    }
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21);
+    let addrs: Vec<u8> = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            h.push(0x11);
+            [a.octets(), b.octets()].concat()
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            h.push(0x21);
+            [a.octets(), b.octets()].concat()
+        }
+        _ => unreachable!(),
+    };
+    h.extend_from_slice(&((addrs.len() + 4) as u16).to_be_bytes());
+    h.extend_from_slice(&addrs);
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+impl ProxyListener {
+    fn start(bind: &str, v2: bool) -> ProxyListener {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind(bind).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let verdicts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s2, v2s) = (stop.clone(), verdicts.clone());
+        let accept = thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let (mut c, peer) = match l.accept() {
+                    Ok(x) => x,
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                };
+                let verdicts = v2s.clone();
+                thread::spawn(move || {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let want = expected_header(v2, peer, c.local_addr().unwrap());
+                    let mut got = vec![0u8; want.len()];
+                    let verdict = match c.read_exact(&mut got) {
+                        Ok(()) if got == want => Ok(()),
+                        Ok(()) => Err(format!("from {peer}: got {got:?}, want {want:?}")),
+                        Err(e) => Err(format!("from {peer}: {e}")),
+                    };
+                    let ok = verdict.is_ok();
+                    verdicts.lock().unwrap().push(verdict);
+                    if !ok {
+                        return;
+                    }
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        buf[..n].make_ascii_uppercase();
+                        if c.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        ProxyListener {
+            addr,
+            stop,
+            verdicts,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for ProxyListener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn send_proxy_begins_every_connection_with_the_exact_header_v1_and_v2_ipv4_and_ipv6() {
+    for (bind, v2, mode) in [
+        ("127.0.0.1:0", false, "pingpong"),
+        ("127.0.0.1:0", true, "pingpong"),
+        ("[::1]:0", false, "pingpong"),
+        ("[::1]:0", true, "churn"),
+    ] {
+        let what = format!("{bind} v{} {mode}", if v2 { 2 } else { 1 });
+        let server = ProxyListener::start(bind, v2);
+        let addr = server.addr.to_string();
+        let mut args = vec![
+            addr.as_str(),
+            "--send-proxy",
+            if v2 { "v2" } else { "v1" },
+            "--mode",
+            mode,
+            "-c",
+            "3",
+            "-t",
+            "0.4",
+            "--warmup",
+            "0",
+        ];
+        if bind.starts_with('1') {
+            args.extend(["--source", "127.0.0.2-127.0.0.3"]);
+        }
+        let (code, v, err) = load_json(&args);
+        assert_clean_success(code, &v, &err);
+        assert_eq!(v["send_proxy"], if v2 { "v2" } else { "v1" }, "{what}");
+        let verdicts = server.verdicts.lock().unwrap().clone();
+        let connections = if mode == "churn" {
+            assert!(v["connects"].as_u64().unwrap() > 3, "{what}: {v:#}");
+            v["connects"].as_u64().unwrap() as usize
+        } else {
+            3
+        };
+        // Churn: one header per connection, every one of them.
+        assert!(
+            verdicts.len() >= connections,
+            "{what}: {} headers",
+            verdicts.len()
+        );
+        let bad: Vec<_> = verdicts.iter().filter_map(|v| v.as_ref().err()).collect();
+        assert!(bad.is_empty(), "{what}: {bad:?}");
+    }
+}
+
+#[test]
+fn send_proxy_to_a_server_that_echoes_the_header_fails_and_says_why() {
+    // upecho serve without --proxy-protocol echoes the header back as data.
+    let server = ServerProc::start(&[]);
+    let addr = server.tcp().to_string();
+    let (code, v, _) = load_json(&[
+        &addr,
+        "--send-proxy",
+        "v1",
+        "-c",
+        "1",
+        "-t",
+        "0.3",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(failures(&v).contains("--proxy-protocol"), "{v:#}");
+    let out = load(&["127.0.0.1:9", "--proto", "udp", "--send-proxy", "v2"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -202,3 +202,72 @@ fn proxy_flags_need_each_other_and_a_valid_range() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
 }
+
+/// `upecho load --send-proxy` against `upecho serve --proxy-protocol`: the project's own tools
+/// exercise the whole path, in both versions and in ping-pong and churn.
+#[test]
+fn upecho_load_sends_headers_the_server_takes() {
+    for (version, mode, conns) in [
+        ("v1", "pingpong", "3"),
+        ("v2", "pingpong", "3"),
+        ("v2", "churn", "2"),
+    ] {
+        let s = trusting_loopback(&[]);
+        let out = std::process::Command::new(util::bin())
+            .args([
+                "load",
+                &s.tcp().to_string(),
+                "--send-proxy",
+                version,
+                "--mode",
+                mode,
+            ])
+            .args([
+                "-c", conns, "-t", "500ms", "--warmup", "0", "--quiet", "--json",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{version} {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = stop(s);
+        let counters = log
+            .lines()
+            .find(|l| l.contains("final counters"))
+            .expect("final counters");
+        let field = |name: &str| -> u64 {
+            counters
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.trim_end_matches(';').parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {counters}"))
+        };
+        // Every connection the load made sent one header, and none was refused.
+        assert_eq!(field("proxy_rejected="), 0, "{counters}");
+        assert_eq!(field("proxy_headers="), field("accepted="), "{counters}");
+        assert!(field("accepted=") >= 2, "{counters}");
+        assert!(log.contains(&format!(": PROXY {version} header")), "{log}");
+    }
+}
+
+#[test]
+fn upecho_load_with_send_proxy_against_a_server_without_it_fails_and_says_why() {
+    let s = ServerProc::start(&[]);
+    let out = std::process::Command::new(util::bin())
+        .args(["load", &s.tcp().to_string(), "--send-proxy", "v1"])
+        .args(["-c", "1", "-t", "300ms", "--warmup", "0", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // The summary, and with it the hint, goes to stdout.
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("server must take the header off"),
+        "{summary}"
+    );
+    assert!(summary.contains("--proxy-protocol"), "{summary}");
+    stop(s);
+}

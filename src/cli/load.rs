@@ -18,8 +18,8 @@ use clap::{Args, ValueEnum};
 use super::TransformArg;
 use upecho::addr::{AddrError, DEFAULT_ADDR, HostPort};
 use upecho::load::{
-    CHECK_INTERVAL, CloseHow, LoadConfig, MAX_RATE, MAX_RUN_DURATION, MAX_TCP_MESSAGE, MIN_RATE,
-    MachineLimits, Mode,
+    CHECK_INTERVAL, CloseHow, HlogWriter, LoadConfig, MAX_RATE, MAX_RUN_DURATION, MAX_TCP_MESSAGE,
+    MIN_RATE, MachineLimits, Mode, ProxyVersion,
 };
 use upecho::net::Proto;
 use upecho::units::{parse_duration, parse_size};
@@ -85,6 +85,24 @@ impl From<CloseArg> for CloseHow {
         match c {
             CloseArg::Fin => CloseHow::Fin,
             CloseArg::Rst => CloseHow::Rst,
+        }
+    }
+}
+
+/// `--send-proxy`: the PROXY protocol header each connection begins with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProxyArg {
+    /// The text line: PROXY TCP4 src dst sport dport.
+    V1,
+    /// The binary header (what HAProxy's send-proxy-v2 sends).
+    V2,
+}
+
+impl From<ProxyArg> for ProxyVersion {
+    fn from(p: ProxyArg) -> ProxyVersion {
+        match p {
+            ProxyArg::V1 => ProxyVersion::V1,
+            ProxyArg::V2 => ProxyVersion::V2,
         }
     }
 }
@@ -185,10 +203,20 @@ pub(crate) struct LoadArgs {
     /// connections fit per source address and server address).
     #[arg(long, value_name = "ADDRS")]
     pub source: Option<Sources>,
-    /// Independent event loops, each on its own thread with its share of the connections.
+    /// Independent event loops, each on its own thread with its share of the connections
+    /// (per process, with --processes).
     #[arg(long, default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=upecho::load::MAX_THREADS as i64))]
     pub threads: u32,
+    /// Spread the connections over N processes, each with its own open-file limit (one summary,
+    /// latency histograms merged); e.g. -c 100000 --processes 6 --source 127.0.0.2-127.0.0.9.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=upecho::load::MAX_PROCESSES as i64))]
+    pub processes: u32,
+    /// Begin every TCP connection with a PROXY protocol header (v1 text, v2 binary) naming its
+    /// real source and destination, as a load balancer would.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub send_proxy: Option<ProxyArg>,
     /// How long without a reply before a message counts as timed out (UDP: lost).
     #[arg(long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
@@ -206,6 +234,16 @@ pub(crate) struct LoadArgs {
     /// Write the latency distribution to FILE in HdrHistogram's .hgrm text form (milliseconds).
     #[arg(long, value_name = "FILE")]
     pub histogram: Option<PathBuf>,
+    /// Write one latency histogram per second of the window to FILE in HdrHistogram's interval
+    /// log format (.hlog, for HistogramLogProcessor and `upecho load-merge`).
+    #[arg(long, value_name = "FILE")]
+    pub histogram_log: Option<PathBuf>,
+    /// Internal: run as process I of --processes (started by the parent).
+    #[arg(long, hide = true, value_name = "I")]
+    pub process_index: Option<usize>,
+    /// Internal: the address the parent resolved, so every process goes to the same one.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    pub resolved_addr: Option<SocketAddr>,
     /// Also report this process's CPU time per message and RSS (the server under test).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -294,6 +332,9 @@ fn config(a: &LoadArgs, addr: SocketAddr) -> LoadConfig {
         sources: a.source.clone().map(|s| s.0).unwrap_or_default(),
         close: a.close.into(),
         threads: a.threads as usize,
+        processes: a.processes as usize,
+        first_conn: 0,
+        send_proxy: a.send_proxy.map(Into::into),
         timeout: a.timeout,
         connect_timeout: a.connect_timeout,
         tolerate_errors: a.tolerate_errors,
@@ -341,32 +382,86 @@ fn resolve(hp: &HostPort, proto: Proto, sources: &[IpAddr]) -> Result<SocketAddr
 /// address does not resolve, or the report cannot be written), 2 on a usage error, 130 (143)
 /// when SIGINT (SIGTERM) cut the run short.
 pub(crate) fn run(args: LoadArgs) -> ExitCode {
-    let usage = |e: &dyn std::fmt::Display| {
-        say(&format!(
-            "error: {e}\n\nFor more information, try '--help'.\n"
-        ));
-        ExitCode::from(2)
-    };
     let sources = args.source.clone().map(|s| s.0).unwrap_or_default();
     // A name that does not resolve is a failure of the run, not of its usage, as for the
     // clients: the same command may work a minute later.
-    let addr = match resolve(&args.addr, args.proto.into(), &sources) {
-        Ok(a) => a,
-        Err(e) => {
-            say(&format!("upecho load: {e}\n"));
-            return ExitCode::FAILURE;
-        }
+    let addr = match args.resolved_addr {
+        Some(a) => a,
+        None => match resolve(&args.addr, args.proto.into(), &sources) {
+            Ok(a) => a,
+            Err(e) => {
+                say(&format!("upecho load: {e}\n"));
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let cfg = match config(&args, addr).check(&MachineLimits::probe()) {
         Ok(c) => c,
         Err(e) => return usage(&e),
     };
+    if let Some(i) = args.process_index {
+        // A child of --processes: its share, reported to the parent; no output of its own.
+        if i >= cfg.processes {
+            return usage(&format!(
+                "--process-index {i} is not below --processes {}",
+                cfg.processes
+            ));
+        }
+        upecho::load::execute_child(&cfg.share(i));
+        return ExitCode::SUCCESS;
+    }
     if let Err(e) = cfg.check_server_pid() {
         return usage(&e);
     }
-    let (report, hist) = upecho::load::execute(&cfg);
+    // Created before the run, so that a path that cannot be written fails now, not at the end.
+    let hlog = match args.histogram_log.as_deref().map(HlogWriter::create) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            let path = args
+                .histogram_log
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            say(&format!(
+                "upecho load: cannot write {}: {e}\n",
+                path.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = if cfg.processes > 1 {
+        let exe = match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => {
+                say(&format!(
+                    "upecho load: cannot find this program to start its processes: {e}\n"
+                ));
+                return ExitCode::FAILURE;
+            }
+        };
+        // The same command line again (it is "load ..."), told which share is whose and where
+        // the parent resolved the address to.
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let child = |i: usize| {
+            let mut c = std::process::Command::new(&exe);
+            c.args(&argv)
+                .arg("--process-index")
+                .arg(i.to_string())
+                .arg("--resolved-addr")
+                .arg(addr.to_string());
+            c
+        };
+        upecho::load::execute_processes(&cfg, hlog, &child)
+    } else {
+        upecho::load::execute(&cfg, hlog)
+    };
+    let report = &outcome.report;
+    if let Some(e) = &outcome.hlog_error {
+        say(&format!("upecho load: {e}\n"));
+        return ExitCode::FAILURE;
+    }
     if let Some(path) = &args.histogram
-        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&hist))
+        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&outcome.hist))
     {
         say(&format!(
             "upecho load: cannot write {}: {e}\n",
@@ -380,7 +475,7 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
     let written = if args.json {
         say(&text);
         let json =
-            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         write_stdout(&format!("{json}\n"))
     } else {
         write_stdout(&text)
@@ -395,6 +490,92 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         Some(sig) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)),
         None if report.ok => ExitCode::SUCCESS,
         None => ExitCode::FAILURE,
+    }
+}
+
+/// A usage error: one line (and the pointer to --help), exit 2.
+fn usage(e: &dyn std::fmt::Display) -> ExitCode {
+    say(&format!(
+        "error: {e}\n\nFor more information, try '--help'.\n"
+    ));
+    ExitCode::from(2)
+}
+
+/// Options of `upecho load-merge`.
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// Interval logs written by `upecho load --histogram-log` (or any HdrHistogram writer),
+    /// from runs made at the same time, e.g. on several machines.
+    #[arg(required = true, value_name = "FILE.hlog")]
+    pub logs: Vec<PathBuf>,
+    /// Print one JSON object on stdout (the human summary then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the merged latency distribution to FILE in HdrHistogram's .hgrm text form.
+    #[arg(long, value_name = "FILE")]
+    pub histogram: Option<PathBuf>,
+    /// Write the merged seconds to FILE as an interval log.
+    #[arg(long, value_name = "FILE")]
+    pub histogram_log: Option<PathBuf>,
+}
+
+/// Runs `upecho load-merge`: exit 0 when every log was read and every run in them passed, 1
+/// when a log cannot be read or a run failed, 2 on a usage error.
+pub(crate) fn run_merge(args: MergeArgs) -> ExitCode {
+    let mut out = match args.histogram_log.as_deref().map(HlogWriter::create) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            let path = args
+                .histogram_log
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            say(&format!(
+                "upecho load-merge: cannot write {}: {e}\n",
+                path.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let (report, hist) = match upecho::load::merge_logs(&args.logs, out.as_mut()) {
+        Ok(r) => r,
+        Err(e) => {
+            say(&format!("upecho load-merge: {e}\n"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    if let Some(w) = out
+        && let Err(e) = w.finish(&json)
+    {
+        say(&format!("upecho load-merge: {e}\n"));
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &args.histogram
+        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&hist))
+    {
+        say(&format!(
+            "upecho load-merge: cannot write {}: {e}\n",
+            path.display()
+        ));
+        return ExitCode::FAILURE;
+    }
+    let written = if args.json {
+        say(&report.text());
+        write_stdout(&format!("{json}\n"))
+    } else {
+        write_stdout(&report.text())
+    };
+    if let Err(e) = written {
+        say(&format!(
+            "upecho load-merge: cannot write the report: {e}\n"
+        ));
+        return ExitCode::FAILURE;
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - `serve`: `upecho serve`'s options, binding, the `listening` lines.
 //! - `client`: `upecho tcp` and `upecho udp`: options, resolving the address, exit codes.
-//! - `load`: `upecho load`'s options, the address resolved, the report printed.
+//! - `load`: `upecho load`'s options, the address resolved, the report printed; and
+//!   `upecho load-merge`'s.
 //! - `man`: the man page.
 
 mod client;
@@ -49,6 +50,9 @@ enum Command {
     /// Load generator: throughput, latency percentiles, every byte verified.
     #[command(after_help = LOG_HELP)]
     Load(load::LoadArgs),
+    /// Merge the interval logs (--histogram-log) of runs made together, e.g. on several
+    /// machines, into one summary.
+    LoadMerge(load::MergeArgs),
     /// Print a shell completion script, e.g. `upecho completions bash > ~/.local/share/bash-completion/completions/upecho`.
     Completions {
         /// The shell to complete for.
@@ -83,7 +87,11 @@ pub fn run() -> ExitCode {
     // Clients keep stderr quiet unless asked; the server and the load generator narrate at info.
     let default_level = match cli.command {
         Command::Serve(_) | Command::Load(_) => "info",
-        Command::Tcp(_) | Command::Udp(_) | Command::Completions { .. } | Command::Man => "warn",
+        Command::Tcp(_)
+        | Command::Udp(_)
+        | Command::LoadMerge(_)
+        | Command::Completions { .. }
+        | Command::Man => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp_millis()
@@ -93,6 +101,7 @@ pub fn run() -> ExitCode {
         Command::Tcp(args) => client::run_tcp(args),
         Command::Udp(args) => client::run_udp(args),
         Command::Load(args) => load::run(args),
+        Command::LoadMerge(args) => load::run_merge(args),
         Command::Completions { shell } => {
             // Generated from the same clap definitions as the parser, so they cannot drift apart.
             clap_complete::generate(shell, &mut Cli::command(), "upecho", &mut io::stdout());

@@ -36,8 +36,10 @@ pub const MAX_IN_FLIGHT: u64 = 1 << 22;
 /// Most connections (UDP: sockets) and messages in flight per connection.
 pub const MAX_CONNS: usize = 10_000_000;
 pub const MAX_DEPTH: usize = 65_536;
-/// Most worker threads.
+/// Most worker threads (per process).
 pub const MAX_THREADS: usize = 256;
+/// Most processes one run is spread over.
+pub const MAX_PROCESSES: usize = 256;
 
 /// What each connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,24 @@ pub enum CloseHow {
     Fin,
     /// Abortive close (RST, SO_LINGER 0): no TIME_WAIT anywhere; the server sees a reset.
     Rst,
+}
+
+/// The PROXY protocol header (HAProxy's specification) each TCP connection begins with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The human-readable line, `PROXY TCP4 src dst sport dport\r\n`.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyVersion {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        }
+    }
 }
 
 /// A combination of settings that cannot run; the command line prints it as a usage error.
@@ -113,8 +133,17 @@ pub struct LoadConfig {
     /// Source addresses, dealt round-robin to the connections; empty: the kernel's choice.
     pub sources: Vec<IpAddr>,
     pub close: CloseHow,
-    /// Worker threads, each an independent event loop with its share of the connections.
+    /// Worker threads per process, each an independent event loop with its share of the
+    /// process's connections.
     pub threads: usize,
+    /// Processes the connections are spread over, each with its own open-file limit (see
+    /// [`execute_processes`](super::execute_processes)); [`execute`](super::execute) runs one.
+    pub processes: usize,
+    /// Global index of this run's first connection: not 0 for one process of several, so that
+    /// every connection of the whole run has its own source address and stream.
+    pub first_conn: usize,
+    /// Begin every TCP connection with a PROXY protocol header naming its real addresses.
+    pub send_proxy: Option<ProxyVersion>,
     /// A message (datagram) unanswered this long counts as timed out (lost).
     pub timeout: Duration,
     /// A connect unfinished this long counts as timed out.
@@ -144,6 +173,9 @@ impl Default for LoadConfig {
             sources: Vec::new(),
             close: CloseHow::Fin,
             threads: 1,
+            processes: 1,
+            first_conn: 0,
+            send_proxy: None,
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             tolerate_errors: false,
@@ -208,6 +240,12 @@ impl LoadConfig {
                 self.threads
             ));
         }
+        if !(1..=MAX_PROCESSES).contains(&self.processes) {
+            return err(format!(
+                "--processes must be between 1 and {MAX_PROCESSES}, got {}",
+                self.processes
+            ));
+        }
         for (flag, d, floor) in [
             ("-t", self.duration, CHECK_INTERVAL),
             ("--warmup", self.warmup, Duration::ZERO),
@@ -261,14 +299,47 @@ impl LoadConfig {
                 self.addr
             ));
         }
-        let threads = self.threads.min(conns);
+        if udp && self.send_proxy.is_some() {
+            return err("--send-proxy applies to TCP only (PROXY headers begin streams)".into());
+        }
+        // Never more processes than connections, nor more threads than a process has.
+        let processes = self.processes.min(conns);
+        let per_process = conns.div_ceil(processes);
+        let threads = self.threads.min(per_process);
         // Besides the connections: one epoll and one timer per thread, and the reserve.
-        let need = conns as u64 + FD_RESERVE + 2 * threads as u64;
+        let need = per_process as u64 + FD_RESERVE + 2 * threads as u64;
         if need > lim.nofile {
+            let (what, fix) = if processes > 1 {
+                (
+                    format!(
+                        "-c {conns} over {processes} processes needs about {need} open files per process"
+                    ),
+                    format!(
+                        "raise --processes (each process has its own limit: --processes {} fits)",
+                        (conns as u64).div_ceil(
+                            lim.nofile
+                                .saturating_sub(FD_RESERVE + 2 * threads as u64)
+                                .max(1)
+                        )
+                    ),
+                )
+            } else {
+                (
+                    format!("-c {conns} needs about {need} open files"),
+                    format!(
+                        "lower -c, spread the connections over processes (--processes {}), or \
+                         raise the hard limit (ulimit -Hn)",
+                        (conns as u64).div_ceil(
+                            lim.nofile
+                                .saturating_sub(FD_RESERVE + 2 * threads as u64)
+                                .max(1)
+                        )
+                    ),
+                )
+            };
             return err(format!(
-                "-c {conns} needs about {need} open files, but this process may open only {} \
-                 (RLIMIT_NOFILE, already raised to its hard limit); lower -c or raise the hard \
-                 limit (ulimit -Hn)",
+                "{what}, but a process may open only {} (RLIMIT_NOFILE, already raised to its \
+                 hard limit); {fix}",
                 lim.nofile
             ));
         }
@@ -286,14 +357,16 @@ impl LoadConfig {
                 ));
             }
         }
-        let in_flight = conns as u64 * depth as u64;
+        let in_flight = per_process as u64 * depth as u64;
         if self.mode == Mode::Pingpong && in_flight > MAX_IN_FLIGHT {
             return err(format!(
-                "-c {conns} x --depth {depth} is {in_flight} messages in flight, more than the \
-                 {MAX_IN_FLIGHT} the generator keeps latency origins for; lower -c or --depth"
+                "-c {per_process} x --depth {depth} is {in_flight} messages in flight (per \
+                 process), more than the {MAX_IN_FLIGHT} the generator keeps latency origins \
+                 for; lower -c or --depth, or raise --processes"
             ));
         }
         self.threads = threads;
+        self.processes = processes;
         Ok(self)
     }
 
@@ -305,6 +378,29 @@ impl LoadConfig {
                 "--server-pid {pid}: no process {pid} (or /proc/{pid}/stat cannot be read)"
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// How many connections process `p` of `self.processes` runs: an even split.
+    pub fn conns_of_process(&self, p: usize) -> usize {
+        self.conns / self.processes + usize::from(p < self.conns % self.processes)
+    }
+
+    /// The configuration process `p` of `self.processes` runs: its share of the connections
+    /// (and of the rate), numbered globally, in one process, with no progress line or server
+    /// figures of its own (the parent has those).
+    pub fn share(&self, p: usize) -> LoadConfig {
+        let conns = self.conns_of_process(p);
+        let first_conn = self.first_conn + (0..p).map(|q| self.conns_of_process(q)).sum::<usize>();
+        LoadConfig {
+            conns,
+            first_conn,
+            processes: 1,
+            threads: self.threads.min(conns.max(1)),
+            rate: self.rate.map(|r| r * conns as f64 / self.conns as f64),
+            server_pid: None,
+            quiet: true,
+            ..self.clone()
         }
     }
 

@@ -1,26 +1,35 @@
 //! Counting: what each worker measures, how workers publish progress, and the final report.
 //!
 //! A worker owns its [`Counts`] outright (no sharing on the hot path) and hands them back when it
-//! ends; the main thread merges them. For the once-a-second progress line a worker also stores a
-//! few running totals into its [`Live`] atomics once per loop turn, not per message, and the main
-//! thread adds them up into [`Totals`].
+//! ends; the main thread merges them (with `--processes`, each process's merged counts cross a
+//! pipe to the parent, which merges them again). The once-a-second figures (progress line, the
+//! report's `series`, the interval log) come from the intervals of `interval`, not from here.
 //!
 //! Errors are classified from [`crate::io_outcome::classify`], the crate's one classifier, and
 //! then split the finer way a load report needs (refused, reset, timed out, out of ports).
 
 use std::fmt::Write as _;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::interval::new_hist;
 use super::payload::Mismatch;
 use crate::io_outcome::{Class, classify};
 
 /// Longest latency the histogram tells apart (longer ones are recorded as this): one minute.
-const HIST_MAX_NS: u64 = 60_000_000_000;
+pub(crate) const HIST_MAX_NS: u64 = 60_000_000_000;
+
+/// Records one latency into `h`.
+#[inline]
+pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
+    // Clamped before narrowing, so no duration can wrap around to a small one.
+    let ns = d.as_nanos().clamp(1, u128::from(HIST_MAX_NS)) as u64;
+    h.saturating_record(ns);
+}
 
 /// How an error is counted in the report: a small set of classes, decided in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +73,7 @@ impl ErrorClass {
 }
 
 /// Error counts by class.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ErrorCounts {
     pub total: u64,
     pub refused: u64,
@@ -97,7 +106,7 @@ impl ErrorCounts {
         }
     }
 
-    fn merge(&mut self, o: &ErrorCounts) {
+    pub(crate) fn merge(&mut self, o: &ErrorCounts) {
         self.total += o.total;
         self.refused += o.refused;
         self.reset += o.reset;
@@ -114,9 +123,12 @@ impl ErrorCounts {
 
 /// What one worker measured inside the measurement window (errors and mismatches: always, since
 /// a wrong byte during warm-up is just as wrong).
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Counts {
     pub msgs: u64,
     pub bytes: u64,
+    /// The window's latencies: the sum of the worker's measured intervals.
+    #[serde(with = "super::hlog::serde_hist")]
     pub hist: Histogram<u64>,
     pub errors: ErrorCounts,
     pub mismatched_bytes: u64,
@@ -140,8 +152,8 @@ impl Counts {
         Counts {
             msgs: 0,
             bytes: 0,
-            // Three significant figures from 1 ns to a minute: ~0.3 MiB, once per worker.
-            hist: Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds"),
+            // Three significant figures from 1 ns to a minute: ~0.2 MiB, once per worker.
+            hist: new_hist(),
             errors: ErrorCounts::default(),
             mismatched_bytes: 0,
             mismatch_events: 0,
@@ -153,14 +165,6 @@ impl Counts {
             held: 0,
             answered: 0,
         }
-    }
-
-    /// Records one latency.
-    #[inline]
-    pub(crate) fn latency(&mut self, d: Duration) {
-        // Clamped before narrowing, so no duration can wrap around to a small one.
-        let ns = d.as_nanos().clamp(1, u128::from(HIST_MAX_NS)) as u64;
-        self.hist.saturating_record(ns);
     }
 
     /// Records a reply that is wrong as a whole rather than in its bytes (its length, its
@@ -222,43 +226,11 @@ fn show(b: u8) -> String {
     format!("{:?}", b as char)
 }
 
-/// Running totals one worker publishes for the progress line (all time, warm-up included).
+/// What a worker tells the main thread between intervals.
 #[derive(Default)]
 pub(crate) struct Live {
-    pub msgs: AtomicU64,
-    pub bytes: AtomicU64,
-    pub errors: AtomicU64,
-    pub mismatches: AtomicU64,
-    pub open: AtomicU64,
-    /// 1 once the worker has stopped opening connections (hold waits for every worker's).
-    pub ready: AtomicU64,
-}
-
-/// The sum of every worker's [`Live`] counters at one instant.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub msgs: u64,
-    pub bytes: u64,
-    pub errors: u64,
-    pub mismatches: u64,
-    pub open: u64,
-    /// Workers that have stopped opening connections.
-    pub ready_workers: u64,
-}
-
-impl Totals {
-    pub(crate) fn sum(all: &[Live]) -> Totals {
-        let mut t = Totals::default();
-        for p in all {
-            t.msgs += p.msgs.load(Relaxed);
-            t.bytes += p.bytes.load(Relaxed);
-            t.errors += p.errors.load(Relaxed);
-            t.mismatches += p.mismatches.load(Relaxed);
-            t.open += p.open.load(Relaxed);
-            t.ready_workers += p.ready.load(Relaxed);
-        }
-        t
-    }
+    /// Set once the worker has stopped opening connections (hold waits for every worker's).
+    pub ready: AtomicBool,
 }
 
 /// Latency percentiles in microseconds.
@@ -291,6 +263,88 @@ impl Latency {
     }
 }
 
+/// The percentiles of one interval, in microseconds.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq)]
+pub struct Spot {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Spot {
+    pub(crate) fn of(h: &Histogram<u64>) -> Option<Spot> {
+        let l = Latency::of(h)?;
+        Some(Spot {
+            count: l.count,
+            p50: l.p50,
+            p90: l.p90,
+            p99: l.p99,
+            max: l.max,
+        })
+    }
+}
+
+/// One second of the window in the report's `series` (hold: each second of the hold, then one
+/// entry for its check, the only one with latency).
+#[derive(Debug, Serialize, Clone)]
+pub struct Second {
+    /// `run`, `hold` or `check`.
+    pub phase: &'static str,
+    /// Start, in seconds from the start of the window, and length (the last one may be short).
+    pub t: f64,
+    pub secs: f64,
+    pub messages: u64,
+    pub bytes: u64,
+    /// Errors and wrong replies counted in this second.
+    pub errors: u64,
+    pub mismatches: u64,
+    /// Connections completed in this second.
+    pub connects: u64,
+    /// Connections open at its end.
+    pub open: u64,
+    /// check: connections that answered.
+    pub answered: u64,
+    pub latency_us: Option<Spot>,
+}
+
+impl Second {
+    pub(crate) fn of(iv: &super::interval::Interval) -> Second {
+        Second {
+            phase: iv.phase.name(),
+            t: iv.start,
+            secs: iv.secs,
+            messages: iv.msgs,
+            bytes: iv.bytes,
+            errors: iv.errors,
+            mismatches: iv.mismatches,
+            connects: iv.connects,
+            open: iv.open,
+            answered: iv.answered,
+            latency_us: iv.spot(),
+        }
+    }
+}
+
+/// What one process measured, with `--processes`.
+#[derive(Debug, Serialize, Clone)]
+pub struct ProcessPart {
+    pub index: usize,
+    pub pid: u32,
+    pub connections: usize,
+    pub messages: u64,
+    pub bytes: u64,
+    pub connects: u64,
+    pub errors: u64,
+    pub mismatches: u64,
+    pub held: Option<u64>,
+    pub answered: Option<u64>,
+    pub latency_us: Option<Latency>,
+    /// CPU time of the process over the window.
+    pub cpu_s: Option<f64>,
+}
+
 /// CPU time of a process over the window, and per message.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct CpuUse {
@@ -320,9 +374,14 @@ pub struct Report {
     pub connections: usize,
     pub size: usize,
     pub depth: usize,
+    /// Worker threads per process.
     pub threads: usize,
+    /// Processes the connections were spread over (`--processes`).
+    pub processes: usize,
     pub rate: Option<f64>,
     pub expect: &'static str,
+    /// The PROXY protocol header each connection began with (`v1`, `v2`), if any.
+    pub send_proxy: Option<&'static str>,
     /// Length of the measurement window actually measured, in seconds.
     pub window_s: f64,
     pub messages: u64,
@@ -360,15 +419,24 @@ pub struct Report {
     pub ok: bool,
     /// Why the run failed, one reason each; empty when `ok`.
     pub failures: Vec<String>,
+    /// The window second by second (see [`Second`]); merged over every process.
+    pub series: Vec<Second>,
+    /// With `--processes`: each process's own figures (empty with one process).
+    pub per_process: Vec<ProcessPart>,
 }
 
 impl Report {
     /// The human summary.
     pub fn text(&self) -> String {
         let mut s = String::new();
+        let procs = if self.processes > 1 {
+            format!("{} processes x ", self.processes)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "upecho load: {} {} to {}, {} connection(s), {} B, depth {}, {} thread(s){}, {:.2} s measured",
+            "upecho load: {} {} to {}, {} connection(s), {} B, depth {}, {procs}{} thread(s){}{}, {:.2} s measured",
             self.mode,
             self.proto,
             self.addr,
@@ -378,6 +446,9 @@ impl Report {
             self.threads,
             self.rate
                 .map(|r| format!(", rate {r}/s"))
+                .unwrap_or_default(),
+            self.send_proxy
+                .map(|v| format!(", PROXY {v}"))
                 .unwrap_or_default(),
             self.window_s
         );
@@ -438,6 +509,24 @@ impl Report {
                 s,
                 "  losses      {} (late replies {}, duplicate replies {})",
                 self.losses, self.late_replies, self.duplicate_replies
+            );
+        }
+        if !self.per_process.is_empty() {
+            let spread = |f: &dyn Fn(&ProcessPart) -> u64| {
+                let v: Vec<u64> = self.per_process.iter().map(f).collect();
+                let (lo, hi) = (v.iter().min(), v.iter().max());
+                format!("{}..{}", lo.unwrap_or(&0), hi.unwrap_or(&0))
+            };
+            let what = if self.held.is_some() {
+                format!("answered {}", spread(&|p| p.answered.unwrap_or(0)))
+            } else {
+                format!("messages {}", spread(&|p| p.messages))
+            };
+            let _ = writeln!(
+                s,
+                "  processes   {}: connections {}, {what} per process",
+                self.per_process.len(),
+                spread(&|p| p.connections as u64),
             );
         }
         let per = |v: Option<f64>| v.map(|v| format!("{v:.2} µs/msg")).unwrap_or("-".into());
@@ -602,33 +691,10 @@ mod tests {
     }
 
     #[test]
-    fn totals_add_up_every_worker_by_name() {
-        let live: Vec<Live> = (0..3).map(|_| Live::default()).collect();
-        for (i, l) in live.iter().enumerate() {
-            let i = i as u64;
-            l.msgs.store(1 + i, Relaxed);
-            l.bytes.store(10 * (1 + i), Relaxed);
-            l.errors.store(i, Relaxed);
-            l.open.store(2, Relaxed);
-            l.ready.store(u64::from(i != 1), Relaxed);
-        }
-        let t = Totals::sum(&live);
-        let want = Totals {
-            msgs: 6,
-            bytes: 60,
-            errors: 3,
-            mismatches: 0,
-            open: 6,
-            ready_workers: 2,
-        };
-        assert_eq!(t, want);
-    }
-
-    #[test]
     fn hgrm_has_the_standard_shape() {
         let mut s = Counts::new();
         for us in 1..=1000u64 {
-            s.latency(Duration::from_micros(us));
+            record(&mut s.hist, Duration::from_micros(us));
         }
         let text = hgrm(&s.hist);
         let mut lines = text.lines();
@@ -655,7 +721,7 @@ mod tests {
     fn latency_percentiles_are_in_microseconds() {
         let mut s = Counts::new();
         for us in 1..=100u64 {
-            s.latency(Duration::from_micros(us));
+            record(&mut s.hist, Duration::from_micros(us));
         }
         let l = Latency::of(&s.hist).unwrap();
         assert!((l.p50 - 50.0).abs() < 0.1, "{l:?}");

@@ -42,7 +42,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::config::{CloseHow, Mode};
+use super::config::{CloseHow, Mode, ProxyVersion};
 use super::payload::PERIOD;
 use super::schedule::InFlight;
 use super::stats::ErrorClass;
@@ -243,6 +243,10 @@ impl Flow for TcpFlow {
 
     fn settled(&self) -> bool {
         self.q.ready.is_empty() && self.q.retry.is_empty() && self.q.connecting == 0
+    }
+
+    fn connecting(&self) -> u64 {
+        self.q.connecting as u64
     }
 
     fn begin_close(&mut self, env: &mut Env) {
@@ -496,11 +500,23 @@ impl Cx<'_, '_> {
         self.q.connecting -= 1;
         self.env.open += 1;
         c.state = ConnState::Open;
+        // The header comes before any payload, and before the first message's latency origin.
+        if let Some(v) = self.env.ctx.cfg.send_proxy
+            && let Some(s) = &mut c.stream
+            && let Err(e) = send_proxy_header(s, v)
+        {
+            let class = match e.kind() {
+                io::ErrorKind::Other => ErrorClass::Local,
+                _ => ErrorClass::of(&e),
+            };
+            return self.fail(c, i, class, &format!("PROXY header: {e}"));
+        }
         c.start = self.q.next_start;
         // Successive connections start far apart in the pattern.
         self.q.next_start = self.q.next_start.wrapping_add(104_729) % PERIOD as u64;
         let now = Instant::now();
         c.last = now;
+        self.env.live_connects += 1;
         if self.env.measuring() {
             self.env.counts.connects += 1;
         }
@@ -675,19 +691,14 @@ impl Cx<'_, '_> {
             }
             return true;
         }
-        // hold's measurement is its check, which comes after the window: its round trips are
-        // the latency it reports (but not throughput, of which hold has none).
-        let hold_check = cfg.mode == Mode::Hold && self.env.stage == Stage::Check;
+        if self.env.measuring() {
+            self.env.counts.msgs += newly;
+        }
+        // Every latency goes into the current interval: the warm-up's show on the progress line,
+        // the window's make the total, and hold's check (after the window) is hold's latency.
         for _ in 0..newly {
             let origin = c.inflight.pop().unwrap_or(now);
-            if self.env.measuring() {
-                self.env.counts.msgs += 1;
-            }
-            if self.env.measuring() || hold_check {
-                self.env
-                    .counts
-                    .latency(now.saturating_duration_since(origin));
-            }
+            self.env.latency(now.saturating_duration_since(origin));
         }
         if newly > 0 {
             match cfg.mode {
@@ -759,6 +770,31 @@ impl Cx<'_, '_> {
 /// way it is waiting on the server).
 fn owes(c: &TcpConn) -> bool {
     c.state == ConnState::Open && (c.rx < c.tx || c.done < c.issued)
+}
+
+/// Writes the PROXY header naming the socket's own addresses, whole: a socket just connected
+/// has an empty send buffer far larger than any header, so a short or blocked write means
+/// something is wrong and fails the connection rather than keeping a partial header around.
+fn send_proxy_header(s: &mut TcpStream, v: ProxyVersion) -> io::Result<()> {
+    let header = super::proxy::header(v, s.local_addr()?, s.peer_addr()?)?;
+    loop {
+        match s.write(&header) {
+            Ok(n) if n == header.len() => return Ok(()),
+            Ok(n) => {
+                return Err(io::Error::other(format!(
+                    "the socket took {n} of its {} bytes",
+                    header.len()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::other(
+                    "a new connection would not take it at once",
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A non-blocking socket connecting to `addr`, bound first to `source` if given.
@@ -867,7 +903,7 @@ mod tests {
             assert!(owes(c));
             assert!(cx.on_bytes(c, 0, &r[50..]));
             assert_eq!((c.done, cx.env.counts.msgs), (2, 2));
-            assert_eq!(cx.env.counts.hist.len(), 2);
+            assert_eq!(cx.env.iv.hist.len(), 2);
             assert_eq!(cx.env.counts.bytes, 128);
             // Both answered: two more issued at once (closed loop), still owed.
             assert_eq!(c.issued, 4);
@@ -931,7 +967,7 @@ mod tests {
             c.tx = 64;
             assert!(cx.on_bytes(c, 0, &reply(p, 0, 64)));
             assert_eq!(cx.env.counts.answered, 1);
-            assert_eq!(cx.env.counts.hist.len(), 1);
+            assert_eq!(cx.env.iv.hist.len(), 1);
             assert_eq!(cx.env.counts.msgs, 0);
             assert!(!owes(c));
         });

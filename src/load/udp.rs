@@ -517,9 +517,8 @@ fn on_datagram(
     if env.measuring() {
         env.counts.msgs += 1;
         env.counts.bytes += n as u64;
-        env.counts
-            .latency(now.saturating_duration_since(slot.origin));
     }
+    env.latency(now.saturating_duration_since(slot.origin));
     lane.advance(d, false);
     Some(d)
 }

@@ -3,7 +3,10 @@
 //! It owns what TCP and UDP workers have in common: the `mio::Poll` and its wait (a wake-up by a
 //! signal is just another turn), following the stage the main thread sets, the worker's own hard
 //! deadline, the tick on which timeouts are looked at, the end of the drain and of hold's check,
-//! the open-loop schedule (`--rate`) with its `timerfd`, and publishing the progress counters.
+//! the open-loop schedule (`--rate`) with its `timerfd`, and the worker's intervals (see
+//! `interval`): every latency is recorded into the current interval's histogram, and at each
+//! whole second (of the run, or of the window) and each change of stage the interval is added
+//! into the worker's total and sent to the main thread.
 //! What happens on the sockets is a [`Flow`]'s: the per-protocol state machine over the worker's
 //! share of the connections (`tcp`, `udp`). A flow is driven only through the calls below, so a
 //! unit test can drive one by hand, without the loop.
@@ -11,7 +14,8 @@
 //! One turn of the loop:
 //!
 //! ```text
-//!   stage / deadline ─▶ stage change? flow.on_stage ─▶ tick due? flow.on_tick
+//!   stage / deadline ─▶ stage change? new interval, flow.on_stage ─▶ second over? new interval
+//!     ─▶ tick due? flow.on_tick
 //!     ─▶ draining or checking: nothing owed, or time up (drain: flow.end_drain) ─▶ return
 //!     ─▶ flow.on_turn ─▶ deal due messages (flow.on_due) ─▶ publish ─▶ poll ─▶ flow.on_event
 //! ```
@@ -24,13 +28,15 @@ use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use mio::{Events, Poll, Token};
 
-use super::config::CHECK_INTERVAL;
+use super::config::{CHECK_INTERVAL, Mode};
+use super::interval::{Interval, Phase, new_hist};
 use super::schedule::{RateSchedule, lane_share};
-use super::stats::{Counts, ErrorClass};
+use super::stats::{Counts, ErrorClass, record};
 use super::timer::Timer;
-use super::{Stage, WorkerCtx};
+use super::{Stage, WorkerCtx, WorkerMsg};
 use crate::io_outcome::{Class, classify};
 
 /// How often timeouts, stage changes and the progress counters are looked at when idle.
@@ -42,6 +48,9 @@ const TIMER: Token = Token(usize::MAX);
 /// millisecond), so this is only reached with a stalled server, and it must stay short: after
 /// Ctrl-C someone is waiting for the summary.
 pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(1);
+
+/// How close to the end of a stage a second is not cut any more (the rest joins the last one).
+const SLIVER: Duration = Duration::from_millis(100);
 
 /// What a readiness event said, apart from mio's type so that tests can make one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -73,16 +82,44 @@ pub(crate) struct Env<'a> {
     /// The open-loop clock, when `--rate` was given, and the lanes it deals messages to.
     pub sched: Option<RateSchedule>,
     pub lanes: usize,
-    /// All-time counters for the progress line.
+    /// All-time counters, of which each interval reports its share.
     pub live_msgs: u64,
     pub live_bytes: u64,
+    pub live_connects: u64,
     /// Connections (sockets) open now.
     pub open: u64,
+    /// The interval being recorded.
+    pub iv: Rec,
+}
+
+/// The interval a worker is recording (see `interval`).
+pub(crate) struct Rec {
+    /// `None` while draining or closing: nothing recorded then is reported.
+    phase: Option<Phase>,
+    index: u64,
+    began: Instant,
+    /// What `index` and the interval's start count from: the run's start, or the window's.
+    origin: Instant,
+    /// The next whole second, when the interval ends by itself (`None`: only with the stage).
+    next_cut: Option<Instant>,
+    /// When the stage is due to end: no second is cut just before it, so the stage does not end
+    /// with a sliver of an interval.
+    limit: Option<Instant>,
+    /// This interval's latencies: the one place the hot path records into.
+    pub hist: Histogram<u64>,
+    /// The all-time counters as they were when the interval began.
+    base: [u64; 7],
 }
 
 impl<'a> Env<'a> {
     pub(crate) fn new(ctx: &'a WorkerCtx<'a>, poll: Poll) -> Env<'a> {
-        Env {
+        let started = ctx.shared.started;
+        let now = Instant::now().max(started);
+        let phase = match ctx.cfg.mode {
+            Mode::Hold => Phase::Open,
+            _ => Phase::Warmup,
+        };
+        let mut env = Env {
             ctx,
             poll,
             counts: Counts::new(),
@@ -91,7 +128,125 @@ impl<'a> Env<'a> {
             lanes: 0,
             live_msgs: 0,
             live_bytes: 0,
+            live_connects: 0,
             open: 0,
+            iv: Rec {
+                phase: Some(phase),
+                index: 0,
+                began: now,
+                origin: started,
+                next_cut: None,
+                limit: None,
+                hist: new_hist(),
+                base: [0; 7],
+            },
+        };
+        if ctx.cfg.mode != Mode::Hold {
+            env.iv.limit = Some(started + ctx.cfg.warmup);
+        }
+        env.begin_interval(Some(phase), started, now, true);
+        env
+    }
+
+    /// Records one latency into the current interval (nothing while draining or closing).
+    #[inline]
+    pub(crate) fn latency(&mut self, d: Duration) {
+        if self.iv.phase.is_some() {
+            record(&mut self.iv.hist, d);
+        }
+    }
+
+    fn bases(&self) -> [u64; 7] {
+        let c = &self.counts;
+        [
+            self.live_msgs,
+            self.live_bytes,
+            c.errors.total,
+            c.mismatch_events,
+            self.live_connects,
+            c.held,
+            c.answered,
+        ]
+    }
+
+    /// Starts a new interval at `now` in `phase`, counted from `origin`; `cut`: it ends at the
+    /// next whole second after `origin` by itself.
+    fn begin_interval(&mut self, phase: Option<Phase>, origin: Instant, now: Instant, cut: bool) {
+        let index = now.saturating_duration_since(origin).as_secs();
+        self.iv.phase = phase;
+        self.iv.index = if cut { index } else { 0 };
+        self.iv.began = now;
+        self.iv.origin = origin;
+        let limit = self.iv.limit;
+        self.iv.next_cut = cut
+            .then(|| origin + Duration::from_secs(index + 1))
+            .filter(|&at| limit.is_none_or(|l| at + SLIVER < l));
+        self.iv.base = self.bases();
+    }
+
+    /// Ends the current interval at `now`: adds it into the total if it is part of the window,
+    /// and sends it to the main thread.
+    fn ship(&mut self, now: Instant, connecting: u64) {
+        let Some(phase) = self.iv.phase else { return };
+        let b = self.bases();
+        let d = |i: usize| b[i].saturating_sub(self.iv.base[i]);
+        let hist = std::mem::replace(&mut self.iv.hist, new_hist());
+        if phase.measured() {
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = self.counts.hist.add(&hist);
+        }
+        let iv = Interval {
+            phase,
+            index: self.iv.index,
+            start: self
+                .iv
+                .began
+                .saturating_duration_since(self.iv.origin)
+                .as_secs_f64(),
+            secs: now.saturating_duration_since(self.iv.began).as_secs_f64(),
+            msgs: d(0),
+            bytes: d(1),
+            errors: d(2),
+            mismatches: d(3),
+            connects: d(4),
+            held: d(5),
+            answered: d(6),
+            open: self.open,
+            connecting,
+            hist,
+        };
+        // The main thread may be gone only if it panicked; nothing then reads the intervals.
+        let _ = self
+            .ctx
+            .shared
+            .tx
+            .send((self.ctx.thread, WorkerMsg::Interval(iv)));
+    }
+
+    /// The second is over: the next interval begins.
+    fn cut_due(&mut self, now: Instant, connecting: u64) {
+        if self.iv.next_cut.is_some_and(|at| now >= at) {
+            self.ship(now, connecting);
+            let (phase, origin) = (self.iv.phase, self.iv.origin);
+            self.begin_interval(phase, origin, now, true);
+        }
+    }
+
+    /// The stage changed to `stage`: the interval of the old one ends, and one of the new one
+    /// begins (the window's first starts with the window, whatever the second).
+    fn enter(&mut self, stage: Stage, now: Instant, connecting: u64) {
+        self.ship(now, connecting);
+        let hold = self.ctx.cfg.mode == Mode::Hold;
+        let window = self.ctx.shared.window_start.get().copied().unwrap_or(now);
+        match stage {
+            Stage::Warmup => {}
+            Stage::Measure => {
+                let phase = if hold { Phase::Hold } else { Phase::Run };
+                self.iv.limit = Some(window + self.ctx.cfg.duration);
+                self.begin_interval(Some(phase), window, now, true);
+            }
+            Stage::Check => self.begin_interval(Some(Phase::Check), window, now, false),
+            Stage::Drain | Stage::Stop => self.begin_interval(None, window, now, false),
         }
     }
 
@@ -106,13 +261,7 @@ impl<'a> Env<'a> {
     }
 
     fn publish(&self, ready: bool) {
-        let p = self.ctx.live();
-        p.msgs.store(self.live_msgs, Relaxed);
-        p.bytes.store(self.live_bytes, Relaxed);
-        p.errors.store(self.counts.errors.total, Relaxed);
-        p.mismatches.store(self.counts.mismatch_events, Relaxed);
-        p.open.store(self.open, Relaxed);
-        p.ready.store(u64::from(ready), Relaxed);
+        self.ctx.live().ready.store(ready, Relaxed);
     }
 }
 
@@ -141,6 +290,10 @@ pub(crate) trait Flow {
     /// Whether the flow has stopped opening connections (hold waits for every worker's).
     fn settled(&self) -> bool {
         true
+    }
+    /// Connections being opened now (for the progress line).
+    fn connecting(&self) -> u64 {
+        0
     }
     /// When the flow needs the loop awake, besides its events and the tick.
     fn wake_at(&self, _env: &Env, _now: Instant) -> Option<Instant> {
@@ -210,6 +363,7 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
         }
         if stage != env.stage {
             env.stage = stage;
+            env.enter(stage, now, flow.connecting());
             flow.on_stage(&mut env, now);
             closing_until = match stage {
                 Stage::Check => Some(now + cfg.timeout),
@@ -219,6 +373,7 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
                 Stage::Warmup | Stage::Measure | Stage::Stop => None,
             };
         }
+        env.cut_due(now, flow.connecting());
         if now >= next_tick {
             flow.on_tick(&mut env, now);
             next_tick = now + TICK;
@@ -260,6 +415,9 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
         if let Some(at) = flow.wake_at(&env, now) {
             wake = wake.min(at);
         }
+        if let Some(at) = env.iv.next_cut {
+            wake = wake.min(at);
+        }
         if !wait(&mut env, &mut events, wake.saturating_duration_since(now)) {
             break;
         }
@@ -274,6 +432,9 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
             flow.on_event(&mut env, ev.token().0, ready);
         }
     }
+    // The last interval ends with the run proper; the closing that follows measures nothing.
+    let end = Instant::now();
+    env.enter(Stage::Stop, end, flow.connecting());
     close(&mut flow, &mut env, &mut events);
     env.publish(flow.settled());
     // Dropping the flow closes what is left of its sockets. After `close` that is connections

@@ -1,0 +1,318 @@
+//! The run second by second: what one worker (or one process) measured in each interval, and
+//! how intervals from many sources are merged into one stream, in order.
+//!
+//! A worker records each latency into the histogram of the interval it is in (the only work on
+//! the hot path, as before) and, once the interval is over, adds it into its total and hands it
+//! to the main thread: at most once a second, plus once at each change of stage, so the
+//! measurement window's first interval starts with the window. Intervals are keyed by
+//! ([`Phase`] rank, index): the warm-up's count from the start of the run, the window's from the
+//! start of the window.
+//!
+//! [`Merger`] adds up the intervals of every source (the workers of a process, or the processes
+//! of `--processes`) that share a key, and hands an interval on once every source still running
+//! has moved past it. Sources report their keys in increasing order, so a source that reported a
+//! later key will never add to an earlier one (a worker that saw the window open a moment
+//! before another may simply have no interval with the other's last warm-up index).
+//!
+//! Histograms are merged as histograms (`Histogram::add`), never by averaging percentiles: the
+//! window's intervals of a source add up exactly to that source's total, and the merged stream's
+//! to the merged total.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::stats::{HIST_MAX_NS, Spot};
+
+/// Which part of the run an interval belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Phase {
+    /// Before the window (not counted).
+    Warmup,
+    /// hold: opening the connections.
+    Open,
+    /// The measurement window.
+    Run,
+    /// hold: the window, connections held open.
+    Hold,
+    /// hold: the one message on every connection after the hold (its latency is hold's).
+    Check,
+}
+
+impl Phase {
+    fn rank(self) -> u8 {
+        match self {
+            Phase::Warmup | Phase::Open => 0,
+            Phase::Run | Phase::Hold => 1,
+            Phase::Check => 2,
+        }
+    }
+
+    /// Whether the interval is part of what the run reports (its histogram is in the total).
+    pub(crate) fn measured(self) -> bool {
+        self.rank() > 0
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Phase::Warmup => "warmup",
+            Phase::Open => "open",
+            Phase::Run => "run",
+            Phase::Hold => "hold",
+            Phase::Check => "check",
+        }
+    }
+}
+
+/// Orders intervals: phase rank, then index within the phase.
+pub(crate) type Key = (u8, u64);
+
+/// A new empty latency histogram (nanoseconds, 1 ns to a minute, 3 significant figures).
+pub(crate) fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
+}
+
+/// What one source measured in one interval. Counts are of that interval; `open` and
+/// `connecting` are as at its end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Interval {
+    pub phase: Phase,
+    pub index: u64,
+    /// Start, in seconds from the start of the run (warm-up) or of the window (the rest).
+    pub start: f64,
+    /// Length in seconds.
+    pub secs: f64,
+    pub msgs: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub mismatches: u64,
+    pub connects: u64,
+    /// hold: connections held when the check began, and how many answered it.
+    pub held: u64,
+    pub answered: u64,
+    pub open: u64,
+    pub connecting: u64,
+    #[serde(with = "super::hlog::serde_hist")]
+    pub hist: Histogram<u64>,
+}
+
+impl Interval {
+    pub(crate) fn key(&self) -> Key {
+        (self.phase.rank(), self.index)
+    }
+
+    /// Adds another source's interval of the same key.
+    pub(crate) fn merge(&mut self, o: &Interval) {
+        self.start = self.start.min(o.start);
+        self.secs = self.secs.max(o.secs);
+        self.msgs += o.msgs;
+        self.bytes += o.bytes;
+        self.errors += o.errors;
+        self.mismatches += o.mismatches;
+        self.connects += o.connects;
+        self.held += o.held;
+        self.answered += o.answered;
+        self.open += o.open;
+        self.connecting += o.connecting;
+        // Same bounds on every side, so adding cannot fail.
+        let _ = self.hist.add(&o.hist);
+    }
+
+    /// Latency percentiles of this interval, if it has any sample.
+    pub(crate) fn spot(&self) -> Option<Spot> {
+        Spot::of(&self.hist)
+    }
+}
+
+/// A merged interval, and (when asked for) the parts it was made of, by source.
+pub(crate) struct Merged {
+    pub total: Interval,
+    pub parts: Vec<(usize, Interval)>,
+}
+
+struct Pending {
+    total: Interval,
+    parts: Vec<(usize, Interval)>,
+}
+
+/// Merges the interval streams of `n` sources into one (see the module doc).
+pub(crate) struct Merger {
+    latest: Vec<Option<Key>>,
+    ended: Vec<bool>,
+    pending: BTreeMap<Key, Pending>,
+    keep_parts: bool,
+}
+
+impl Merger {
+    /// `keep_parts`: hand on each source's own interval beside the sum (for tagged log lines).
+    pub(crate) fn new(sources: usize, keep_parts: bool) -> Merger {
+        Merger {
+            latest: vec![None; sources],
+            ended: vec![false; sources],
+            pending: BTreeMap::new(),
+            keep_parts,
+        }
+    }
+
+    pub(crate) fn add(&mut self, src: usize, iv: Interval) {
+        let key = iv.key();
+        if let Some(l) = self.latest.get_mut(src) {
+            *l = (*l).max(Some(key));
+        }
+        let part = self.keep_parts.then(|| (src, iv.clone()));
+        match self.pending.get_mut(&key) {
+            Some(p) => {
+                p.total.merge(&iv);
+                p.parts.extend(part);
+            }
+            None => {
+                self.pending.insert(
+                    key,
+                    Pending {
+                        total: iv,
+                        parts: part.into_iter().collect(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Source `src` will report nothing more.
+    pub(crate) fn end(&mut self, src: usize) {
+        if let Some(e) = self.ended.get_mut(src) {
+            *e = true;
+        }
+    }
+
+    fn complete(&self, key: Key) -> bool {
+        self.latest
+            .iter()
+            .zip(&self.ended)
+            .all(|(l, &ended)| ended || *l >= Some(key))
+    }
+
+    /// The merged intervals that are complete, in order.
+    pub(crate) fn ready(&mut self) -> Vec<Merged> {
+        let mut out = Vec::new();
+        while let Some((&key, _)) = self.pending.first_key_value() {
+            if !self.complete(key) {
+                break;
+            }
+            out.extend(self.take(key));
+        }
+        out
+    }
+
+    /// Everything still pending, in order (the run is over).
+    pub(crate) fn finish(&mut self) -> Vec<Merged> {
+        let keys: Vec<Key> = self.pending.keys().copied().collect();
+        keys.into_iter().filter_map(|k| self.take(k)).collect()
+    }
+
+    fn take(&mut self, key: Key) -> Option<Merged> {
+        self.pending.remove(&key).map(|p| {
+            let mut parts = p.parts;
+            parts.sort_by_key(|(src, _)| *src);
+            Merged {
+                total: p.total,
+                parts,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iv(phase: Phase, index: u64, msgs: u64, lat: &[u64]) -> Interval {
+        let mut hist = new_hist();
+        for &v in lat {
+            hist.record(v).unwrap();
+        }
+        Interval {
+            phase,
+            index,
+            start: index as f64,
+            secs: 1.0,
+            msgs,
+            bytes: msgs * 64,
+            errors: 0,
+            mismatches: 0,
+            connects: 0,
+            held: 0,
+            answered: 0,
+            open: 1,
+            connecting: 0,
+            hist,
+        }
+    }
+
+    fn keys(ms: &[Merged]) -> Vec<(Phase, u64)> {
+        ms.iter().map(|m| (m.total.phase, m.total.index)).collect()
+    }
+
+    #[test]
+    fn an_interval_waits_for_every_running_source() {
+        let mut m = Merger::new(2, true);
+        m.add(0, iv(Phase::Warmup, 0, 1, &[100]));
+        assert!(m.ready().is_empty());
+        m.add(1, iv(Phase::Warmup, 0, 2, &[200, 300]));
+        let r = m.ready();
+        assert_eq!(keys(&r), vec![(Phase::Warmup, 0)]);
+        assert_eq!(r[0].total.msgs, 3);
+        assert_eq!(r[0].total.open, 2);
+        assert_eq!(r[0].total.hist.len(), 3);
+        assert_eq!(r[0].parts.len(), 2);
+        assert_eq!(r[0].parts[1].1.hist.len(), 2);
+        // A source past a key no longer holds it back; an ended one holds nothing back.
+        m.add(0, iv(Phase::Warmup, 1, 1, &[]));
+        m.add(1, iv(Phase::Run, 0, 1, &[]));
+        assert_eq!(keys(&m.ready()), vec![(Phase::Warmup, 1)]);
+        m.end(0);
+        assert_eq!(keys(&m.ready()), vec![(Phase::Run, 0)]);
+        m.add(1, iv(Phase::Run, 1, 1, &[]));
+        m.add(1, iv(Phase::Check, 0, 1, &[]));
+        m.end(1);
+        assert_eq!(keys(&m.finish()), vec![(Phase::Run, 1), (Phase::Check, 0)]);
+    }
+
+    #[test]
+    fn a_source_that_never_reported_holds_everything_until_it_ends() {
+        let mut m = Merger::new(2, false);
+        m.add(0, iv(Phase::Run, 0, 1, &[]));
+        assert!(m.ready().is_empty());
+        m.end(1);
+        let r = m.ready();
+        assert_eq!(keys(&r), vec![(Phase::Run, 0)]);
+        assert!(r[0].parts.is_empty());
+    }
+
+    #[test]
+    fn merged_histograms_are_the_sum_of_the_parts() {
+        let mut m = Merger::new(3, true);
+        let mut want = new_hist();
+        for src in 0..3 {
+            let lat: Vec<u64> = (1..=100).map(|v| v * 1000 * (src + 1)).collect();
+            for &v in &lat {
+                want.record(v).unwrap();
+            }
+            m.add(src as usize, iv(Phase::Run, 0, 100, &lat));
+        }
+        let r = m.ready();
+        assert_eq!(r[0].total.hist, want);
+        assert_eq!(r[0].total.msgs, 300);
+    }
+
+    #[test]
+    fn intervals_cross_the_wire_whole() {
+        let a = iv(Phase::Hold, 3, 7, &[5, 50_000]);
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(text.contains("\"phase\":\"hold\""), "{text}");
+        let b: Interval = serde_json::from_str(&text).unwrap();
+        assert_eq!((b.phase, b.index, b.msgs), (Phase::Hold, 3, 7));
+        assert_eq!(b.hist, a.hist);
+    }
+}
