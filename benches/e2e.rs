@@ -651,11 +651,14 @@ fn chart_ratios(rows: &[Row], o: &Opts) {
     }
 }
 
+/// One second of a run: `(second, p50 µs, p99 µs)`.
+type Point = (f64, f64, f64);
+
 /// `(second, p50 µs, p99 µs)` for each second of one `upecho load --json` run, from its
 /// per-second series. Field names assumed (the series is being added to `upecho load`): an
 /// array `per_second` (or `series`) of objects with the second as `t_s` (or `second`, `t`) and
 /// the percentiles as `p50_us`/`p99_us` (or inside `latency_us` as `p50`/`p99`).
-fn series_from_json(v: &Value) -> Option<Vec<(f64, f64, f64)>> {
+fn series_from_json(v: &Value) -> Option<Vec<Point>> {
     let arr = v
         .get("per_second")
         .or_else(|| v.get("series"))?
@@ -665,7 +668,7 @@ fn series_from_json(v: &Value) -> Option<Vec<(f64, f64, f64)>> {
             .and_then(Value::as_f64)
             .or_else(|| e.pointer(&format!("/latency_us/{nested}"))?.as_f64())
     };
-    let pts: Vec<(f64, f64, f64)> = arr
+    let pts: Vec<Point> = arr
         .iter()
         .enumerate()
         .filter_map(|(i, e)| {
@@ -683,7 +686,7 @@ fn series_from_json(v: &Value) -> Option<Vec<(f64, f64, f64)>> {
 /// per-second series when `upecho load --json` carries one; until then from consecutive 1 s
 /// runs against the one server, one point per run (the chart says which).
 fn latency_over_time(o: &Opts, sc: &Scenario, pin: bool) {
-    let run = || -> Result<(Vec<(f64, f64, f64)>, &'static str), String> {
+    let run = || -> Result<(Vec<Point>, &'static str), String> {
         let server = start(Server::Upecho, pin)?;
         let pid = server.pid();
         let udp = sc.args.iter().any(|a| a == "udp");
