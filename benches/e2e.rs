@@ -1,20 +1,24 @@
-//! End-to-end loopback benchmark: `upecho serve` against a tokio baseline, both driven by
+//! End-to-end loopback benchmark: `upecho serve` against two baselines, all driven by
 //! `upecho load`, in the same run.
 //!
-//! For each scenario, each server in turn (upecho, then the baseline, alternating) is started
-//! fresh, pinned to CPU 0, and loaded by `upecho load --json --server-pid` pinned to CPU 1. The
-//! load generator samples the server's CPU time from `/proc/PID/stat` at both ends of its
-//! measurement window, so "server CPU per message" covers exactly the messages it counted. One
-//! Markdown table is printed and an SVG chart written.
+//! For each scenario and round, each server in turn (the order rotates from round to round) is
+//! started fresh, pinned to CPU 0, and loaded by `upecho load --json --server-pid` pinned to
+//! CPU 1. The load generator samples the server's CPU time from `/proc/PID/stat` at both ends of
+//! its measurement window, so "server CPU per message" covers exactly the messages it counted.
 //!
-//! The baseline is the server most Rust users would write: `#[tokio::main]` (multi-thread
-//! runtime; pinned to one CPU it runs one worker), a task per connection, a 16 KiB buffer,
-//! upper-casing, `write_all` back; UDP is one task doing `recv_from`/`send_to`. It is this same
-//! binary re-executed as `e2e baseline-server`, so it needs no separate build step.
+//! The baselines, both this bench binary re-executed:
+//! - `e2e baseline-server ADDR` ([`tokio_baseline`]): the server most Rust users would write;
+//! - `e2e epoll-server ADDR` ([`floor`]): a minimal raw-epoll server written the way the fastest
+//!   C servers are, the floor.
+//!
+//! Each row is compared with its best baseline (the lower server CPU per message; hold: RSS per
+//! connection). The bench prints one Markdown table and writes it, a chart of every server's CPU
+//! per message relative to that best baseline, and a chart of upecho's latency percentiles over
+//! the seconds of one run, into `--out` (default `target/e2e`).
 //!
 //! Usage: `cargo bench --bench e2e -- [--duration S] [--warmup S] [--only a,b] [--rounds N]
-//! [--hold-conns N] [--svg FILE]`. Defaults (5 s windows, 1 s warm-up, 15,000 held connections)
-//! keep the whole run to about five minutes.
+//! [--servers upecho,tokio,epoll] [--hold-conns N] [--latency SCENARIO|none] [--out DIR]`.
+//! Defaults (5 s windows, 1 s warm-up, 3 rounds, 15,000 held connections) take about 13 minutes.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -27,13 +31,22 @@ use serde_json::Value;
 #[path = "../tests/util/mod.rs"]
 mod util;
 
+#[path = "e2e/chart.rs"]
+mod chart;
+#[path = "e2e/floor.rs"]
+mod floor;
+#[path = "e2e/tokio_baseline.rs"]
+mod tokio_baseline;
+
 struct Opts {
     duration: f64,
     warmup: f64,
     only: Option<Vec<String>>,
     rounds: usize,
+    servers: Vec<Server>,
     hold_conns: u32,
-    svg: String,
+    latency: Option<String>,
+    out: String,
 }
 
 /// One load scenario: a name and the `upecho load` arguments that make it.
@@ -89,21 +102,25 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("baseline-server") {
-        let listen: SocketAddr = args
-            .get(2)
+    let listen = || -> SocketAddr {
+        args.get(2)
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-        baseline::serve(listen);
-        return;
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())
+    };
+    match args.get(1).map(String::as_str) {
+        Some("baseline-server") => return tokio_baseline::serve(listen()),
+        Some("epoll-server") => return floor::serve(listen()),
+        _ => {}
     }
     let mut o = Opts {
         duration: 5.0,
         warmup: 1.0,
         only: None,
-        rounds: 1,
+        rounds: 3,
+        servers: vec![Server::Upecho, Server::Tokio, Server::Epoll],
         hold_conns: 15_000,
-        svg: "target/e2e.svg".into(),
+        latency: Some("pp100".into()),
+        out: "target/e2e".into(),
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -112,9 +129,16 @@ fn main() {
             "--duration" => o.duration = val().parse().expect("--duration SECS"),
             "--warmup" => o.warmup = val().parse().expect("--warmup SECS"),
             "--only" => o.only = Some(val().split(',').map(String::from).collect()),
-            "--rounds" => o.rounds = val().parse().expect("--rounds N"),
+            "--rounds" => o.rounds = val().parse::<usize>().expect("--rounds N").max(1),
+            "--servers" => {
+                o.servers = val()
+                    .split(',')
+                    .map(|s| Server::parse(s).expect("--servers upecho,tokio,epoll"))
+                    .collect()
+            }
             "--hold-conns" => o.hold_conns = val().parse().expect("--hold-conns N"),
-            "--svg" => o.svg = val(),
+            "--latency" => o.latency = Some(val()).filter(|v| v != "none"),
+            "--out" => o.out = val(),
             // cargo passes --bench; cargo test --benches would pass nothing useful either.
             _ => {}
         }
@@ -122,7 +146,7 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cpus >= 2;
     eprintln!(
-        "e2e: {cpus} CPUs; {}; {} s windows after {} s warm-up, {} round(s)",
+        "e2e: {cpus} CPUs; {}; {} s windows after {} s warm-up, {} round(s), servers {}",
         if pin {
             "server on CPU 0, load on CPU 1"
         } else {
@@ -130,8 +154,16 @@ fn main() {
         },
         o.duration,
         o.warmup,
-        o.rounds
+        o.rounds,
+        o.servers
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    if let Err(e) = std::fs::create_dir_all(&o.out) {
+        eprintln!("e2e: cannot create {}: {e}", o.out);
+    }
     let mut rows = Vec::new();
     for sc in scenarios(&o) {
         if o.only
@@ -140,37 +172,64 @@ fn main() {
         {
             continue;
         }
-        let mut pair: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..o.rounds {
-            for (k, which) in [Server::Upecho, Server::Baseline].into_iter().enumerate() {
+        let k = o.servers.len();
+        // rounds[r][s]: round r's measurement of server s.
+        let mut rounds: Vec<Vec<Option<Measured>>> = Vec::new();
+        for r in 0..o.rounds {
+            let mut got = vec![None; k];
+            // Rotated, so no server always runs first (after a cold start) or last.
+            for j in 0..k {
+                let s = (r + j) % k;
+                let which = o.servers[s];
                 match measure(&o, &sc, which, pin) {
-                    Ok(m) => pair[k].push(m),
+                    Ok(m) => got[s] = Some(m),
                     Err(e) => eprintln!("e2e: {} against {}: {e}", sc.name, which.name()),
                 }
             }
+            rounds.push(got);
         }
-        let [u, b] = pair;
-        rows.push((sc, median(u), median(b)));
+        rows.push(Row::new(sc, &o.servers, rounds));
     }
-    print_table(&rows, &o);
-    if let Err(e) = std::fs::write(&o.svg, chart::svg(&rows)) {
-        eprintln!("e2e: cannot write {}: {e}", o.svg);
-    } else {
-        eprintln!("e2e: chart written to {}", o.svg);
+    let table = table(&rows, &o);
+    println!("{table}");
+    write(&format!("{}/table.md", o.out), table.as_bytes());
+    chart_ratios(&rows, &o);
+    if let Some(name) = o.latency.clone()
+        && let Some(sc) = scenarios(&o).into_iter().find(|s| s.name == name)
+    {
+        latency_over_time(&o, &sc, pin);
+    }
+}
+
+fn write(path: &str, data: &[u8]) {
+    match std::fs::write(path, data) {
+        Ok(()) => eprintln!("e2e: wrote {path}"),
+        Err(e) => eprintln!("e2e: cannot write {path}: {e}"),
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Upecho,
-    Baseline,
+    Tokio,
+    Epoll,
 }
 
 impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Upecho => "upecho",
-            Server::Baseline => "tokio baseline",
+            Server::Tokio => "tokio baseline",
+            Server::Epoll => "epoll floor",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Server> {
+        match s {
+            "upecho" => Some(Server::Upecho),
+            "tokio" => Some(Server::Tokio),
+            "epoll" => Some(Server::Epoll),
+            _ => None,
         }
     }
 }
@@ -180,6 +239,7 @@ impl Server {
 pub struct Measured {
     msgs_per_s: f64,
     mb_per_s: f64,
+    p50_us: Option<f64>,
     p99_us: Option<f64>,
     server_us_per_msg: Option<f64>,
     client_us_per_msg: Option<f64>,
@@ -191,12 +251,118 @@ pub struct Measured {
     losses: u64,
 }
 
-fn median(mut v: Vec<Measured>) -> Option<Measured> {
+impl Measured {
+    /// The figure a row is compared on: server CPU per message, or hold's RSS per connection.
+    fn cost(&self, hold: bool) -> Option<f64> {
+        if hold {
+            self.rss_per_conn
+        } else {
+            self.server_us_per_msg
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;
     }
-    v.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
-    Some(v[v.len() / 2])
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// Each figure's median over the rounds (figure by figure); `ok` only if every run was.
+fn median_of(runs: &[Measured]) -> Option<Measured> {
+    if runs.is_empty() {
+        return None;
+    }
+    let f = |g: fn(&Measured) -> f64| median(runs.iter().map(g).collect()).unwrap_or(0.0);
+    let o = |g: fn(&Measured) -> Option<f64>| median(runs.iter().filter_map(g).collect());
+    Some(Measured {
+        msgs_per_s: f(|m| m.msgs_per_s),
+        mb_per_s: f(|m| m.mb_per_s),
+        p50_us: o(|m| m.p50_us),
+        p99_us: o(|m| m.p99_us),
+        server_us_per_msg: o(|m| m.server_us_per_msg),
+        client_us_per_msg: o(|m| m.client_us_per_msg),
+        server_rss: f(|m| m.server_rss as f64) as u64,
+        rss_per_conn: o(|m| m.rss_per_conn),
+        ok: runs.iter().all(|m| m.ok),
+        errors: runs.iter().map(|m| m.errors).sum(),
+        losses: runs.iter().map(|m| m.losses).sum(),
+    })
+}
+
+/// One scenario's results: every round, and the per-server medians.
+struct Row {
+    sc: Scenario,
+    servers: Vec<Server>,
+    rounds: Vec<Vec<Option<Measured>>>,
+    medians: Vec<Option<Measured>>,
+}
+
+impl Row {
+    fn new(sc: Scenario, servers: &[Server], rounds: Vec<Vec<Option<Measured>>>) -> Row {
+        let medians = (0..servers.len())
+            .map(|s| median_of(&rounds.iter().filter_map(|r| r[s]).collect::<Vec<_>>()))
+            .collect();
+        Row {
+            sc,
+            servers: servers.to_vec(),
+            rounds,
+            medians,
+        }
+    }
+
+    fn baselines(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.servers.len()).filter(|&s| self.servers[s] != Server::Upecho)
+    }
+
+    /// The baseline with the lowest median cost, and that cost.
+    fn best(&self) -> Option<(usize, f64)> {
+        self.baselines()
+            .filter_map(|s| Some((s, self.medians[s]?.cost(self.sc.hold)?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Server `s`'s median cost over the best baseline's.
+    fn ratio(&self, s: usize) -> Option<f64> {
+        let (_, best) = self.best()?;
+        let v = self.medians[s]?.cost(self.sc.hold)?;
+        (best > 0.0).then(|| v / best)
+    }
+
+    /// Server `s` against the cheapest baseline of the same round, round by round (the spread
+    /// of the paired ratios says how much of a difference is noise).
+    fn paired(&self, s: usize) -> Vec<f64> {
+        let hold = self.sc.hold;
+        self.rounds
+            .iter()
+            .filter_map(|r| {
+                let v = r[s]?.cost(hold)?;
+                let best = self
+                    .baselines()
+                    .filter_map(|b| r[b]?.cost(hold))
+                    .fold(f64::INFINITY, f64::min);
+                (best.is_finite() && best > 0.0).then(|| v / best)
+            })
+            .collect()
+    }
+
+    /// Bulk: server `s`'s median MB/s over the fastest baseline's.
+    fn mb_ratio(&self, s: usize) -> Option<f64> {
+        let best = self
+            .baselines()
+            .filter_map(|b| Some(self.medians[b]?.mb_per_s))
+            .fold(0.0f64, f64::max);
+        let v = self.medians[s]?.mb_per_s;
+        (best > 0.0).then(|| v / best)
+    }
 }
 
 /// A child pinned to one CPU before it starts, so every thread it makes stays there.
@@ -227,9 +393,14 @@ fn start(which: Server, pin: bool) -> Result<util::ServerProc, String> {
             c.args(["serve", "--listen", "127.0.0.1:0"]);
             c
         }
-        Server::Baseline => {
+        Server::Tokio | Server::Epoll => {
             let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-            c.args(["baseline-server", "127.0.0.1:0"]);
+            let sub = if which == Server::Tokio {
+                "baseline-server"
+            } else {
+                "epoll-server"
+            };
+            c.args([sub, "127.0.0.1:0"]);
             c
         }
     };
@@ -251,25 +422,22 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured, String> {
-    let server = start(which, pin)?;
-    let pid = server.pid();
-    let udp = sc.args.iter().any(|a| a == "udp");
-    let addr = if udp { server.udp() } else { server.tcp() };
-    // Let the server settle before its baseline RSS is taken.
-    std::thread::sleep(Duration::from_millis(200));
-    let rss_before = rss(pid);
+/// Runs `upecho load` with `args` against `addr` (pinned to CPU 1 if asked) and returns its
+/// JSON report and its stderr.
+fn run_load(
+    addr: SocketAddr,
+    args: &[String],
+    pid: u32,
+    duration: f64,
+    warmup: f64,
+    pin: bool,
+) -> Result<(Value, String), String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_upecho"));
     cmd.arg("load")
         .arg(addr.to_string())
-        .args(&sc.args)
+        .args(args)
         .args(["--json", "-q", "--server-pid", &pid.to_string()])
-        .args([
-            "-t",
-            &o.duration.to_string(),
-            "--warmup",
-            &o.warmup.to_string(),
-        ])
+        .args(["-t", &duration.to_string(), "--warmup", &warmup.to_string()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -277,9 +445,25 @@ fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured
     let mut child = pinned(cmd, pin.then_some(1))
         .spawn()
         .map_err(|e| format!("cannot start upecho load: {e}"))?;
+    // Read both pipes while it runs, so a chatty child can never block on a full pipe.
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = &mut out_pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = &mut err_pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
     // Bounded: the load ends itself; this only guards against a hang.
-    let bound = Duration::from_secs_f64(o.warmup + o.duration + 60.0);
-    let deadline = Instant::now() + bound;
+    let deadline = Instant::now() + Duration::from_secs_f64(warmup + duration + 60.0);
     while child.try_wait().map_err(|e| e.to_string())?.is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -288,17 +472,22 @@ fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut stdout);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut stderr);
-    }
-    let _ = child.wait();
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
     let v: Value = serde_json::from_str(stdout.trim())
         .map_err(|e| format!("load output is not JSON ({e}): {stdout}\n{stderr}"))?;
+    Ok((v, stderr))
+}
+
+fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured, String> {
+    let server = start(which, pin)?;
+    let pid = server.pid();
+    let udp = sc.args.iter().any(|a| a == "udp");
+    let addr = if udp { server.udp() } else { server.tcp() };
+    // Let the server settle before its baseline RSS is taken.
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_before = rss(pid);
+    let (v, stderr) = run_load(addr, &sc.args, pid, o.duration, o.warmup, pin)?;
     drop(server);
     let f = |p: &str| v.pointer(p).and_then(Value::as_f64);
     let held = f("/held").unwrap_or(0.0);
@@ -306,6 +495,7 @@ fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured
     let m = Measured {
         msgs_per_s: f("/msgs_per_s").unwrap_or(0.0),
         mb_per_s: f("/mb_per_s").unwrap_or(0.0),
+        p50_us: f("/latency_us/p50"),
         p99_us: f("/latency_us/p99"),
         server_us_per_msg: f("/server/cpu_us_per_msg"),
         client_us_per_msg: f("/client/cpu_us_per_msg"),
@@ -320,10 +510,11 @@ fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured
         losses: v["losses"].as_u64().unwrap_or(0),
     };
     eprintln!(
-        "e2e: {:7} {:15} {:>10.0} msg/s  p99 {:>8} µs  server {:>6} µs/msg  load {:>6} µs/msg  rss {} KiB{}{}",
+        "e2e: {:7} {:15} {:>10.0} msg/s {:>8.1} MB/s  p99 {:>8} µs  server {:>6} µs/msg  load {:>6} µs/msg  rss {} KiB{}{}",
         sc.name,
         which.name(),
         m.msgs_per_s,
+        m.mb_per_s,
         opt(m.p99_us, 1),
         opt(m.server_us_per_msg, 2),
         opt(m.client_us_per_msg, 2),
@@ -347,24 +538,44 @@ fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.prec$}"))
 }
 
-fn print_table(rows: &[(Scenario, Option<Measured>, Option<Measured>)], o: &Opts) {
-    println!(
-        "\n{} s windows after {} s warm-up; server pinned to CPU 0, upecho load to CPU 1; lower is better for CPU and RSS.\n",
-        o.duration, o.warmup
+/// A ratio with enough digits to be read: two, or four when it is far below 1.
+fn fmt_ratio(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.4}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+fn table(rows: &[Row], o: &Opts) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{} s windows after {} s warm-up, median of {} rotating round(s) (each figure its own median); \
+         server pinned to CPU 0, upecho load to CPU 1; lower is better for CPU and RSS. \
+         \"÷ best baseline\" is the server's CPU per message (hold: RSS per connection) over the \
+         lower of the baselines' in the same run; for upecho the range of the per-round ratios \
+         follows in brackets; for bulk also MB/s over the faster baseline's. \"load ÷ server\" is \
+         the load generator's CPU per message over the server's.\n",
+        o.duration, o.warmup, o.rounds
     );
-    println!(
-        "| scenario | server | msgs/s | MB/s | p99 µs | server CPU µs/msg | load CPU µs/msg | server RSS | upecho/baseline |"
+    let _ = writeln!(
+        t,
+        "| scenario | server | msgs/s | MB/s | p99 µs | server CPU µs/msg | load CPU µs/msg | load ÷ server | server RSS | ÷ best baseline |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (sc, u, b) in rows {
-        let ratio = match (u, b) {
-            (Some(u), Some(b)) if sc.hold => ratio(u.rss_per_conn, b.rss_per_conn),
-            (Some(u), Some(b)) => ratio(u.server_us_per_msg, b.server_us_per_msg),
-            _ => "-".into(),
-        };
-        for (m, name, r) in [(u, "upecho", ratio.as_str()), (b, "tokio baseline", "")] {
-            let Some(m) = m else {
-                println!("| {} | {name} | failed | | | | | | |", sc.label);
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let sc = &row.sc;
+        let best = row.best().map(|(b, _)| b);
+        for (s, which) in row.servers.iter().enumerate() {
+            let name = if Some(s) == best {
+                format!("{} (best baseline)", which.name())
+            } else {
+                which.name().to_string()
+            };
+            let Some(m) = row.medians[s] else {
+                let _ = writeln!(t, "| {} | {name} | failed | | | | | | | |", sc.label);
                 continue;
             };
             let rss = match m.rss_per_conn {
@@ -378,167 +589,131 @@ fn print_table(rows: &[(Scenario, Option<Measured>, Option<Measured>)], o: &Opts
             if m.errors > 0 || m.losses > 0 {
                 flags.push_str(&format!(" ({} errors, {} lost)", m.errors, m.losses));
             }
-            println!(
-                "| {}{flags} | {name} | {:.0} | {:.1} | {} | {} | {} | {rss} | {r} |",
+            let mut ratio = row.ratio(s).map(fmt_ratio).unwrap_or_else(|| "-".into());
+            if *which == Server::Upecho {
+                let p = row.paired(s);
+                if p.len() > 1 {
+                    let lo = p.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = p.iter().copied().fold(0.0f64, f64::max);
+                    ratio.push_str(&format!(" ({}-{})", fmt_ratio(lo), fmt_ratio(hi)));
+                }
+                if sc.args.iter().any(|a| a == "bulk")
+                    && let Some(r) = row.mb_ratio(s)
+                {
+                    ratio.push_str(&format!("; MB/s {r:.2}"));
+                }
+            }
+            let load_ratio = match (m.client_us_per_msg, m.server_us_per_msg) {
+                (Some(c), Some(s)) if s > 0.0 && !sc.hold => format!("{:.2}", c / s),
+                _ => "-".into(),
+            };
+            let (rate, mb) = if sc.hold {
+                ("–".to_string(), "–".to_string())
+            } else {
+                (format!("{:.0}", m.msgs_per_s), format!("{:.1}", m.mb_per_s))
+            };
+            let _ = writeln!(
+                t,
+                "| {}{flags} | {name} | {rate} | {mb} | {} | {} | {} | {load_ratio} | {rss} | {ratio} |",
                 sc.label,
-                m.msgs_per_s,
-                m.mb_per_s,
                 opt(m.p99_us, 0),
                 opt(m.server_us_per_msg, 2),
                 opt(m.client_us_per_msg, 2),
             );
         }
     }
+    t
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 && a / b < 0.1 => format!("{:.4}", a / b),
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "-".into(),
+/// The chart of every server's CPU per message over the best baseline's, per scenario (hold,
+/// whose figure is memory, is in the table only).
+fn chart_ratios(rows: &[Row], o: &Opts) {
+    let groups: Vec<chart::Group> = rows
+        .iter()
+        .filter(|r| !r.sc.hold)
+        .map(|r| chart::Group {
+            label: r.sc.label.to_string(),
+            ratios: (0..r.servers.len()).map(|s| r.ratio(s)).collect(),
+        })
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = o.servers.iter().map(|s| s.name()).collect();
+    let path = format!("{}/chart.svg", o.out);
+    let title = format!(
+        "Server CPU per message ÷ the best baseline's (median of {} rounds; 2 vCPU, server and load pinned)",
+        o.rounds
+    );
+    match chart::ratios(&path, &title, &names, &groups) {
+        Ok(()) => eprintln!("e2e: wrote {path}"),
+        Err(e) => eprintln!("e2e: chart: {e}"),
     }
 }
 
-/// The chart: per scenario, the server's cost (CPU per message; hold: RSS per connection) of
-/// upecho and of the baseline, each bar scaled to the larger of the pair and labelled with its
-/// value. Hand-written SVG: a few rectangles and labels need no drawing crate.
-mod chart {
-    use super::{Measured, Scenario};
-    use std::fmt::Write;
+/// One second of a run: `(second, p50 µs, p99 µs)`.
+type Point = (f64, f64, f64);
 
-    pub fn svg(rows: &[(Scenario, Option<Measured>, Option<Measured>)]) -> String {
-        let row_h = 56;
-        let w = 760;
-        let left = 270;
-        let bar_w = (w - left - 110) as f64;
-        let h = 60 + row_h * rows.len() + 30;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"##
-        );
-        let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
-        let _ = writeln!(
-            s,
-            r##"<text x="10" y="22" font-size="15" font-weight="bold">Server CPU time per message (hold: RSS per idle connection), lower is better</text>"##
-        );
-        let _ = writeln!(
-            s,
-            r##"<rect x="{left}" y="32" width="12" height="12" fill="#2b6cb0"/><text x="{}" y="43">upecho</text><rect x="{}" y="32" width="12" height="12" fill="#c05621"/><text x="{}" y="43">tokio baseline</text>"##,
-            left + 16,
-            left + 80,
-            left + 96
-        );
-        for (i, (sc, u, b)) in rows.iter().enumerate() {
-            let y = 60 + i * row_h;
-            let val = |m: &Option<Measured>| {
-                m.and_then(|m| {
-                    if sc.hold {
-                        m.rss_per_conn
-                    } else {
-                        m.server_us_per_msg
-                    }
-                })
-            };
-            let (vu, vb) = (val(u), val(b));
-            let max = vu.unwrap_or(0.0).max(vb.unwrap_or(0.0)).max(1e-12);
-            let unit = if sc.hold { "B/conn" } else { "µs/msg" };
-            let _ = writeln!(
-                s,
-                r##"<text x="10" y="{}">{}</text>"##,
-                y + 26,
-                esc(sc.label)
-            );
-            for (k, (v, color)) in [(vu, "#2b6cb0"), (vb, "#c05621")].into_iter().enumerate() {
-                let by = y + 6 + k * 22;
-                match v {
-                    Some(v) => {
-                        let bw = (v / max * bar_w).max(1.0);
-                        let _ = writeln!(
-                            s,
-                            r##"<rect x="{left}" y="{by}" width="{bw:.1}" height="18" fill="{color}"/><text x="{:.1}" y="{}">{} {unit}</text>"##,
-                            left as f64 + bw + 6.0,
-                            by + 14,
-                            if v >= 100.0 || sc.hold {
-                                format!("{v:.0}")
-                            } else {
-                                format!("{v:.2}")
-                            }
-                        );
-                    }
-                    None => {
-                        let _ =
-                            writeln!(s, r##"<text x="{left}" y="{}">no result</text>"##, by + 14);
-                    }
-                }
+/// `(second, p50 µs, p99 µs)` for each second of one `upecho load --json` run, from its
+/// per-second series. Field names assumed (the series is being added to `upecho load`): an
+/// array `per_second` (or `series`) of objects with the second as `t_s` (or `second`, `t`) and
+/// the percentiles as `p50_us`/`p99_us` (or inside `latency_us` as `p50`/`p99`).
+fn series_from_json(v: &Value) -> Option<Vec<Point>> {
+    let arr = v
+        .get("per_second")
+        .or_else(|| v.get("series"))?
+        .as_array()?;
+    let pick = |e: &Value, flat: &str, nested: &str| {
+        e.get(flat)
+            .and_then(Value::as_f64)
+            .or_else(|| e.pointer(&format!("/latency_us/{nested}"))?.as_f64())
+    };
+    let pts: Vec<Point> = arr
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let t = ["t_s", "second", "t"]
+                .iter()
+                .find_map(|k| e.get(*k)?.as_f64())
+                .unwrap_or(i as f64 + 1.0);
+            Some((t, pick(e, "p50_us", "p50")?, pick(e, "p99_us", "p99")?))
+        })
+        .collect();
+    (!pts.is_empty()).then_some(pts)
+}
+
+/// Draws upecho's latency percentiles over the seconds of one run of `sc`. From the run's own
+/// per-second series when `upecho load --json` carries one; until then from consecutive 1 s
+/// runs against the one server, one point per run (the chart says which).
+fn latency_over_time(o: &Opts, sc: &Scenario, pin: bool) {
+    let run = || -> Result<(Vec<Point>, &'static str), String> {
+        let server = start(Server::Upecho, pin)?;
+        let pid = server.pid();
+        let udp = sc.args.iter().any(|a| a == "udp");
+        let addr = if udp { server.udp() } else { server.tcp() };
+        let secs = (o.duration.ceil() as usize).max(2) * 2;
+        let (v, _) = run_load(addr, &sc.args, pid, secs as f64, o.warmup, pin)?;
+        if let Some(s) = series_from_json(&v) {
+            return Ok((s, "each second of one run"));
+        }
+        let mut pts = Vec::new();
+        for i in 0..secs {
+            let (v, _) = run_load(addr, &sc.args, pid, 1.0, 0.0, pin)?;
+            let f = |p: &str| v.pointer(p).and_then(Value::as_f64);
+            if let (Some(p50), Some(p99)) = (f("/latency_us/p50"), f("/latency_us/p99")) {
+                pts.push((i as f64 + 1.0, p50, p99));
             }
         }
-        let _ = writeln!(s, "</svg>");
-        s
-    }
-
-    fn esc(t: &str) -> String {
-        t.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    }
-}
-
-/// The baseline server, as most Rust users would write it.
-mod baseline {
-    use std::net::SocketAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, UdpSocket};
-
-    fn upper(buf: &mut [u8]) {
-        buf.make_ascii_uppercase();
-    }
-
-    pub fn serve(listen: SocketAddr) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async move {
-            let tcp = TcpListener::bind(listen).await.expect("bind tcp");
-            let addr = tcp.local_addr().expect("local addr");
-            let udp = UdpSocket::bind(addr).await.expect("bind udp");
-            println!("listening tcp {addr}");
-            println!("listening udp {addr}");
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
-                        continue;
-                    };
-                    upper(&mut buf[..n]);
-                    let _ = udp.send_to(&buf[..n], peer).await;
-                }
-            });
-            loop {
-                let (mut s, _) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        // EMFILE and friends: back off rather than spin.
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        continue;
-                    }
-                };
-                let _ = s.set_nodelay(true);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        upper(&mut buf[..n]);
-                        if s.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        Ok((pts, "consecutive 1 s runs against one server"))
+    };
+    let (series, how) = match run() {
+        Ok(r) => r,
+        Err(e) => return eprintln!("e2e: latency over time: {e}"),
+    };
+    let path = format!("{}/latency.svg", o.out);
+    let title = format!("upecho latency over time: {} ({how})", sc.label);
+    match chart::latency(&path, &title, &series) {
+        Ok(()) => eprintln!("e2e: wrote {path} ({} points)", series.len()),
+        Err(e) => eprintln!("e2e: latency chart: {e}"),
     }
 }

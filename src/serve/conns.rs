@@ -21,14 +21,20 @@ use super::token;
 use crate::Transform;
 use crate::io_outcome::{Class, classify};
 
-/// The reactor-wide read buffer. Chosen by measurement on this machine (64 KiB bulk over one
-/// connection, `upecho load --mode bulk`, server on CPU 0): 16 KiB gave 1.73-1.89 GB/s at
-/// 26-28 us of server CPU per 64 KiB, against 1.56-1.61 GB/s at 37 us for 8 KiB, 1.34 GB/s at
-/// 29 us for 32 KiB and 1.17-1.25 GB/s at 28 us for 64 KiB: smaller writes reach the peer
-/// sooner, and the buffer stays in L1 while it is transformed and written back.
-pub const READ_CHUNK: usize = 16 * 1024;
-/// Bytes one connection may read per turn before the others get theirs.
-pub const FAIR_BUDGET: usize = 8 * READ_CHUNK;
+/// The reactor-wide read buffer: the largest single read, and so the largest write of fresh
+/// output. On loopback, bulk transfer costs per write more than per byte: each write sends its
+/// segments through the stack and wakes the peer (an inter-processor interrupt, dear on a VM).
+/// Measured on a 2 vCPU AMD EPYC VM against a minimal C-style epoll server (32 KiB buffer), with
+/// `upecho load --mode bulk` and a C client writing 16, 64 and 256 KiB: 16 KiB made twice its
+/// writes and cost 1.3-2.0x its server CPU per 64 KiB with every generator; 32 KiB cost
+/// 0.86-1.0x at 0.92-1.2x its MB/s (a full read is followed by another until a short one, so
+/// upecho makes the same reads and writes with a fraction of its `epoll_wait`s); 64 and 128 KiB
+/// cost about as little CPU but hand the replies back in coarser steps, and with the 128 KiB
+/// window of `upecho load --mode bulk` gave 0.45-0.8x the MB/s.
+pub const READ_CHUNK: usize = 32 * 1024;
+/// Bytes one connection may read per turn before the others get theirs: 128 KiB as before (a
+/// larger budget bought nothing that held across generators in bulk over one connection).
+pub const FAIR_BUDGET: usize = 4 * READ_CHUNK;
 
 /// Why a connection is being closed, for the counters and the log.
 pub(crate) enum Close {
