@@ -655,36 +655,28 @@ fn chart_ratios(rows: &[Row], o: &Opts) {
 type Point = (f64, f64, f64);
 
 /// `(second, p50 µs, p99 µs)` for each second of one `upecho load --json` run, from its
-/// per-second series. Field names assumed (the series is being added to `upecho load`): an
-/// array `per_second` (or `series`) of objects with the second as `t_s` (or `second`, `t`) and
-/// the percentiles as `p50_us`/`p99_us` (or inside `latency_us` as `p50`/`p99`).
+/// `series` (one entry per second of the window: `t` from the window's start, and `latency_us`
+/// with that second's own percentiles).
 fn series_from_json(v: &Value) -> Option<Vec<Point>> {
-    let arr = v
-        .get("per_second")
-        .or_else(|| v.get("series"))?
-        .as_array()?;
-    let pick = |e: &Value, flat: &str, nested: &str| {
-        e.get(flat)
-            .and_then(Value::as_f64)
-            .or_else(|| e.pointer(&format!("/latency_us/{nested}"))?.as_f64())
-    };
-    let pts: Vec<Point> = arr
+    let pts: Vec<Point> = v
+        .get("series")?
+        .as_array()?
         .iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            let t = ["t_s", "second", "t"]
-                .iter()
-                .find_map(|k| e.get(*k)?.as_f64())
-                .unwrap_or(i as f64 + 1.0);
-            Some((t, pick(e, "p50_us", "p50")?, pick(e, "p99_us", "p99")?))
+        .filter(|e| e.get("phase").and_then(Value::as_str) == Some("run"))
+        .filter_map(|e| {
+            let f = |p: &str| e.pointer(p).and_then(Value::as_f64);
+            Some((
+                f("/t")? + f("/secs")?,
+                f("/latency_us/p50")?,
+                f("/latency_us/p99")?,
+            ))
         })
         .collect();
     (!pts.is_empty()).then_some(pts)
 }
 
-/// Draws upecho's latency percentiles over the seconds of one run of `sc`. From the run's own
-/// per-second series when `upecho load --json` carries one; until then from consecutive 1 s
-/// runs against the one server, one point per run (the chart says which).
+/// Draws upecho's latency percentiles over the seconds of one run of `sc`, from the run's own
+/// per-second series.
 fn latency_over_time(o: &Opts, sc: &Scenario, pin: bool) {
     let run = || -> Result<(Vec<Point>, &'static str), String> {
         let server = start(Server::Upecho, pin)?;
@@ -693,18 +685,8 @@ fn latency_over_time(o: &Opts, sc: &Scenario, pin: bool) {
         let addr = if udp { server.udp() } else { server.tcp() };
         let secs = (o.duration.ceil() as usize).max(2) * 2;
         let (v, _) = run_load(addr, &sc.args, pid, secs as f64, o.warmup, pin)?;
-        if let Some(s) = series_from_json(&v) {
-            return Ok((s, "each second of one run"));
-        }
-        let mut pts = Vec::new();
-        for i in 0..secs {
-            let (v, _) = run_load(addr, &sc.args, pid, 1.0, 0.0, pin)?;
-            let f = |p: &str| v.pointer(p).and_then(Value::as_f64);
-            if let (Some(p50), Some(p99)) = (f("/latency_us/p50"), f("/latency_us/p99")) {
-                pts.push((i as f64 + 1.0, p50, p99));
-            }
-        }
-        Ok((pts, "consecutive 1 s runs against one server"))
+        let s = series_from_json(&v).ok_or("upecho load --json carried no per-second series")?;
+        Ok((s, "each second of one run"))
     };
     let (series, how) = match run() {
         Ok(r) => r,
