@@ -11,6 +11,7 @@ mod client;
 mod load;
 mod man;
 mod serve;
+mod workers;
 
 use std::io;
 use std::process::ExitCode;
@@ -85,9 +86,30 @@ pub fn run() -> ExitCode {
         Command::Serve(_) | Command::Load(_) => "info",
         Command::Tcp(_) | Command::Udp(_) | Command::Completions { .. } | Command::Man => "warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    logger.format_timestamp_millis();
+    if let Command::Serve(a) = &cli.command
+        && let Some(slot) = a.worker_slot
+    {
+        // Every line of a worker says which one it is (workers share the supervisor's stderr).
+        let tag = match a.worker_generation {
+            0 => format!("worker {slot}"),
+            g => format!("worker {slot} (generation {g})"),
+        };
+        logger.format(move |buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "[{} {:<5} {}] {tag}: {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    logger.init();
     match cli.command {
         Command::Serve(args) => serve::main(args),
         Command::Tcp(args) => client::run_tcp(args),

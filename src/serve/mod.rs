@@ -8,6 +8,9 @@
 //! - `limit`: the per-source UDP reply budget.
 //! - `metrics`: the `--metrics` endpoint (Prometheus text format).
 //! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
+//! - [`supervisor`]: `--workers N`, the parent that binds, starts, restarts, reloads and
+//!   steers worker processes; [`control`], the channel between it and each worker; `steer`,
+//!   the reuse-port steering program.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
 //!   only when debug logging is on; the rate limit on "not answering" lines).
 //!
@@ -18,6 +21,7 @@ mod accept;
 #[doc(hidden)]
 pub mod conn;
 mod conns;
+pub mod control;
 mod lifecycle;
 mod limit;
 mod logs;
@@ -25,6 +29,8 @@ mod metrics;
 mod reactor;
 mod source;
 mod stats;
+mod steer;
+pub mod supervisor;
 pub mod systemd;
 mod timer;
 mod token;
