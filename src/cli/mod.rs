@@ -80,7 +80,13 @@ impl From<TransformArg> for upecho::Transform {
 
 /// Parses the command line and runs the subcommand; returns the process's exit code.
 pub fn run() -> ExitCode {
+    // `serve` must handle a stop signal from its first moment: block them until its handlers
+    // are in place (serve unblocks them then; every other command right after parsing).
+    let blocked = upecho::serve::block_handled_signals().is_ok();
     let cli = Cli::parse();
+    if blocked && !matches!(cli.command, Command::Serve(_)) {
+        let _ = upecho::serve::unblock_handled_signals();
+    }
     // Clients keep stderr quiet unless asked; the server and the load generator narrate at info.
     let default_level = match cli.command {
         Command::Serve(_) | Command::Load(_) => "info",

@@ -258,6 +258,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // The signal handlers are installed here, before anything is announced: whoever reads the
     // `listening` lines may signal at once, and must get a drain, not a death by signal.
     let mut server = Server::new(config, sockets.listeners, sockets.udp)?;
+    // Blocked since the start (cli::run): one that came meanwhile is handled now.
+    upecho::serve::unblock_handled_signals()?;
     if let Some(hp) = &args.metrics {
         let addr = *hp.resolve()?.first().ok_or("no address for --metrics")?;
         let listener = net::bind_tcp(addr, &SocketOptions::default())?;

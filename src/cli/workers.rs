@@ -18,7 +18,7 @@ use upecho::net::{self, SocketOptions};
 use upecho::serve::control::{CONTROL_FD, Channel, WorkerLink};
 use upecho::serve::supervisor::{SlotSockets, Supervisor, SupervisorConfig, WorkerCommand};
 use upecho::serve::systemd::Notifier;
-use upecho::serve::{HANDLED_SIGNALS, Server, SocketSource, Sockets};
+use upecho::serve::{Server, SocketSource, Sockets, unblock_handled_signals};
 
 /// `upecho serve --workers N`: binds, supervises, exits 0 once every worker has drained.
 pub(super) fn supervise(args: ServeArgs, n: u32) -> Result<ExitCode, Box<dyn Error>> {
@@ -70,6 +70,8 @@ pub(super) fn supervise(args: ServeArgs, n: u32) -> Result<ExitCode, Box<dyn Err
         metrics,
         notifier,
     })?;
+    // The handlers are in: what arrived since the start (blocked in cli::run) is handled now.
+    unblock_handled_signals()?;
     let summary = supervisor.run(move || {
         let mut out = io::stdout().lock();
         out.write_all(lines.as_bytes())?;
@@ -155,7 +157,7 @@ pub(super) fn worker(args: ServeArgs) -> Result<ExitCode, Box<dyn Error>> {
     let config = server_config(&args, max_connections, Notifier::default());
     let max = config.max_connections;
     // The signal handlers are installed here; until now the handled signals were blocked (by
-    // the supervisor, before exec), so one sent in the meantime is delivered to them now.
+    // the supervisor before exec, and in cli::run), so one sent meanwhile is delivered now.
     let server = Server::new(config, sockets.listeners, sockets.udp)?;
     unblock_handled_signals()?;
     let server = server.with_control(WorkerLink::new(Channel::from_fd(control), slot, max))?;
@@ -186,19 +188,4 @@ fn is_control_channel() -> bool {
         )
     };
     r == 0 && ty == libc::SOCK_SEQPACKET
-}
-
-fn unblock_handled_signals() -> io::Result<()> {
-    // SAFETY: a sigset_t filled by sigemptyset/sigaddset, passed to pthread_sigmask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in HANDLED_SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
-        if libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

@@ -33,6 +33,35 @@ pub const QUIET_GRACE: Duration = Duration::from_millis(500);
 /// Every signal the server handles.
 pub const HANDLED_SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1];
 
+/// Blocks the handled signals in this thread (and the threads and processes it starts): one
+/// that arrives now waits, pending, instead of killing the process, until
+/// [`unblock_handled_signals`]. The binary blocks them first thing, so that a signal in the first
+/// millisecond, before the handlers are in place, is handled like any other.
+pub fn block_handled_signals() -> io::Result<()> {
+    mask_handled_signals(libc::SIG_BLOCK)
+}
+
+/// Unblocks the handled signals: those that arrived while blocked are delivered now (to the
+/// handlers, once they are installed; else their default action).
+pub fn unblock_handled_signals() -> io::Result<()> {
+    mask_handled_signals(libc::SIG_UNBLOCK)
+}
+
+fn mask_handled_signals(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: a sigset_t filled by sigemptyset/sigaddset, passed to pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        match libc::pthread_sigmask(how, &set, std::ptr::null_mut()) {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

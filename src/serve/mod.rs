@@ -37,7 +37,9 @@ mod token;
 mod udp;
 
 pub use conns::{FAIR_BUDGET, READ_CHUNK};
-pub use lifecycle::{Action, HANDLED_SIGNALS, Policy};
+pub use lifecycle::{
+    Action, HANDLED_SIGNALS, Policy, block_handled_signals, unblock_handled_signals,
+};
 pub use reactor::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Server, ShutdownHandle, Summary,
 };
