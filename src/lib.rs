@@ -32,6 +32,9 @@
 //!   systemd.rs    sockets from socket activation; READY/STOPPING/WATCHDOG via sd_notify
 //!   stats.rs      the counters and the periodic counters line with rates
 //!   logs.rs       connection ids and close lines (debug only), rate-limited "not answering"
+//!   supervisor.rs --workers N: binds, starts, restarts, reloads and steers worker processes
+//!   control.rs    the channel between the supervisor and a worker (messages, SCM_RIGHTS)
+//!   steer.rs      the reuse-port steering program (classic BPF)
 //! deploy/         systemd units (socket activation, hardening)
 //! src/client/     upecho tcp / upecho udp
 //! src/load/       upecho load
@@ -41,7 +44,7 @@
 //!
 //! ```text
 //!   0            signals (SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1)
-//!   1            waker (ShutdownHandle)
+//!   1            waker (ShutdownHandle)     2  metrics listener     3  supervisor channel
 //!   16 .. 256    listeners          256 .. 1024   UDP sockets
 //!   1024 ..      connections: slab key + 1024
 //! ```

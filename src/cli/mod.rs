@@ -12,6 +12,7 @@ mod client;
 mod load;
 mod man;
 mod serve;
+mod workers;
 
 use std::io;
 use std::process::ExitCode;
@@ -83,7 +84,13 @@ impl From<TransformArg> for upecho::Transform {
 
 /// Parses the command line and runs the subcommand; returns the process's exit code.
 pub fn run() -> ExitCode {
+    // `serve` must handle a stop signal from its first moment: block them until its handlers
+    // are in place (serve unblocks them then; every other command right after parsing).
+    let blocked = upecho::serve::block_handled_signals().is_ok();
     let cli = Cli::parse();
+    if blocked && !matches!(cli.command, Command::Serve(_)) {
+        let _ = upecho::serve::unblock_handled_signals();
+    }
     // Clients keep stderr quiet unless asked; the server and the load generator narrate at info.
     let default_level = match cli.command {
         Command::Serve(_) | Command::Load(_) => "info",
@@ -93,9 +100,30 @@ pub fn run() -> ExitCode {
         | Command::Completions { .. }
         | Command::Man => "warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    logger.format_timestamp_millis();
+    if let Command::Serve(a) = &cli.command
+        && let Some(slot) = a.worker_slot
+    {
+        // Every line of a worker says which one it is (workers share the supervisor's stderr).
+        let tag = match a.worker_generation {
+            0 => format!("worker {slot}"),
+            g => format!("worker {slot} (generation {g})"),
+        };
+        logger.format(move |buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "[{} {:<5} {}] {tag}: {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    logger.init();
     match cli.command {
         Command::Serve(args) => serve::main(args),
         Command::Tcp(args) => client::run_tcp(args),

@@ -101,6 +101,19 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_idle_timeout,
           requires = "proxy_protocol")]
     pub proxy_timeout: Duration,
+    /// Serve with N worker processes (0: one per CPU), each with its own reactor, sockets and
+    /// open-file limit, under a supervisor that restarts a worker that dies, reloads on SIGHUP
+    /// (new workers from the binary on disk, then the old ones drain) and refuses a connection
+    /// only when every worker is at --max-connections. Without it: one process, no supervisor.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub workers: Option<u32>,
+    /// The supervisor's own: serve as the worker of this slot, on inherited descriptors.
+    #[arg(long, hide = true, value_name = "SLOT")]
+    pub worker_slot: Option<u32>,
+    #[arg(long, hide = true, value_name = "N", default_value_t = 0)]
+    pub worker_generation: u32,
+    #[arg(long, hide = true, value_name = "N", requires = "worker_slot")]
+    pub worker_sockets: Option<usize>,
 }
 
 /// The idle wheel's resolution: a shorter timeout could not be honoured anyway.
@@ -119,7 +132,14 @@ fn nonzero(d: Duration) -> Option<Duration> {
 
 /// Runs `upecho serve` and returns the process exit code.
 pub fn main(args: ServeArgs) -> ExitCode {
-    match serve(args) {
+    let run = if args.worker_slot.is_some() {
+        super::workers::worker(args)
+    } else if let Some(n) = args.workers {
+        super::workers::supervise(args, n)
+    } else {
+        serve(args)
+    };
+    match run {
         Ok(code) => code,
         Err(e) => {
             eprintln!("upecho: {e}");
@@ -142,7 +162,7 @@ fn resolve_all(listen: &[HostPort]) -> Result<Vec<SocketAddr>, upecho::addr::Add
 }
 
 /// The sockets `--listen` and the protocol flags ask for.
-fn bind_source(args: &ServeArgs) -> Result<SocketSource, upecho::addr::AddrError> {
+pub(super) fn bind_source(args: &ServeArgs) -> Result<SocketSource, upecho::addr::AddrError> {
     let default = [HostPort::parse(DEFAULT_ADDR).expect("the default address parses")];
     let listen = if args.listen.is_empty() {
         &default[..]
@@ -163,7 +183,8 @@ fn bind_source(args: &ServeArgs) -> Result<SocketSource, upecho::addr::AddrError
     })
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// Raises the open-file limit; returns it and the connection limit it allows.
+pub(super) fn limits(args: &ServeArgs) -> (u64, u64) {
     let nofile = match net::raise_nofile_limit() {
         Ok(n) => n,
         Err(e) => {
@@ -180,26 +201,31 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
              accepts will pause when descriptors run out"
         );
     }
-    let source = match systemd::listen_fds()? {
-        Some(passed) => {
-            if !args.listen.is_empty() {
-                warn!(
-                    "--listen ignored: serving the {} socket(s) systemd passed",
-                    passed.len()
-                );
-            }
-            for (i, (_, name)) in passed.iter().enumerate() {
-                info!("socket {i} from systemd (name {name})");
-            }
-            SocketSource::Inherited(passed.into_iter().map(|(fd, _)| fd).collect())
-        }
-        None => bind_source(&args)?,
+    (nofile, max_connections)
+}
+
+/// The sockets systemd passed, if it did.
+pub(super) fn systemd_sockets(args: &ServeArgs) -> io::Result<Option<SocketSource>> {
+    let Some(passed) = systemd::listen_fds()? else {
+        return Ok(None);
     };
-    // Bind everything before announcing anything: a failure leaves no half-announced server.
-    let sockets = source.open()?;
-    let lines = sockets.listening_lines()?;
-    let notifier = Notifier::from_env();
-    let config = Config {
+    if !args.listen.is_empty() {
+        warn!(
+            "--listen ignored: serving the {} socket(s) systemd passed",
+            passed.len()
+        );
+    }
+    for (i, (_, name)) in passed.iter().enumerate() {
+        info!("socket {i} from systemd (name {name})");
+    }
+    Ok(Some(SocketSource::Inherited(
+        passed.into_iter().map(|(fd, _)| fd).collect(),
+    )))
+}
+
+/// The reactor's configuration from the flags.
+pub(super) fn server_config(args: &ServeArgs, max_connections: u64, notifier: Notifier) -> Config {
+    Config {
         transform: args.transform.into(),
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
@@ -210,12 +236,16 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         udp_guard: !args.udp_any_source,
         udp_source_rate: (args.udp_source_rate > 0).then_some(args.udp_source_rate),
         handle_signals: true,
-        notifier: notifier.clone(),
+        notifier,
         proxy: args.proxy_from.clone().map(|from| ProxyConfig {
             from,
             timeout: args.proxy_timeout,
         }),
-    };
+    }
+}
+
+/// What the start line says about the limits.
+pub(super) fn describe_limits(config: &Config, nofile: u64, max_connections: u64) -> String {
     let udp_limit = match config.udp_source_rate {
         Some(n) => format!("{n} UDP replies/s per source"),
         None => "no UDP rate limit".into(),
@@ -228,19 +258,38 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ),
         None => String::new(),
     };
-    info!(
-        "upecho {} serving (transform {}, open-file limit {nofile}, up to {max_connections} connection{}, \
-         {} KiB pending per connection, {} KiB in all, {udp_limit}, drain {}{proxy})",
-        env!("CARGO_PKG_VERSION"),
+    format!(
+        "transform {}, open-file limit {nofile}, up to {max_connections} connection{}, \
+         {} KiB pending per connection, {} KiB in all, {udp_limit}, drain {}{proxy}",
         config.transform.name(),
         if max_connections == 1 { "" } else { "s" },
         config.max_pending / 1024,
         config.max_pending_total / 1024,
         units::show(config.drain_timeout),
+    )
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let (nofile, max_connections) = limits(&args);
+    let source = match systemd_sockets(&args)? {
+        Some(passed) => passed,
+        None => bind_source(&args)?,
+    };
+    // Bind everything before announcing anything: a failure leaves no half-announced server.
+    let sockets = source.open()?;
+    let lines = sockets.listening_lines()?;
+    let notifier = Notifier::from_env();
+    let config = server_config(&args, max_connections, notifier.clone());
+    info!(
+        "upecho {} serving ({})",
+        env!("CARGO_PKG_VERSION"),
+        describe_limits(&config, nofile, max_connections)
     );
     // The signal handlers are installed here, before anything is announced: whoever reads the
     // `listening` lines may signal at once, and must get a drain, not a death by signal.
     let mut server = Server::new(config, sockets.listeners, sockets.udp)?;
+    // Blocked since the start (cli::run): one that came meanwhile is handled now.
+    upecho::serve::unblock_handled_signals()?;
     if let Some(hp) = &args.metrics {
         let addr = *hp.resolve()?.first().ok_or("no address for --metrics")?;
         let listener = net::bind_tcp(addr, &SocketOptions::default())?;

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!   Serving ──stop request──▶ Draining ──every connection quiet──▶ done (exit 0)
+//!   (stops accepting at once; closes quiet connections only after QUIET_GRACE)
 //!                               │  ├─ drain deadline ─────────────▶ done (exit 0, counted)
 //!                               │  └─ second stop request ────────▶ forced (exit 1)
 //! ```
@@ -22,8 +23,44 @@ use signal_hook_mio::v1_0::Signals;
 use super::systemd::Notifier;
 use super::token;
 
+/// How long a drain serves connections before it closes the quiet ones: a client that has just
+/// connected (or just sent) may have bytes on the way that the server has not seen yet, and
+/// closing its connection as "quiet" would cost it its reply. This matters most in a reload
+/// under load, where the old workers accepted connections a moment before they were told to
+/// stop.
+pub const QUIET_GRACE: Duration = Duration::from_millis(500);
+
 /// Every signal the server handles.
 pub const HANDLED_SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1];
+
+/// Blocks the handled signals in this thread (and the threads and processes it starts): one
+/// that arrives now waits, pending, instead of killing the process, until
+/// [`unblock_handled_signals`]. The binary blocks them first thing, so that a signal in the first
+/// millisecond, before the handlers are in place, is handled like any other.
+pub fn block_handled_signals() -> io::Result<()> {
+    mask_handled_signals(libc::SIG_BLOCK)
+}
+
+/// Unblocks the handled signals: those that arrived while blocked are delivered now (to the
+/// handlers, once they are installed; else their default action).
+pub fn unblock_handled_signals() -> io::Result<()> {
+    mask_handled_signals(libc::SIG_UNBLOCK)
+}
+
+fn mask_handled_signals(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: a sigset_t filled by sigemptyset/sigaddset, passed to pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        match libc::pthread_sigmask(how, &set, std::ptr::null_mut()) {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +122,9 @@ pub(crate) struct Lifecycle {
     waker: Arc<Waker>,
     drain_timeout: Duration,
     drain_deadline: Option<Instant>,
+    /// When the drain starts closing quiet connections, until it has.
+    quiet_from: Option<Instant>,
+    closing_quiet: bool,
     pub(crate) forced: bool,
     pub(crate) drain_timed_out: bool,
     notifier: Notifier,
@@ -113,6 +153,8 @@ impl Lifecycle {
             waker: Arc::new(Waker::new(registry, token::WAKER)?),
             drain_timeout,
             drain_deadline: None,
+            quiet_from: None,
+            closing_quiet: false,
             forced: false,
             drain_timed_out: false,
             next_watchdog: notifier.watchdog_interval().map(|_| Instant::now()),
@@ -144,8 +186,24 @@ impl Lifecycle {
         self.drain_deadline.is_some()
     }
 
+    /// The next deadline of the drain: the end of the grace, then the drain timeout.
     pub(crate) fn drain_deadline(&self) -> Option<Instant> {
-        self.drain_deadline
+        self.quiet_from.or(self.drain_deadline)
+    }
+
+    /// Whether quiet connections are closed now (the drain's grace is over).
+    pub(crate) fn closing_quiet(&self) -> bool {
+        self.closing_quiet
+    }
+
+    /// True once, when the drain's grace ends: from now on quiet connections are closed.
+    pub(crate) fn grace_over(&mut self, now: Instant) -> bool {
+        if self.quiet_from.is_some_and(|t| now >= t) {
+            self.quiet_from = None;
+            self.closing_quiet = true;
+            return true;
+        }
+        false
     }
 
     pub(crate) fn drain_timeout(&self) -> Duration {
@@ -178,6 +236,7 @@ impl Lifecycle {
             now.checked_add(self.drain_timeout)
                 .unwrap_or(now + crate::units::MAX_DURATION),
         );
+        self.quiet_from = Some(now + QUIET_GRACE.min(self.drain_timeout));
         true
     }
 
@@ -237,6 +296,13 @@ mod tests {
         );
         assert!(life.begin_drain(t0));
         assert!(!life.begin_drain(t0), "draining already");
+        assert!(!life.closing_quiet(), "not during the grace");
+        assert_eq!(life.drain_deadline(), Some(t0 + QUIET_GRACE));
+        assert!(!life.grace_over(t0));
+        assert!(life.grace_over(t0 + QUIET_GRACE));
+        assert!(!life.grace_over(t0 + QUIET_GRACE), "once");
+        assert!(life.closing_quiet());
+        assert_eq!(life.drain_deadline(), Some(t0 + Duration::from_secs(5)));
         assert!(!life.finished(3));
         assert!(life.finished(0));
         assert!(!life.drain_expired(t0 + Duration::from_secs(4)));

@@ -61,150 +61,199 @@ pub(crate) struct Snapshot {
 
 /// One metric family in the classic text format: `# HELP`, `# TYPE`, one sample.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: f64) {
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
-    );
+    family_of(out, name, kind, help, &[(labels, value)]);
+}
+
+/// One metric family with one sample per label set (`labels` with its braces, or empty).
+fn family_of(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// A metric of the supervisor's own (`--workers`): restarts, reloads, workers running.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extra {
+    pub(crate) name: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) value: f64,
 }
 
 /// The exposition of `snapshot`, in the Prometheus text format (version 0.0.4), names as the
 /// Prometheus naming guide has them: `upecho_` prefix, base units, `_total` on counters.
 pub(crate) fn render(snapshot: &Snapshot) -> String {
-    let s = &snapshot.stats;
-    let l = &snapshot.limits;
-    let mut out = String::with_capacity(4096);
-    let counters: [(&str, &str, u64); 17] = [
+    render_labelled(&[(String::new(), snapshot)], snapshot.start_time, &[])
+}
+
+/// The exposition of several reactors' snapshots, each series once per reactor with its labels
+/// (`worker="0",generation="1"`: the whole label set without braces; empty for a single server),
+/// then the process's own families and `extra`.
+pub(crate) fn render_labelled(
+    series: &[(String, &Snapshot)],
+    start_time: f64,
+    extra: &[Extra],
+) -> String {
+    let mut out = String::with_capacity(4096 * series.len().max(1));
+    let labels: Vec<String> = series
+        .iter()
+        .map(|(l, _)| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        })
+        .collect();
+    // Each family once, with a sample per reactor: the order the text format requires.
+    let each =
+        |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&Snapshot) -> f64| {
+            let samples: Vec<(&str, f64)> = series
+                .iter()
+                .zip(&labels)
+                .map(|((_, snap), l)| (l.as_str(), f(snap)))
+                .collect();
+            family_of(out, name, kind, help, &samples);
+        };
+    type Counter = (&'static str, &'static str, fn(&Stats) -> u64);
+    let counters: [Counter; 18] = [
         (
             "upecho_connections_accepted_total",
             "TCP connections accepted and served.",
-            s.accepted,
+            |s| s.accepted,
         ),
         (
             "upecho_connections_refused_total",
             "TCP connections closed at once at --max-connections.",
-            s.refused,
+            |s| s.refused,
+        ),
+        (
+            "upecho_connections_handed_off_total",
+            "TCP connections accepted at --max-connections and passed to a worker with room.",
+            |s| s.handed_off,
         ),
         (
             "upecho_connections_reset_total",
             "TCP connections the peer ended abnormally (reset, broken pipe, timeout).",
-            s.reset,
+            |s| s.reset,
         ),
         (
             "upecho_connection_errors_total",
             "TCP connections ended by an error on the server's side.",
-            s.errors,
+            |s| s.errors,
         ),
         (
             "upecho_connections_idle_closed_total",
             "TCP connections closed by --idle-timeout.",
-            s.idle_closed,
+            |s| s.idle_closed,
         ),
         (
             "upecho_received_bytes_total",
             "Bytes read from TCP connections.",
-            s.bytes_in,
+            |s| s.bytes_in,
         ),
         (
             "upecho_sent_bytes_total",
             "Bytes written to TCP connections.",
-            s.bytes_out,
+            |s| s.bytes_out,
         ),
         (
             "upecho_udp_received_datagrams_total",
             "UDP datagrams received.",
-            s.datagrams_in,
+            |s| s.datagrams_in,
         ),
         (
             "upecho_udp_sent_datagrams_total",
             "UDP replies sent.",
-            s.datagrams_out,
+            |s| s.datagrams_out,
         ),
         (
             "upecho_udp_dropped_datagrams_total",
             "UDP replies dropped (reply queue full, or the send failed).",
-            s.datagrams_dropped,
+            |s| s.datagrams_dropped,
         ),
         (
             "upecho_udp_ignored_datagrams_total",
             "UDP datagrams not answered (reflection guard or per-source budget).",
-            s.datagrams_ignored,
+            |s| s.datagrams_ignored,
         ),
         (
             "upecho_pending_ceiling_reached_total",
             "Times pending output reached --max-pending-total.",
-            s.ceiling_reached,
+            |s| s.ceiling_reached,
         ),
         (
             "upecho_accept_pauses_total",
             "Times accepting paused for want of descriptors or memory (EMFILE and the like).",
-            s.accept_pauses,
+            |s| s.accept_pauses,
         ),
         (
             "upecho_unknown_events_total",
             "Poll events for tokens the server did not register (ignored).",
-            s.unknown_events,
+            |s| s.unknown_events,
         ),
         (
             "upecho_proxy_headers_total",
             "PROXY protocol headers read from trusted sources.",
-            s.proxy_headers,
+            |s| s.proxy_headers,
         ),
         (
             "upecho_proxy_rejected_total",
             "Connections from trusted sources closed for a missing or bad PROXY header.",
-            s.proxy_rejected,
+            |s| s.proxy_rejected,
         ),
         (
             "upecho_scrapes_total",
             "Metrics requests answered before this one.",
-            s.scrapes,
+            |s| s.scrapes,
         ),
     ];
     for (name, help, value) in counters {
-        family(&mut out, name, "counter", help, "", value as f64);
+        each(&mut out, name, "counter", help, &|snap| {
+            value(&snap.stats) as f64
+        });
     }
-    family(
+    each(
         &mut out,
         "upecho_accept_paused_seconds_total",
         "counter",
         "Time accepting was paused for want of descriptors or memory.",
-        "",
-        s.accept_paused_ns as f64 / 1e9,
+        &|snap| snap.stats.accept_paused_ns as f64 / 1e9,
     );
-    let gauges: [(&str, &str, u64); 6] = [
+    type Gauge = (&'static str, &'static str, fn(&Snapshot) -> u64);
+    let gauges: [Gauge; 6] = [
         (
             "upecho_connections_active",
             "TCP connections open now.",
-            s.active,
+            |x| x.stats.active,
         ),
         (
             "upecho_pending_bytes",
             "Output owed to clients now, all connections together.",
-            s.pending_bytes,
+            |x| x.stats.pending_bytes,
         ),
-        (
-            "upecho_max_connections",
-            "--max-connections.",
-            l.max_connections,
-        ),
+        ("upecho_max_connections", "--max-connections.", |x| {
+            x.limits.max_connections
+        }),
         (
             "upecho_max_pending_bytes",
             "--max-pending: output one connection may owe.",
-            l.max_pending,
+            |x| x.limits.max_pending,
         ),
         (
             "upecho_max_pending_total_bytes",
             "--max-pending-total: output all connections together may owe.",
-            l.max_pending_total,
+            |x| x.limits.max_pending_total,
         ),
         (
             "upecho_udp_source_rate",
             "--udp-source-rate: replies per second per UDP source (0: no limit).",
-            l.udp_source_rate,
+            |x| x.limits.udp_source_rate,
         ),
     ];
     for (name, help, value) in gauges {
-        family(&mut out, name, "gauge", help, "", value as f64);
+        each(&mut out, name, "gauge", help, &|snap| value(snap) as f64);
     }
     family(
         &mut out,
@@ -212,7 +261,7 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
         "gauge",
         "Start time of the process since the Unix epoch, in seconds.",
         "",
-        snapshot.start_time,
+        start_time,
     );
     family(
         &mut out,
@@ -222,6 +271,9 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
         &format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
         1.0,
     );
+    for e in extra {
+        family(&mut out, e.name, e.kind, e.help, "", e.value);
+    }
     out
 }
 
@@ -232,12 +284,44 @@ pub(crate) fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// What a request read so far asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// Not complete yet.
+    Incomplete,
+    /// The exposition (`head`: headers only).
+    Metrics { head: bool },
+    /// Anything else, answered at once with this response.
+    Other(Vec<u8>),
+}
+
 /// What to answer a request read so far, or `None` while it is incomplete.
+#[cfg(test)]
 pub(crate) fn respond(request: &[u8], exposition: impl FnOnce() -> String) -> Option<Vec<u8>> {
+    match ask(request) {
+        Asked::Incomplete => None,
+        Asked::Metrics { head } => Some(metrics_response(&exposition(), head)),
+        Asked::Other(resp) => Some(resp),
+    }
+}
+
+/// The 200 response carrying `body`.
+pub(crate) fn metrics_response(body: &str, head: bool) -> Vec<u8> {
+    response(
+        "200 OK",
+        "text/plain; version=0.0.4; charset=utf-8",
+        body,
+        "",
+        head,
+    )
+}
+
+/// Parses the request read so far.
+pub(crate) fn ask(request: &[u8]) -> Asked {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let (status, body, extra) = match req.parse(request) {
-        Ok(httparse::Status::Partial) if request.len() < MAX_REQUEST => return None,
+        Ok(httparse::Status::Partial) if request.len() < MAX_REQUEST => return Asked::Incomplete,
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => (
             "431 Request Header Fields Too Large",
             "request too large\n".to_string(),
@@ -253,15 +337,9 @@ pub(crate) fn respond(request: &[u8], exposition: impl FnOnce() -> String) -> Op
             let path = path.split('?').next().unwrap_or(path);
             match req.method.unwrap_or("") {
                 "GET" | "HEAD" if path == "/metrics" => {
-                    let body = exposition();
-                    let head = req.method == Some("HEAD");
-                    return Some(response(
-                        "200 OK",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        &body,
-                        "",
-                        head,
-                    ));
+                    return Asked::Metrics {
+                        head: req.method == Some("HEAD"),
+                    };
                 }
                 "GET" | "HEAD" => (
                     "404 Not Found",
@@ -276,7 +354,7 @@ pub(crate) fn respond(request: &[u8], exposition: impl FnOnce() -> String) -> Op
             }
         }
     };
-    Some(response(
+    Asked::Other(response(
         status,
         "text/plain; charset=utf-8",
         &body,
@@ -305,6 +383,9 @@ struct Scrape {
     peer: SocketAddr,
     request: Vec<u8>,
     response: Option<(Vec<u8>, usize)>,
+    /// A complete `GET /metrics` waiting for its exposition (deferred endpoints only): whether
+    /// it was a HEAD.
+    waiting: Option<bool>,
     deadline: Instant,
 }
 
@@ -315,6 +396,9 @@ pub(crate) struct MetricsEndpoint {
     /// Requests answered so far. Kept here rather than in the reactor's counters, since one
     /// accept turn may answer several scrapes from one snapshot.
     answered: u64,
+    /// The exposition is not at hand when a request completes (a supervisor asks its workers
+    /// first): requests wait for [`MetricsEndpoint::answer_waiting`].
+    deferred: bool,
 }
 
 impl MetricsEndpoint {
@@ -324,7 +408,46 @@ impl MetricsEndpoint {
             listener,
             scrapes: Slab::with_capacity(MAX_SCRAPERS),
             answered: 0,
+            deferred: false,
         })
+    }
+
+    /// An endpoint whose `GET /metrics` requests wait for [`MetricsEndpoint::answer_waiting`].
+    pub(crate) fn deferred(mut self) -> Self {
+        self.deferred = true;
+        self
+    }
+
+    /// Whether a request waits for the exposition.
+    pub(crate) fn waiting(&self) -> bool {
+        self.scrapes.iter().any(|(_, s)| s.waiting.is_some())
+    }
+
+    /// Answers every waiting request with `body`.
+    pub(crate) fn answer_waiting(&mut self, body: &str) {
+        let keys: Vec<usize> = self
+            .scrapes
+            .iter_mut()
+            .filter_map(|(k, s)| {
+                let head = s.waiting.take()?;
+                s.response = Some((metrics_response(body, head), 0));
+                Some(k)
+            })
+            .collect();
+        for key in keys {
+            self.answered += 1;
+            self.write_out(key);
+        }
+    }
+
+    /// Writes what `key` has to write (it was just given a response).
+    fn write_out(&mut self, key: usize) {
+        let empty = Snapshot {
+            stats: Stats::default(),
+            limits: Limits::default(),
+            start_time: 0.0,
+        };
+        self.drive(key, &empty);
     }
 
     /// Requests answered so far.
@@ -372,6 +495,7 @@ impl MetricsEndpoint {
                 peer,
                 request: Vec::new(),
                 response: None,
+                waiting: None,
                 deadline: now + SCRAPE_TIMEOUT,
             });
             // Registration reports what is already there, but trying costs one read.
@@ -385,6 +509,9 @@ impl MetricsEndpoint {
             return;
         };
         let done = loop {
+            if s.waiting.is_some() {
+                break false;
+            }
             if let Some((out, off)) = &mut s.response {
                 match Outcome::of_write(s.stream.write(&out[*off..])) {
                     Outcome::Moved(n) => {
@@ -403,12 +530,19 @@ impl MetricsEndpoint {
             match Outcome::of_read(s.stream.read(&mut buf)) {
                 Outcome::Moved(n) => {
                     s.request.extend_from_slice(&buf[..n]);
-                    let answered = &mut self.answered;
-                    let resp = respond(&s.request, || {
-                        let mut snap = snap.clone();
-                        snap.stats.scrapes = *answered;
-                        render(&snap)
-                    });
+                    let resp = match ask(&s.request) {
+                        Asked::Incomplete => None,
+                        Asked::Other(resp) => Some(resp),
+                        Asked::Metrics { head } if self.deferred => {
+                            s.waiting = Some(head);
+                            None
+                        }
+                        Asked::Metrics { head } => {
+                            let mut snap = snap.clone();
+                            snap.stats.scrapes = self.answered;
+                            Some(metrics_response(&render(&snap), head))
+                        }
+                    };
                     if let Some(resp) = resp {
                         s.response = Some((resp, 0));
                         self.answered += 1;

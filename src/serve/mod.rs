@@ -9,6 +9,9 @@
 //! - [`proxy`]: the PROXY protocol: trusted sources, and where a header ends.
 //! - `metrics`: the `--metrics` endpoint (Prometheus text format).
 //! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
+//! - [`supervisor`]: `--workers N`, the parent that binds, starts, restarts, reloads and
+//!   steers worker processes; [`control`], the channel between it and each worker; `steer`,
+//!   the reuse-port steering program.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
 //!   only when debug logging is on; the rate limit on "not answering" lines).
 //!
@@ -19,6 +22,7 @@ mod accept;
 #[doc(hidden)]
 pub mod conn;
 mod conns;
+pub mod control;
 mod lifecycle;
 mod limit;
 mod logs;
@@ -27,13 +31,17 @@ pub mod proxy;
 mod reactor;
 mod source;
 mod stats;
+mod steer;
+pub mod supervisor;
 pub mod systemd;
 mod timer;
 mod token;
 mod udp;
 
 pub use conns::{FAIR_BUDGET, READ_CHUNK};
-pub use lifecycle::{Action, HANDLED_SIGNALS, Policy};
+pub use lifecycle::{
+    Action, HANDLED_SIGNALS, Policy, block_handled_signals, unblock_handled_signals,
+};
 pub use reactor::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Server, ShutdownHandle, Summary,
 };

@@ -26,11 +26,15 @@ use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
 use log::{info, trace, warn};
-use mio::net::{TcpListener, UdpSocket};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 
 use super::accept::Acceptor;
 use super::conns::{Close, Connections, Limits};
+use super::control::{Adopt, WorkerLink};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
@@ -121,6 +125,8 @@ pub struct Server {
     stats: Stats,
     stats_log: StatsLog,
     metrics: Option<MetricsEndpoint>,
+    /// The channel to the supervisor, when this reactor is one of `--workers`.
+    control: Option<WorkerLink>,
     /// What the metrics report besides the counters.
     limits: metrics::Limits,
     start_time: f64,
@@ -188,6 +194,7 @@ impl Server {
             stats: Stats::default(),
             stats_log: StatsLog::new(config.stats_interval, now),
             metrics: None,
+            control: None,
             limits: metrics::Limits {
                 max_connections: config.max_connections as u64,
                 max_pending: config.max_pending as u64,
@@ -202,6 +209,20 @@ impl Server {
     /// Serves `GET /metrics` on `listener` too (already bound and listening), from this reactor.
     pub fn with_metrics(mut self, listener: TcpListener) -> io::Result<Server> {
         self.metrics = Some(MetricsEndpoint::new(listener, self.poll.registry())?);
+        Ok(self)
+    }
+
+    /// Serves as one of a supervisor's workers: connections accepted while full are handed to
+    /// a sibling through `link`, the supervisor is told when this worker is full or has room,
+    /// and asked-for counters are sent back. Tells the supervisor this worker is ready.
+    pub fn with_control(mut self, link: WorkerLink) -> io::Result<Server> {
+        self.poll.registry().register(
+            &mut SourceFd(&link.raw()),
+            token::CONTROL,
+            Interest::READABLE,
+        )?;
+        link.ready()?;
+        self.control = Some(link);
         Ok(self)
     }
 
@@ -236,6 +257,9 @@ impl Server {
                 self.accept_all(now);
             }
             self.run_queued();
+            if let Some(c) = &mut self.control {
+                c.on_turn(self.conns.len(), self.life.draining());
+            }
             if self.life.finished(self.conns.len()) {
                 break;
             }
@@ -247,6 +271,9 @@ impl Server {
             );
         }
         self.fill_own_counters(Instant::now());
+        if let Some(c) = &self.control {
+            c.final_counters(&self.stats, self.life.forced);
+        }
         Ok(Summary {
             stats: self.stats,
             forced: self.life.forced,
@@ -295,6 +322,7 @@ impl Server {
                 .udp
                 .on_ready(i, event.is_readable(), event.is_writable()),
             Source::Listener(_) => self.acceptor.on_ready(),
+            Source::Control => self.on_control(now),
             Source::Metrics => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
@@ -358,7 +386,9 @@ impl Server {
 
     /// One turn for connection `key`, and what its progress means for the other parts.
     fn drive(&mut self, key: usize) {
-        let turn = self.conns.drive(key, self.life.draining(), &mut self.stats);
+        let turn = self
+            .conns
+            .drive(key, self.life.closing_quiet(), &mut self.stats);
         if turn.moved.read + turn.moved.written > 0
             && let Some(idle) = &mut self.idle
         {
@@ -378,30 +408,87 @@ impl Server {
     fn accept_all(&mut self, now: Instant) {
         self.acceptor.begin_turn();
         while let Some((stream, peer)) = self.acceptor.next(now, self.conns.len()) {
-            if self.conns.full() {
+            if !self.conns.full() {
+                self.serve_new(stream, peer, now);
+            } else if self
+                .control
+                .as_ref()
+                .is_some_and(|c| c.hand_off(stream.as_fd(), Vec::new()))
+            {
+                // A sibling with room serves it (ours is closed here; the sibling has its own).
+                self.stats.handed_off += 1;
+            } else {
                 // Closing at once tells the client promptly instead of leaving it in the backlog.
                 drop(stream);
                 self.acceptor
                     .refuse(peer, self.conns.max(), now, &mut self.stats);
-                continue;
             }
-            let key = match self.conns.insert(stream, peer, self.poll.registry(), now) {
-                Ok((key, proxied)) => {
-                    if proxied && let Some(w) = &mut self.header_wait {
-                        w.watch(key);
-                    }
-                    key
+        }
+    }
+
+    /// Takes a new connection into the table (there is room).
+    fn serve_new(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let key = match self.conns.insert(stream, peer, self.poll.registry(), now) {
+            Ok((key, proxied)) => {
+                if proxied && let Some(w) = &mut self.header_wait {
+                    w.watch(key);
                 }
-                Err(e) => {
-                    warn!("register connection from {peer}: {e}");
-                    continue;
-                }
-            };
-            if let Some(idle) = &mut self.idle {
-                idle.watch(key);
+                key
             }
-            self.stats.accepted += 1;
-            self.stats.active += 1;
+            Err(e) => {
+                warn!("register connection from {peer}: {e}");
+                return;
+            }
+        };
+        if let Some(idle) = &mut self.idle {
+            idle.watch(key);
+        }
+        self.stats.accepted += 1;
+        self.stats.active += 1;
+    }
+
+    /// Messages from the supervisor: connections handed over, requests for the counters, or
+    /// the end of the channel.
+    fn on_control(&mut self, now: Instant) {
+        let Some(inbox) = self.control.as_mut().map(WorkerLink::read) else {
+            return;
+        };
+        for seq in inbox.reports {
+            self.fill_own_counters(now);
+            if let Some(c) = &self.control {
+                c.report(seq, &self.stats);
+            }
+        }
+        for a in inbox.adopt {
+            self.adopt(a, now);
+        }
+        if inbox.orphaned {
+            warn!("the supervisor is gone: shutting down");
+            self.begin_shutdown(now);
+        }
+    }
+
+    /// A connection a full sibling accepted: served here if there is room; else handed back
+    /// for another, or refused when it was the last worker to try.
+    fn adopt(&mut self, a: Adopt, now: Instant) {
+        let std = std::net::TcpStream::from(a.fd);
+        // The client may have gone meanwhile: nothing to serve.
+        let Ok(peer) = std.peer_addr() else { return };
+        // Non-blocking already: the flag belongs to the socket, set where it was accepted.
+        let stream = TcpStream::from_std(std);
+        if !self.conns.full() && !self.life.draining() {
+            self.serve_new(stream, peer, now);
+            return;
+        }
+        let handed = !a.last
+            && self
+                .control
+                .as_ref()
+                .is_some_and(|c| c.hand_off(stream.as_fd(), a.tried));
+        if !handed {
+            drop(stream);
+            self.acceptor
+                .refuse(peer, self.conns.max(), now, &mut self.stats);
         }
     }
 
@@ -438,6 +525,9 @@ impl Server {
         }
         if let Some(rates) = self.stats_log.due(now, &self.stats) {
             info!("stats: {}; {rates}", self.stats);
+        }
+        if self.life.grace_over(now) {
+            self.conns.queue_all_for_drain();
         }
         if self.life.drain_expired(now) {
             warn!(
@@ -485,7 +575,6 @@ impl Server {
             Count(self.conns.len() as u64, "connection"),
             crate::units::show(self.life.drain_timeout())
         );
-        self.conns.queue_all_for_drain();
     }
 }
 

@@ -4,15 +4,23 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Everything the reactor counts.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// Everything the reactor counts. Serialisable, so that a worker can report its counters to the
+/// supervisor (`--workers`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// TCP connections accepted and served.
     pub accepted: u64,
     /// TCP connections open right now.
     pub active: u64,
-    /// Connections accepted and closed at once because `--max-connections` was reached.
+    /// Connections accepted and closed at once because `--max-connections` was reached (with
+    /// `--workers`: because every worker had reached it).
     pub refused: u64,
+    /// Connections accepted at `--max-connections` and passed to a sibling worker with room
+    /// (`--workers`); the sibling counts them as accepted.
+    pub handed_off: u64,
     /// Connections the peer (or the path to it) ended abnormally: reset, broken pipe, timed out.
     pub reset: u64,
     /// Connections ended by an error on this side (out of memory or buffers, ...), logged at warn.
@@ -45,6 +53,58 @@ pub struct Stats {
     /// Connections from trusted sources closed for a missing, malformed, oversized, truncated
     /// or late PROXY header.
     pub proxy_rejected: u64,
+}
+
+impl Stats {
+    /// Adds `other` to these counters: the totals over several workers. Gauges (`active`,
+    /// `pending_bytes`) add up too, which is right for workers serving at the same time.
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            accepted,
+            active,
+            refused,
+            handed_off,
+            reset,
+            errors,
+            idle_closed,
+            bytes_in,
+            bytes_out,
+            datagrams_in,
+            datagrams_out,
+            datagrams_dropped,
+            datagrams_ignored,
+            pending_bytes,
+            ceiling_reached,
+            unknown_events,
+            accept_pauses,
+            accept_paused_ns,
+            scrapes,
+            proxy_headers,
+            proxy_rejected,
+        } = other;
+        // Destructured, so that a new counter cannot be forgotten here.
+        self.accepted += accepted;
+        self.active += active;
+        self.refused += refused;
+        self.handed_off += handed_off;
+        self.reset += reset;
+        self.errors += errors;
+        self.idle_closed += idle_closed;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        self.datagrams_in += datagrams_in;
+        self.datagrams_out += datagrams_out;
+        self.datagrams_dropped += datagrams_dropped;
+        self.datagrams_ignored += datagrams_ignored;
+        self.pending_bytes += pending_bytes;
+        self.ceiling_reached += ceiling_reached;
+        self.unknown_events += unknown_events;
+        self.accept_pauses += accept_pauses;
+        self.accept_paused_ns += accept_paused_ns;
+        self.scrapes += scrapes;
+        self.proxy_headers += proxy_headers;
+        self.proxy_rejected += proxy_rejected;
+    }
 }
 
 /// When the periodic counters line is due, and the counters at the last one, for its rates.
@@ -139,12 +199,13 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tcp: active={} accepted={} refused={} reset={} errors={} idle_closed={} bytes_in={} bytes_out={} \
+            "tcp: active={} accepted={} refused={} handed_off={} reset={} errors={} idle_closed={} bytes_in={} bytes_out={} \
              pending={} ceiling_reached={} proxy_headers={} proxy_rejected={}; udp: in={} out={} \
              dropped={} ignored={}",
             self.active,
             self.accepted,
             self.refused,
+            self.handed_off,
             self.reset,
             self.errors,
             self.idle_closed,

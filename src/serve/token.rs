@@ -7,7 +7,8 @@
 //!   0                signals   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 (signal-hook-mio)
 //!   1                waker     ShutdownHandle
 //!   2                metrics   the --metrics listener
-//!   3 .. 16          (unused)
+//!   3                control   the channel to the supervisor (--workers)
+//!   4 .. 16          (unused)
 //!   16 .. 256        listeners, in the order given
 //!   256 .. 1024      UDP sockets, in the order given
 //!   1024 ..          connections (slab key + 1024)
@@ -22,6 +23,7 @@ use mio::Token;
 pub(crate) const SIGNALS: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
 pub(crate) const METRICS: Token = Token(2);
+pub(crate) const CONTROL: Token = Token(3);
 /// Far above any connection key a process could reach (one per descriptor).
 const SCRAPE_BASE: usize = 1 << 40;
 const LISTENER_BASE: usize = 16;
@@ -45,6 +47,8 @@ pub(crate) enum Source {
     Conn(usize),
     /// The metrics listener.
     Metrics,
+    /// The channel to the supervisor.
+    Control,
     /// Metrics scrape connection, by its own slab key.
     Scrape(usize),
     /// Nothing the reactor hands out; the raw token is kept for the log.
@@ -58,6 +62,7 @@ impl Source {
             0 => Source::Signals,
             1 => Source::Waker,
             2 => Source::Metrics,
+            3 => Source::Control,
             t if t >= SCRAPE_BASE => Source::Scrape(t - SCRAPE_BASE),
             t if t >= CONN_BASE => Source::Conn(t - CONN_BASE),
             t if (UDP_BASE..UDP_BASE + udp).contains(&t) => Source::Udp(t - UDP_BASE),
@@ -107,6 +112,7 @@ mod tests {
             assert_eq!(Source::of(conn(key), l, u), Source::Conn(key));
         }
         assert_eq!(Source::of(METRICS, l, u), Source::Metrics);
+        assert_eq!(Source::of(CONTROL, l, u), Source::Control);
         for key in [0, 15] {
             assert_eq!(Source::of(scrape(key), l, u), Source::Scrape(key));
         }
@@ -116,7 +122,7 @@ mod tests {
     fn tokens_nobody_was_given_are_unknown_not_a_listener() {
         let (l, u) = (3, 2);
         for t in [
-            3,
+            4,
             15,
             LISTENER_BASE + 3,
             LISTENER_BASE + 239,

@@ -1,0 +1,657 @@
+//! `upecho serve --workers N`: the supervisor and its workers, as the real binary runs them.
+//! Replies with two workers, a killed worker restarted while the port keeps answering, the
+//! drain of every worker, start and stop at any moment, capacity over workers, a reload under
+//! churn, an upgrade that fails, and the one metrics endpoint with a `worker` label.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{ServerProc, WAIT, bin, connect, random_bytes, read_n, roundtrip, upper};
+
+/// Every `worker N (pid P...): ready` line so far: (slot, pid).
+fn ready_workers(log: &str) -> Vec<(u32, u32)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("upecho::serve::supervisor] worker ").nth(1)?;
+            if !rest.contains("): ready") {
+                return None;
+            }
+            let slot = rest.split(' ').next()?.parse().ok()?;
+            let pid = rest.split("(pid ").nth(1)?;
+            let pid = pid.split([')', ',']).next()?.parse().ok()?;
+            Some((slot, pid))
+        })
+        .collect()
+}
+
+/// The counter `name` in the supervisor's `final counters: worker SLOT ...` line of each worker
+/// of the last set, by slot.
+fn final_per_worker(log: &str, name: &str) -> Vec<(u32, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("] final counters: worker ").nth(1)?;
+            let slot = rest.split(' ').next()?.parse().ok()?;
+            Some((slot, counter(rest, name)?))
+        })
+        .collect()
+}
+
+/// `name=N` in a counters line.
+fn counter(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn total_line(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("final counters: total:"))
+        .unwrap_or_else(|| panic!("no total line in\n{log}"))
+        .to_string()
+}
+
+/// Waits (bounded) until `pid` no longer runs (it may be a zombie of a process we do not reap:
+/// that counts as gone).
+fn gone(pid: u32) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true;
+            }
+            Ok(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+fn start(workers: &str, extra: &[&str]) -> ServerProc {
+    let mut args = vec!["--workers", workers];
+    args.extend_from_slice(extra);
+    let s = ServerProc::start(&args);
+    // Logged before the listening lines (the log is read by another thread, so wait for it).
+    assert!(
+        s.logged(&format!("{workers} workers ready")),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(
+        ready_workers(&s.stderr()).len(),
+        workers.parse::<usize>().unwrap(),
+        "{}",
+        s.stderr()
+    );
+    s
+}
+
+#[test]
+fn two_workers_answer_tcp_and_udp_and_share_the_connections() {
+    let mut s = start("2", &[]);
+    for i in 0..40u64 {
+        let mut c = s.connect();
+        let data = random_bytes(3000 + i as usize, i);
+        assert!(roundtrip(&mut c, &data) == upper(&data), "connection {i}");
+    }
+    for i in 0..20u64 {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.set_read_timeout(Some(WAIT)).unwrap();
+        let data = random_bytes(500, 100 + i);
+        u.send_to(&data, s.udp()).unwrap();
+        let mut buf = [0u8; 1024];
+        let (n, from) = u.recv_from(&mut buf).unwrap();
+        assert_eq!(from, s.udp(), "the reply comes from the address asked");
+        assert!(buf[..n] == upper(&data)[..], "datagram {i}");
+    }
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    let accepted = final_per_worker(&log, "accepted");
+    assert_eq!(accepted.len(), 2, "{log}");
+    // Random steering: each worker gets some of 40 (both missing out is a 1-in-2^39 chance).
+    assert!(accepted.iter().all(|&(_, n)| n > 0), "{accepted:?}\n{log}");
+    assert_eq!(accepted.iter().map(|&(_, n)| n).sum::<u64>(), 40);
+    let total = total_line(&log);
+    assert_eq!(counter(&total, "accepted"), Some(40), "{total}");
+    assert_eq!(counter(&total, "in"), Some(20), "{total}");
+    assert_eq!(counter(&total, "refused"), Some(0), "{total}");
+}
+
+#[test]
+fn a_killed_worker_is_restarted_and_the_port_keeps_answering() {
+    let mut s = start("2", &[]);
+    let held: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut c = s.connect();
+            assert_eq!(roundtrip(&mut c, b"before"), b"BEFORE", "held {i}");
+            c
+        })
+        .collect();
+    let (slot, victim) = ready_workers(&s.stderr())[0];
+    // SAFETY: kill(2) on a pid the server logged as its worker.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    // At once, while the replacement may not be up: every new client is answered.
+    for i in 0..50 {
+        let mut c = s.connect();
+        assert_eq!(roundtrip(&mut c, b"during"), b"DURING", "new client {i}");
+    }
+    let died = format!("worker {slot} (pid {victim}): killed by signal 9 (SIGKILL)");
+    assert!(s.logged(&died), "{}", s.stderr());
+    assert!(s.stderr().contains("restarting in"), "{}", s.stderr());
+    // Only the killed worker's connections are lost; the other's are served on.
+    let mut survivors = 0;
+    for mut c in held {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 5];
+        if c.write_all(b"after").is_ok() && c.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"AFTER");
+            survivors += 1;
+        }
+    }
+    assert!(
+        (1..20).contains(&survivors),
+        "{survivors} of 20 survived: the other worker's, not none and not all"
+    );
+    // The replacement serves new clients.
+    let deadline = Instant::now() + WAIT;
+    let replacement = loop {
+        if let Some(&(_, pid)) = ready_workers(&s.stderr())
+            .iter()
+            .find(|&&(sl, pid)| sl == slot && pid != victim)
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no replacement: {}", s.stderr());
+        thread::sleep(Duration::from_millis(20));
+    };
+    for i in 0..40 {
+        let mut c = s.connect();
+        assert_eq!(roundtrip(&mut c, b"later"), b"LATER", "client {i}");
+    }
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "final counters: worker {slot} (pid {replacement})"
+            ))
+        })
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(counter(line, "accepted").unwrap() > 0, "{line}");
+}
+
+#[test]
+fn sigterm_drains_every_worker_and_exits_zero() {
+    let mut s = start("2", &["--drain-timeout", "30", "--max-pending", "64MiB"]);
+    // Clients that are owed a lot when the signal comes, spread over both workers.
+    let data = random_bytes(2 << 20, 5);
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| s.connect()).collect();
+    for c in &mut clients {
+        c.write_all(&data).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    s.signal(libc::SIGTERM);
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert!(read_n(c, data.len()) == upper(&data), "client {i}");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "closed after the drain");
+    }
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    assert_eq!(
+        log.matches("drained, exited with status 0").count(),
+        2,
+        "{log}"
+    );
+    let total = total_line(&log);
+    assert_eq!(counter(&total, "accepted"), Some(8), "{total}");
+    assert_eq!(
+        counter(&total, "bytes_out"),
+        Some(8 * data.len() as u64),
+        "{total}"
+    );
+}
+
+/// A stop signal at any moment of the start, from the first millisecond: blocked from the
+/// start of `main` until the handlers are in place, it is always handled (drain, exit 0);
+/// only one that comes before `main` runs at all may kill the process, which has then started
+/// nothing. No worker is ever killed by the forwarded signal (it waits, blocked, until the
+/// worker's handlers are in place), and none outlives the supervisor. Half the starts are
+/// signalled after a delay (0 to 3 ms), half the moment the first worker is started, in the
+/// window between the fork and the worker's handlers.
+#[test]
+fn a_stop_signal_at_any_moment_of_the_start_is_handled() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    for i in 0..24u64 {
+        let sig = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT][i as usize % 3];
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err_pipe = child.stderr.take().unwrap();
+        let reader = thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("): started") {
+                    let _ = tx.send(());
+                }
+                all += &line;
+                all.push('\n');
+            }
+            all
+        });
+        if i % 2 == 0 {
+            thread::sleep(Duration::from_micros(i * 125));
+        } else {
+            rx.recv_timeout(WAIT).expect("a worker started");
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "start {i}: did not exit");
+            thread::sleep(Duration::from_millis(5));
+        };
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let err = reader.join().unwrap();
+        match (status.code(), status.signal()) {
+            (Some(0), _) => {}
+            (None, Some(s)) if s == sig && i % 2 == 0 => {
+                assert!(
+                    out.is_empty() && err.is_empty(),
+                    "start {i}: died late: {err}"
+                );
+            }
+            other => panic!("start {i}: {other:?}\n{err}"),
+        }
+        assert!(!err.contains("killed by signal"), "start {i}: {err}");
+        for pid in err.lines().filter_map(|l| {
+            let rest = l.split("] worker ").nth(1)?;
+            rest.split("(pid ")
+                .nth(1)?
+                .split(')')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        }) {
+            assert!(gone(pid), "start {i}: worker {pid} outlived the supervisor");
+        }
+    }
+}
+
+#[test]
+fn a_signal_right_after_the_listening_lines_drains_every_worker() {
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let mut s = ServerProc::start(&["--workers", "2"]);
+        s.signal(sig);
+        assert_eq!(s.wait_exit(WAIT), Some(0), "start {i}: {}", s.stderr());
+        assert!(!s.stderr().contains("killed by signal"), "{}", s.stderr());
+        assert!(s.stderr().contains("final counters: total"));
+    }
+}
+
+/// Connections held, each checked with a round trip while all the others stay open.
+fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut c = connect(addr);
+            let msg = format!("client {i}");
+            assert_eq!(
+                roundtrip(&mut c, msg.as_bytes()),
+                msg.to_uppercase().as_bytes(),
+                "client {i} of {n}"
+            );
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn a_connection_is_refused_only_when_every_worker_is_full() {
+    let mut s = start("2", &["--max-connections", "100"]);
+    // 150 clients over two workers of 100: the kernel's hash alone would put more than 100 on
+    // one worker now and then; 200 would nearly always. Every one is served.
+    let mut held = hold(s.tcp(), 150);
+    held.extend(hold(s.tcp(), 50));
+    // Both are full now: the next is refused (closed at once), by one worker, counted.
+    let mut extra = s.connect();
+    let _ = extra.write_all(b"no room");
+    let mut buf = [0u8; 8];
+    assert!(
+        matches!(extra.read(&mut buf), Ok(0) | Err(_)),
+        "the 201st is refused"
+    );
+    // One leaves, and a new client takes its place (the slot's worker has room again).
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = connect(s.tcp());
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if c.write_all(b"room").is_ok() && matches!(c.read(&mut buf[..4]), Ok(4)) {
+            assert_eq!(&buf[..4], b"ROOM");
+            held.push(c);
+            break;
+        }
+        assert!(Instant::now() < deadline, "room never came back");
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let total = total_line(&s.stderr());
+    assert!(counter(&total, "refused").unwrap() >= 1, "{total}");
+    let per = final_per_worker(&s.stderr(), "accepted");
+    assert!(per.iter().all(|&(_, n)| n <= 101), "{per:?}");
+}
+
+/// Runs `upecho load` with `--json` and returns its exit code and report.
+fn load_json(args: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .arg("load")
+        .args(["--json", "-q"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn report(child: std::process::Child) -> (Option<i32>, serde_json::Value, String) {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    (out.status.code(), v, stderr)
+}
+
+#[test]
+fn a_reload_under_churn_refuses_resets_and_drops_nothing() {
+    let mut s = start("2", &[]);
+    let before = ready_workers(&s.stderr());
+    let addr = s.tcp().to_string();
+    let load = load_json(&[
+        &addr, "--mode", "churn", "-c", "8", "-t", "5", "--warmup", "0.5",
+    ]);
+    for n in 1..=2 {
+        thread::sleep(Duration::from_millis(1500));
+        s.signal(libc::SIGHUP);
+        assert!(
+            s.logged(&format!("reload complete: generation {n} serving")),
+            "{}",
+            s.stderr()
+        );
+    }
+    let (code, v, err) = report(load);
+    assert_eq!(
+        v["errors"]["total"],
+        0,
+        "{v:#}\n{err}\nserver:\n{}",
+        s.stderr()
+    );
+    assert_eq!(v["mismatches"], 0, "{v:#}");
+    assert_eq!(code, Some(0), "{v:#}");
+    assert!(v["connects"].as_u64().unwrap() > 100, "{v:#}");
+    let after = ready_workers(&s.stderr());
+    assert_eq!(after.len(), 6, "two generations more: {after:?}");
+    assert!(before.iter().all(|b| !after[4..].contains(b)));
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    assert!(log.contains("; 0 restart(s), 2 reload(s)"), "{log}");
+    let total = total_line(&log);
+    assert_eq!(counter(&total, "reset"), Some(0), "{total}");
+    assert_eq!(counter(&total, "refused"), Some(0), "{total}");
+}
+
+/// The upgrade path: a reload runs the binary on disk. One that does not start is abandoned
+/// and the running workers go on; a good one then takes over.
+#[test]
+fn a_reload_to_a_binary_that_fails_keeps_the_running_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("upecho");
+    std::fs::copy(bin(), &exe).unwrap();
+    let exe_str = exe.to_str().unwrap().to_string();
+    let mut s = ServerProc::start_raw(
+        &["serve", "--listen", "127.0.0.1:0", "--workers", "2"],
+        // start_raw runs `sh -c 'PREFIX; exec "$0" "$@"'`: the prefix execs the copy instead.
+        Some(&format!("exec {exe_str} \"$@\"")),
+    );
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'not upecho' >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &exe).unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(s.logged("reload abandoned"), "{}", s.stderr());
+    let mut c = s.connect();
+    assert_eq!(roundtrip(&mut c, b"old ones"), b"OLD ONES");
+    // The good binary back in place: the next reload takes over.
+    std::fs::copy(bin(), dir.path().join("good")).unwrap();
+    std::fs::rename(dir.path().join("good"), &exe).unwrap();
+    s.signal(libc::SIGHUP);
+    assert!(s.logged("reload complete: generation 2"), "{}", s.stderr());
+    assert_eq!(
+        roundtrip(&mut c, b"still"),
+        b"STILL",
+        "held across the reload"
+    );
+    drop(c);
+    let mut c = s.connect();
+    assert_eq!(roundtrip(&mut c, b"new ones"), b"NEW ONES");
+    drop(c);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
+
+fn metrics_addr(s: &ServerProc) -> SocketAddr {
+    assert!(s.logged("metrics at http://"), "{}", s.stderr());
+    s.stderr()
+        .lines()
+        .find_map(|l| l.split("metrics at http://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("the metrics address in the log")
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut c = connect(addr);
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+fn samples(body: &str, name: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn one_metrics_endpoint_has_a_series_per_worker() {
+    let s = start("2", &["--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&s);
+    for _ in 0..30 {
+        let mut c = s.connect();
+        assert_eq!(roundtrip(&mut c, b"m"), b"M");
+    }
+    let body = scrape(m);
+    let accepted = samples(&body, "upecho_connections_accepted_total");
+    let names: Vec<&str> = accepted.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "upecho_connections_accepted_total{worker=\"0\",generation=\"0\"}",
+            "upecho_connections_accepted_total{worker=\"1\",generation=\"0\"}"
+        ],
+        "{body}"
+    );
+    // The scrape asks the workers, so it counts what they have done, not a stale copy.
+    assert_eq!(accepted.iter().map(|(_, v)| v).sum::<f64>(), 30.0, "{body}");
+    assert_eq!(
+        samples(&body, "upecho_workers"),
+        [("upecho_workers".into(), 2.0)]
+    );
+    assert_eq!(samples(&body, "upecho_max_connections").len(), 2, "{body}");
+    let have_promtool = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !have_promtool {
+        eprintln!("SKIP promtool check of the workers' exposition: promtool not installed");
+        return;
+    }
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let says = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && says.trim().is_empty(),
+        "promtool: {says}\n{body}"
+    );
+}
+
+#[test]
+fn bad_worker_flags_say_so() {
+    let out = Command::new(bin())
+        .args(["serve", "--workers", "5000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // The worker's own flag, by hand: one line, no serving on whatever descriptor 3 is.
+    let out = Command::new(bin())
+        .args(["serve", "--worker-slot", "0", "--worker-sockets", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --workers N"), "{err}");
+}
+
+/// Under socket activation the workers share the sockets systemd passed (here passed by hand,
+/// as `sd_listen_fds` reads them): no steering is possible, so this is the hand-off alone at
+/// work. Two workers of 5 serve 10 held clients, and the service manager hears from the
+/// supervisor only: READY=1 once every worker is ready, STOPPING=1 at the drain.
+#[test]
+fn workers_share_passed_sockets_and_a_full_one_hands_connections_on() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let udp = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let (t, u) = (tcp.as_raw_fd(), udp.as_raw_fd());
+    let mut cmd = Command::new("sh");
+    // LISTEN_PID must be upecho's own pid: the shell's, which exec keeps.
+    cmd.arg("-c")
+        .arg("export LISTEN_PID=$$ LISTEN_FDS=2; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(["serve", "--workers", "2", "--max-connections", "5"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("RUST_LOG", "info");
+    // SAFETY: dup2 in the child before exec, on descriptors this test owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first (they may be 3 and 4 already, with close-on-exec).
+            let (t2, u2) = (
+                libc::fcntl(t, libc::F_DUPFD_CLOEXEC, 100),
+                libc::fcntl(u, libc::F_DUPFD_CLOEXEC, 100),
+            );
+            if t2 < 0 || u2 < 0 || libc::dup2(t2, 3) < 0 || libc::dup2(u2, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut s = ServerProc::spawn(cmd, true, true);
+    drop((tcp, udp));
+    assert_eq!((s.tcp().port(), s.udp().port()), (port, port));
+    let msg = |sock: &UnixDatagram| {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = msg(&notify);
+    assert!(ready.contains("READY=1"), "{ready}");
+    let held = hold(s.tcp(), 10);
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(WAIT)).unwrap();
+    u.send_to(b"shared", s.udp()).unwrap();
+    let mut buf = [0u8; 16];
+    let n = u.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"SHARED");
+    s.signal(libc::SIGTERM);
+    let stopping = msg(&notify);
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+    drop(held);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    let per = final_per_worker(&log, "accepted");
+    assert_eq!(per.iter().map(|&(_, n)| n).sum::<u64>(), 10, "{log}");
+    assert!(per.iter().all(|&(_, n)| n <= 5), "{per:?}");
+    assert_eq!(counter(&total_line(&log), "refused"), Some(0), "{log}");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(notify.recv(&mut buf).is_err(), "nothing from the workers");
+}
