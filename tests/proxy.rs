@@ -271,3 +271,26 @@ fn upecho_load_with_send_proxy_against_a_server_without_it_fails_and_says_why() 
     assert!(summary.contains("--proxy-protocol"), "{summary}");
     stop(s);
 }
+
+/// The supervisor's workers read PROXY headers too: they run with the same flags.
+#[test]
+fn workers_take_proxy_headers_too() {
+    let s = trusting_loopback(&["--workers", "2"]);
+    for i in 0..6u16 {
+        let mut c = s.connect();
+        c.write_all(&v1(&format!("203.0.113.50:{}", 1000 + i), "127.0.0.1:2"))
+            .unwrap();
+        assert_eq!(roundtrip(&mut c, b"via a worker"), b"VIA A WORKER");
+    }
+    let mut plain = s.connect();
+    plain.write_all(b"no header\r\n").unwrap();
+    assert!(closed_unanswered(&mut plain));
+    let log = stop(s);
+    assert!(log.contains("203.0.113.50:1000 via 127.0.0.1:"), "{log}");
+    let total = log
+        .lines()
+        .filter(|l| l.contains("final counters") && l.contains("total"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(total.contains("proxy_headers=6 proxy_rejected=1"), "{log}");
+}
