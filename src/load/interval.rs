@@ -135,11 +135,17 @@ pub(crate) struct Merged {
 struct Pending {
     total: Interval,
     parts: Vec<(usize, Interval)>,
+    /// The sources that reported this key.
+    from: Vec<bool>,
 }
 
 /// Merges the interval streams of `n` sources into one (see the module doc).
 pub(crate) struct Merger {
     latest: Vec<Option<Key>>,
+    /// Each source's `open` and `connecting` by key, back to the last key merged: a source
+    /// that is busy may report one interval for two seconds (no interval of the second's key),
+    /// and its connections are still open then, so the merge counts them as they were last.
+    gauges: Vec<BTreeMap<Key, (u64, u64)>>,
     ended: Vec<bool>,
     pending: BTreeMap<Key, Pending>,
     keep_parts: bool,
@@ -150,6 +156,7 @@ impl Merger {
     pub(crate) fn new(sources: usize, keep_parts: bool) -> Merger {
         Merger {
             latest: vec![None; sources],
+            gauges: vec![BTreeMap::new(); sources],
             ended: vec![false; sources],
             pending: BTreeMap::new(),
             keep_parts,
@@ -161,21 +168,26 @@ impl Merger {
         if let Some(l) = self.latest.get_mut(src) {
             *l = (*l).max(Some(key));
         }
+        if let Some(g) = self.gauges.get_mut(src) {
+            g.insert(key, (iv.open, iv.connecting));
+        }
         let part = self.keep_parts.then(|| (src, iv.clone()));
-        match self.pending.get_mut(&key) {
-            Some(p) => {
+        let n = self.latest.len();
+        let p = match self.pending.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => {
+                let p = e.into_mut();
                 p.total.merge(&iv);
-                p.parts.extend(part);
+                p
             }
-            None => {
-                self.pending.insert(
-                    key,
-                    Pending {
-                        total: iv,
-                        parts: part.into_iter().collect(),
-                    },
-                );
-            }
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Pending {
+                total: iv,
+                parts: Vec::new(),
+                from: vec![false; n],
+            }),
+        };
+        p.parts.extend(part);
+        if let Some(f) = p.from.get_mut(src) {
+            *f = true;
         }
     }
 
@@ -212,7 +224,21 @@ impl Merger {
     }
 
     fn take(&mut self, key: Key) -> Option<Merged> {
-        self.pending.remove(&key).map(|p| {
+        let (gauges, ended) = (&mut self.gauges, &self.ended);
+        self.pending.remove(&key).map(|mut p| {
+            for (src, g) in gauges.iter_mut().enumerate() {
+                let last = g.range(..=key).next_back().map(|(&k, &v)| (k, v));
+                if let Some((k, (open, connecting))) = last {
+                    // A source that has ended has closed its connections.
+                    let absent = !p.from.get(src).copied().unwrap_or(true) && !ended[src];
+                    if absent {
+                        p.total.open += open;
+                        p.total.connecting += connecting;
+                    }
+                    // Only the latest at or before this key can be needed again.
+                    *g = g.split_off(&k);
+                }
+            }
             let mut parts = p.parts;
             parts.sort_by_key(|(src, _)| *src);
             Merged {
@@ -252,6 +278,33 @@ mod tests {
 
     fn keys(ms: &[Merged]) -> Vec<(Phase, u64)> {
         ms.iter().map(|m| (m.total.phase, m.total.index)).collect()
+    }
+
+    #[test]
+    fn a_source_that_skips_a_second_still_counts_its_open_connections() {
+        let mut m = Merger::new(2, false);
+        let mut a = iv(Phase::Open, 0, 0, &[]);
+        a.open = 100;
+        let mut b = a.clone();
+        b.open = 50;
+        m.add(0, a.clone());
+        m.add(1, b);
+        // Source 1 is busy: its next interval is of second 2; second 1 is source 0's alone.
+        let mut a1 = iv(Phase::Open, 1, 0, &[]);
+        a1.open = 120;
+        m.add(0, a1);
+        let mut b2 = iv(Phase::Open, 2, 0, &[]);
+        b2.open = 90;
+        m.add(1, b2);
+        let opens: Vec<u64> = m.ready().iter().map(|x| x.total.open).collect();
+        assert_eq!(
+            opens,
+            [150, 170],
+            "second 1 counts source 1's 50 as last reported"
+        );
+        m.end(0);
+        let rest: Vec<u64> = m.finish().iter().map(|x| x.total.open).collect();
+        assert_eq!(rest, [90], "an ended source adds nothing");
     }
 
     #[test]
