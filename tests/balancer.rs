@@ -48,14 +48,7 @@ fn start_instances() -> Vec<Instance> {
                 ],
                 None,
             );
-            assert!(proc.logged("metrics at http://"), "{}", proc.stderr());
-            let metrics = proc
-                .stderr()
-                .lines()
-                .find_map(|l| l.split("metrics at http://").nth(1))
-                .and_then(|rest| rest.split('/').next())
-                .and_then(|a| a.parse().ok())
-                .expect("the metrics address in the log");
+            let metrics = proc.metrics_addr();
             Instance { proc, metrics }
         })
         .collect()

@@ -5,7 +5,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use util::{ServerProc, WAIT, roundtrip};
@@ -15,14 +14,7 @@ fn start(extra: &[&str]) -> (ServerProc, SocketAddr) {
     let mut args = vec!["--metrics", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let s = ServerProc::start(&args);
-    assert!(s.logged("metrics at http://"), "{}", s.stderr());
-    let log = s.stderr();
-    let at = log
-        .lines()
-        .find_map(|l| l.split("metrics at http://").nth(1))
-        .and_then(|rest| rest.split('/').next())
-        .expect("the metrics address in the log");
-    let addr = at.parse().expect("a socket address");
+    let addr = s.metrics_addr();
     (s, addr)
 }
 
@@ -91,36 +83,15 @@ fn metrics_count_what_the_server_did() {
 
 #[test]
 fn the_exposition_passes_promtool_check_metrics() {
-    let have = Command::new("promtool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|st| st.success());
-    if !have {
-        eprintln!(
-            "SKIP the_exposition_passes_promtool_check_metrics: promtool not installed (Debian package prometheus)"
-        );
-        return;
-    }
     let (_s, m) = start(&[]);
     let body = scrape(m);
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    let says = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool: {says}\n{body}");
-    assert!(says.trim().is_empty(), "promtool has remarks: {says}");
+    match util::promtool_check(&body) {
+        None => eprintln!(
+            "SKIP the_exposition_passes_promtool_check_metrics: promtool not installed (Debian package prometheus)"
+        ),
+        Some(Ok(says)) => assert!(says.trim().is_empty(), "promtool has remarks: {says}"),
+        Some(Err(says)) => panic!("promtool: {says}\n{body}"),
+    }
 }
 
 #[test]

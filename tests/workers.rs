@@ -480,16 +480,6 @@ fn a_reload_to_a_binary_that_fails_keeps_the_running_workers() {
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
 }
 
-fn metrics_addr(s: &ServerProc) -> SocketAddr {
-    assert!(s.logged("metrics at http://"), "{}", s.stderr());
-    s.stderr()
-        .lines()
-        .find_map(|l| l.split("metrics at http://").nth(1))
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("the metrics address in the log")
-}
-
 fn scrape(addr: SocketAddr) -> String {
     let mut c = connect(addr);
     c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -513,7 +503,7 @@ fn samples(body: &str, name: &str) -> Vec<(String, f64)> {
 #[test]
 fn one_metrics_endpoint_has_a_series_per_worker() {
     let s = start("2", &["--metrics", "127.0.0.1:0"]);
-    let m = metrics_addr(&s);
+    let m = s.metrics_addr();
     for _ in 0..30 {
         let mut c = s.connect();
         assert_eq!(roundtrip(&mut c, b"m"), b"M");
@@ -536,34 +526,11 @@ fn one_metrics_endpoint_has_a_series_per_worker() {
         [("upecho_workers".into(), 2.0)]
     );
     assert_eq!(samples(&body, "upecho_max_connections").len(), 2, "{body}");
-    let have_promtool = Command::new("promtool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|st| st.success());
-    if !have_promtool {
-        eprintln!("SKIP promtool check of the workers' exposition: promtool not installed");
-        return;
+    match util::promtool_check(&body) {
+        None => eprintln!("SKIP promtool check of the workers' exposition: promtool not installed"),
+        Some(Ok(says)) => assert!(says.trim().is_empty(), "promtool: {says}\n{body}"),
+        Some(Err(says)) => panic!("promtool: {says}\n{body}"),
     }
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    let says = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && says.trim().is_empty(),
-        "promtool: {says}\n{body}"
-    );
 }
 
 #[test]

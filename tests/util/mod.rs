@@ -321,3 +321,53 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .unwrap()
         * 1024
 }
+
+impl ServerProc {
+    /// The address of the server's `--metrics` endpoint, read from its log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        assert!(self.logged("metrics at http://"), "{}", self.stderr());
+        self.stderr()
+            .lines()
+            .find_map(|l| l.split("metrics at http://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .expect("the metrics address in the log")
+    }
+}
+
+/// `promtool check metrics` on an exposition: `None` where promtool is not installed (the
+/// caller skips, saying so), else what it said, empty when the exposition is clean.
+pub fn promtool_check(body: &str) -> Option<Result<String, String>> {
+    let have = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !have {
+        return None;
+    }
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    p.stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = p.wait_with_output().expect("promtool's output");
+    let says = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() {
+        Ok(says)
+    } else {
+        Err(says)
+    })
+}
