@@ -136,7 +136,15 @@ pub fn latency(path: &str, title: &str, series: &[(f64, f64, f64)]) -> Result<()
         .map(|p| p.1.min(p.2))
         .fold(f64::INFINITY, f64::min);
     let hi = series.iter().map(|p| p.1.max(p.2)).fold(0.0f64, f64::max);
-    let (lo, hi) = ((lo / 2.0).max(0.1), (hi * 2.0).max(lo * 4.0));
+    // Whole decades, so the axis has labelled ticks at both ends (1, 2, 5 × 10^k).
+    let decade = |v: f64, up: bool| {
+        let e = v.max(0.1).log10();
+        10f64.powf(if up { e.ceil() } else { e.floor() })
+    };
+    let (lo, hi) = (
+        decade(lo / 1.5, false),
+        decade((hi * 1.5).max(lo * 4.0), true),
+    );
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| format!("{path}: {e}");
     root.fill(&WHITE).map_err(e)?;
