@@ -57,8 +57,12 @@ const SLIVER: Duration = Duration::from_millis(100);
 pub(crate) struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN (or a hang-up) is in.
+    pub read_closed: bool,
     pub write_closed: bool,
     pub error: bool,
+    /// Urgent data (`EPOLLPRI`).
+    pub priority: bool,
 }
 
 impl Readiness {
@@ -66,9 +70,27 @@ impl Readiness {
         Readiness {
             readable: ev.is_readable(),
             writable: ev.is_writable(),
+            read_closed: ev.is_read_closed(),
             write_closed: ev.is_write_closed(),
             error: ev.is_error(),
+            priority: ev.is_priority(),
         }
+    }
+
+    /// Whether there may be something to read: data, an end of stream or an error. The mask an
+    /// edge-triggered poller reports is the socket's state when the event was collected, so
+    /// without any of these the receive queue was empty then, and whatever arrives later raises
+    /// an edge of its own.
+    pub(crate) fn may_read(&self) -> bool {
+        self.readable || self.read_closed || self.error
+    }
+
+    /// Whether a short read still leaves something to read: a FIN already in raises no new
+    /// edge, nor does an error, and a read stops short at an urgent mark with data after it.
+    /// Otherwise a short read has emptied the receive queue and the `WouldBlock` read that
+    /// would confirm it can be skipped.
+    pub(crate) fn read_past_short(&self) -> bool {
+        self.read_closed || self.error || self.priority
     }
 }
 
