@@ -394,6 +394,9 @@ mod broken {
         StallAfter(usize),
         /// Closes its sending side (FIN) as soon as it accepts, then discards what comes in.
         Fin,
+        /// Echoes (upper-cased) the first N bytes of each connection with its FIN in the same
+        /// segment (corked, then shut down), then discards what comes in.
+        EchoThenFin(usize),
         /// Resets (RST) each connection as soon as it accepts it.
         Rst,
     }
@@ -491,6 +494,10 @@ mod broken {
                 0
             }
             Tcp::Rst => 0,
+            Tcp::EchoThenFin(n) => {
+                let _ = socket2::SockRef::from(&s).set_tcp_cork(true);
+                n
+            }
         };
         let mut buf = [0u8; 16 * 1024];
         while !stop.load(Ordering::Relaxed) {
@@ -502,6 +509,10 @@ mod broken {
                     buf[..k].make_ascii_uppercase();
                     if k > 0 && s.write_all(&buf[..k]).is_err() {
                         return;
+                    }
+                    // The FIN joins the corked reply: both arrive in one event.
+                    if matches!(kind, Tcp::EchoThenFin(_)) && echo_left == 0 && k > 0 {
+                        let _ = s.shutdown(std::net::Shutdown::Write);
                     }
                 }
                 Err(e)
@@ -593,6 +604,29 @@ fn load_fails_a_run_whose_server_closes_connections() {
     assert_eq!(code, 1, "{v:#}\n{err}");
     assert!(v["errors"]["closed"].as_u64().unwrap() > 0, "{v:#}");
     assert!(failures(&v).contains("closed"), "{v:#}");
+}
+
+#[test]
+fn a_fin_that_comes_with_the_reply_is_seen_at_once_not_waited_out() {
+    // The reply is a short read, after which the generator reads no more unless the event says
+    // the FIN is in: here it is, and no new edge would come for it.
+    let srv = broken::Server::tcp(broken::Tcp::EchoThenFin(64));
+    let addr = srv.addr.to_string();
+    let (code, v, err) = load_json(&[
+        &addr,
+        "-c",
+        "1",
+        "-t",
+        "1",
+        "--warmup",
+        "0",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{err}");
+    assert!(v["errors"]["closed"].as_u64().unwrap() > 1, "{v:#}");
+    assert_eq!(v["errors"]["timeout"], 0, "{v:#}");
+    assert!(v["messages"].as_u64().unwrap() > 1, "{v:#}");
 }
 
 #[test]

@@ -29,9 +29,23 @@
 //! buffer per worker. Messages are `size`-byte slices of the stream: message `m` is answered
 //! when `rx` reaches `(m + 1) * size`.
 //!
-//! Readiness: sockets are edge-triggered; every read and write runs until `WouldBlock`. While a
-//! connection has nothing left to write it is registered for reading only, so the loop does not
-//! wake for write space it has no use for; it asks for writability only when a write blocks.
+//! Readiness: sockets are edge-triggered. Every write runs until `WouldBlock`; a read runs until
+//! `WouldBlock` or a short read, which has emptied the receive queue (what arrives later raises
+//! an edge of its own), unless the event said a FIN, an error or urgent data is in (see
+//! [`Readiness::read_past_short`]); an event that says nothing is readable is not read at all.
+//! While a connection has nothing left to write it is registered for reading only, so the loop
+//! does not wake for write space it has no use for; it asks for writability only when a write
+//! blocks. A connect is complete when its event says writable with no error or hang-up (the
+//! kernel reports nothing else for a socket still in `SYN_SENT`); only other events ask the
+//! socket for its error and its peer.
+//!
+//! Churn with `--close rst` ends each connection with `connect(AF_UNSPEC)`, which resets it
+//! exactly as a zero-linger close does (the kernel's close takes that very path) and leaves the
+//! socket unconnected, still registered under the slot's token, for the slot's next connect: the
+//! server sees the same SYN, message and RST on a new port each time, and the generator saves
+//! the `socket`, `epoll_ctl`, `setsockopt(SO_LINGER)` and `close` of every connection, and the
+//! kernel's allocation and teardown of the socket, which on loopback are most of a connection's
+//! cost apart from the handshake.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -50,8 +64,13 @@ use super::worker::{Env, Flow, Readiness};
 use super::{Stage, WorkerCtx};
 use crate::io_outcome::Outcome;
 
-/// Largest read: 64 KiB takes a whole loopback segment train in one system call.
-const SCRATCH: usize = 64 * 1024;
+/// Largest read: more than a connection has unanswered in ping-pong or in a bulk stream of
+/// 64 KiB messages (bulk keeps at most twice its message size unanswered), so such a read comes
+/// back short, and a short read is the last one (see the module doc). With 64 KiB, half of
+/// bulk's reads were full and needed a `WouldBlock` read after them.
+const SCRATCH: usize = 256 * 1024;
+/// Largest write (the pattern gives at most `PERIOD` contiguous bytes anyway).
+const WRITE_MAX: usize = 64 * 1024;
 /// Connection attempts in progress at once per worker: enough to open 15,000 connections in a
 /// few seconds without overflowing the server's accept backlog (a dropped SYN costs a second).
 const MAX_CONNECTING: usize = 256;
@@ -91,6 +110,9 @@ struct TcpConn {
     taken: u64,
     /// Registered for write readiness (only while a write is blocked).
     want_write: bool,
+    /// Churn with `--close rst`: the last connection's socket, reset and unconnected but still
+    /// registered under the slot's token, for the next connect to reuse (see the module doc).
+    spare: Option<TcpStream>,
     inflight: InFlight,
     /// When the connect began (churn's latency origin; connect timeout).
     began: Instant,
@@ -141,6 +163,7 @@ impl TcpFlow {
                 due: 0,
                 taken: 0,
                 want_write: false,
+                spare: None,
                 inflight: InFlight::new(depth, now),
                 began: now,
                 last: now,
@@ -215,7 +238,6 @@ impl Flow for TcpFlow {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        let writable = ready.writable || ready.write_closed;
         let mut cx = Cx {
             env,
             q: &mut self.q,
@@ -223,8 +245,8 @@ impl Flow for TcpFlow {
         match c.state {
             // A late event for a socket already closed: nothing to do.
             ConnState::Idle | ConnState::Done => {}
-            ConnState::Connecting => cx.on_connecting(c, token, &mut self.scratch),
-            ConnState::Open => cx.service(c, token, &mut self.scratch, writable),
+            ConnState::Connecting => cx.on_connecting(c, token, &mut self.scratch, ready),
+            ConnState::Open => cx.service(c, token, &mut self.scratch, ready),
             ConnState::Closing => cx.read_to_eof(c, token, &mut self.scratch),
         }
     }
@@ -345,18 +367,20 @@ impl Cx<'_, '_> {
         let source = cfg.source_of(self.env.ctx.first_conn + i);
         c.began = now;
         c.last = now;
-        match open_stream(cfg.addr, source, cfg.mode != Mode::Churn) {
-            Ok(mut s) => {
+        let stream = match c.spare.take() {
+            // Bound to the same source (the slot's) and registered already.
+            Some(s) => redial(s, cfg.addr),
+            None => open_stream(cfg.addr, source, cfg.mode != Mode::Churn).and_then(|mut s| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = self
-                    .env
+                self.env
                     .poll
                     .registry()
-                    .register(&mut s, Token(i), interest)
-                {
-                    self.fail(c, i, ErrorClass::of(&e), &e);
-                    return;
-                }
+                    .register(&mut s, Token(i), interest)?;
+                Ok(s)
+            }),
+        };
+        match stream {
+            Ok(s) => {
                 c.stream = Some(s);
                 c.state = ConnState::Connecting;
                 c.want_write = true;
@@ -365,6 +389,22 @@ impl Cx<'_, '_> {
             Err(e) => {
                 let class = ErrorClass::of(&e);
                 self.fail(c, i, class, &e);
+            }
+        }
+    }
+
+    /// Churn with `--close rst`: resets the answered connection and keeps its socket for the
+    /// slot's next connect (see the module doc); the slot ends up `Idle`, as `close` leaves it.
+    fn reset_and_keep(&mut self, c: &mut TcpConn) {
+        let s = c.stream.take();
+        self.close(c);
+        if let Some(s) = s {
+            match dissolve(&s) {
+                Ok(()) => c.spare = Some(s),
+                // Then the ordinary way: a zero-linger close resets it too.
+                Err(_) => {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
             }
         }
     }
@@ -468,12 +508,13 @@ impl Cx<'_, '_> {
     }
 
     /// Reads what has arrived, then writes whatever that (or write space) allows.
-    fn service(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8], writable: bool) {
+    fn service(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8], ready: Readiness) {
         // Read first: replies free room in the window, which is what we may write into.
-        if !self.read(c, i, scratch) {
+        if ready.may_read() && !self.read(c, i, scratch, ready.read_past_short()) {
             return;
         }
-        if writable
+        if ready.writable
+            || ready.write_closed
             || self.env.ctx.cfg.mode == Mode::Bulk
             || c.tx < c.issued * self.env.ctx.cfg.size as u64
         {
@@ -482,16 +523,23 @@ impl Cx<'_, '_> {
     }
 
     /// A connecting socket became ready: it either connected or failed.
-    fn on_connecting(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8]) {
+    fn on_connecting(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8], ready: Readiness) {
         let Some(s) = &c.stream else { return };
-        let result = match s.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match s.peer_addr() {
-                Ok(_) => Ok(()),
-                // Still in progress: a spurious wake-up.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(e) => Err(e),
-            },
+        // Writable with no error or hang-up is connected (see the module doc): two system calls
+        // fewer per connection. Anything else asks the socket.
+        let connected = ready.writable && !ready.error && !ready.write_closed;
+        let result = if connected {
+            Ok(())
+        } else {
+            match s.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match s.peer_addr() {
+                    Ok(_) => Ok(()),
+                    // Still in progress: a spurious wake-up.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e) => Err(e),
+                },
+            }
         };
         if let Err(e) = result {
             self.fail(c, i, ErrorClass::of(&e), &e);
@@ -533,11 +581,15 @@ impl Cx<'_, '_> {
             self.issue_check(c, now);
         }
         self.flush(c, i);
-        // Data may have arrived with the handshake's wake-up, or the reply to what was just
-        // written (a descheduled generator finds it already there): it completes messages, whose
-        // successors must be written now, since no event will come for them.
-        if c.state == ConnState::Open {
-            self.service(c, i, scratch, false);
+        // Data may have arrived with the handshake's wake-up: this event was its edge, so it is
+        // read now. (The reply to what was just written raises an edge of its own.)
+        if c.state == ConnState::Open && ready.may_read() {
+            let ready = Readiness {
+                writable: false,
+                write_closed: false,
+                ..ready
+            };
+            self.service(c, i, scratch, ready);
         }
     }
 
@@ -583,7 +635,7 @@ impl Cx<'_, '_> {
         };
         while c.tx < goal {
             let Some(s) = &mut c.stream else { return };
-            let want = (goal - c.tx).min(SCRATCH as u64) as usize;
+            let want = (goal - c.tx).min(WRITE_MAX as u64) as usize;
             let win = self.env.ctx.pattern.send_window(c.start + c.tx, want);
             match Outcome::of_write(s.write(win)) {
                 Outcome::Moved(n) => c.tx += n as u64,
@@ -621,15 +673,18 @@ impl Cx<'_, '_> {
         }
     }
 
-    /// Reads until `WouldBlock`, checking every byte and completing messages. Returns whether
-    /// the connection is still open.
-    fn read(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8]) -> bool {
+    /// Reads until `WouldBlock` (or a short read, unless `past_short`: see the module doc),
+    /// checking every byte and completing messages. Returns whether the connection is still open.
+    fn read(&mut self, c: &mut TcpConn, i: usize, scratch: &mut [u8], past_short: bool) -> bool {
         loop {
             let Some(s) = &mut c.stream else { return false };
             match Outcome::of_read(s.read(scratch)) {
                 Outcome::Moved(n) => {
                     if !self.on_bytes(c, i, &scratch[..n]) {
                         return false;
+                    }
+                    if n < scratch.len() && !past_short {
+                        return true;
                     }
                 }
                 Outcome::WouldBlock => return true,
@@ -707,12 +762,11 @@ impl Cx<'_, '_> {
                     // Answered: close and go again. With FIN ours goes first, so
                     // TIME_WAIT stays on our side (Linux reuses it for loopback
                     // connects); with RST there is none.
-                    if cfg.close == CloseHow::Rst
-                        && let Some(s) = &c.stream
-                    {
-                        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                    if cfg.close == CloseHow::Rst {
+                        self.reset_and_keep(c);
+                    } else {
+                        self.close(c);
                     }
-                    self.close(c);
                     self.q.ready.push_back(i);
                     return false;
                 }
@@ -794,6 +848,37 @@ fn send_proxy_header(s: &mut TcpStream, v: ProxyVersion) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Resets a connected socket and leaves it unconnected, to connect again: `connect` with an
+/// `AF_UNSPEC` address (connect(2)), which for TCP is the kernel's `tcp_disconnect`, the path a
+/// zero-linger close takes too.
+fn dissolve(s: &TcpStream) -> io::Result<()> {
+    // SAFETY: an all-zero `sockaddr` is a valid one of family AF_UNSPEC (0); connect only reads
+    // it, for the given length; the descriptor is ours and open.
+    let r = unsafe {
+        let unspec: libc::sockaddr = std::mem::zeroed();
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Connects a socket [`dissolve`] left unconnected to `addr` again (non-blocking); on failure the
+/// socket is dropped, which closes it.
+fn redial(s: TcpStream, addr: SocketAddr) -> io::Result<TcpStream> {
+    match socket2::SockRef::from(&s).connect(&addr.into()) {
+        Ok(()) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+        Err(e) => Err(e),
     }
 }
 
@@ -887,6 +972,53 @@ mod tests {
             q: &mut flow.q,
         };
         f(&mut flow.conns, &mut cx, &pattern);
+    }
+
+    /// Waits (bounded) for an event on token 0 that satisfies `want`.
+    fn wait_for(poll: &mut mio::Poll, want: impl Fn(&mio::event::Event) -> bool) {
+        let mut events = mio::Events::with_capacity(8);
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+            if events.iter().any(|e| e.token() == Token(0) && want(e)) {
+                return;
+            }
+        }
+        panic!("no such event within 10 s");
+    }
+
+    #[test]
+    fn a_dissolved_socket_resets_its_connection_and_connects_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut poll = mio::Poll::new().expect("epoll");
+        let mut s = open_stream(addr, None, false).expect("connect");
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        poll.registry()
+            .register(&mut s, Token(0), interest)
+            .expect("register");
+        for round in 0..3 {
+            // Connected: writable, with no error or hang-up (what `on_connecting` trusts), and
+            // never an error left over from the reset before.
+            wait_for(&mut poll, |e| e.is_writable());
+            let left = s.take_error().expect("SO_ERROR");
+            assert!(left.is_none(), "round {round}: {left:?}");
+            let (mut peer, _) = listener.accept().expect("accept");
+            peer.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(b"ping").expect("write");
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).expect("read");
+            dissolve(&s).expect("dissolve");
+            // The server sees a reset, as from a zero-linger close.
+            let e = peer
+                .read(&mut got)
+                .expect_err("a reset, not data or an end");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "round {round}");
+            // Still registered: the next connect's completion is reported on the same token.
+            s = redial(s, addr).expect("connect again");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! A sub-millisecond wake-up for the open-loop (`--rate`) clock.
+//! The worker loop's wake-up: a one-shot `timerfd` registered in the worker's poll.
 //!
 //! `epoll_wait` takes its timeout in whole milliseconds, so a message due in 0.3 ms would be sent
 //! up to a millisecond late, and because latency counts from the due time that lateness would be
-//! charged to the server. A `timerfd` registered in the same poll fires with the kernel's
-//! high-resolution timers instead. It is only armed when the due time changes.
+//! charged to the server (the open loop, `--rate`). A `timerfd` fires with the kernel's
+//! high-resolution timers instead, and since it is only armed when the wake-up time changes, the
+//! wait itself can go without a timeout, which spares every wait that sleeps a kernel timer of
+//! its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -3,7 +3,8 @@
 //! It owns what TCP and UDP workers have in common: the `mio::Poll` and its wait (a wake-up by a
 //! signal is just another turn), following the stage the main thread sets, the worker's own hard
 //! deadline, the tick on which timeouts are looked at, the end of the drain and of hold's check,
-//! the open-loop schedule (`--rate`) with its `timerfd`, and the worker's intervals (see
+//! the open-loop schedule (`--rate`), the `timerfd` that wakes the loop when its next turn is due
+//! (so that the wait itself sets no timer: see [`run`]), and the worker's intervals (see
 //! `interval`): every latency is recorded into the current interval's histogram, and at each
 //! whole second (of the run, or of the window) and each change of stage the interval is added
 //! into the worker's total and sent to the main thread.
@@ -41,7 +42,7 @@ use crate::io_outcome::{Class, classify};
 
 /// How often timeouts, stage changes and the progress counters are looked at when idle.
 pub(crate) const TICK: Duration = CHECK_INTERVAL;
-/// The open-loop timer's token: beyond any connection or socket a flow registers.
+/// The wake-up timer's token: beyond any connection or socket a flow registers.
 const TIMER: Token = Token(usize::MAX);
 /// Longest the worker waits, once the run is over, for the server to answer its FINs. A server
 /// that got the FIN sends what it still owes and closes at once (on loopback, well under a
@@ -57,8 +58,12 @@ const SLIVER: Duration = Duration::from_millis(100);
 pub(crate) struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN (or a hang-up) is in.
+    pub read_closed: bool,
     pub write_closed: bool,
     pub error: bool,
+    /// Urgent data (`EPOLLPRI`).
+    pub priority: bool,
 }
 
 impl Readiness {
@@ -66,9 +71,27 @@ impl Readiness {
         Readiness {
             readable: ev.is_readable(),
             writable: ev.is_writable(),
+            read_closed: ev.is_read_closed(),
             write_closed: ev.is_write_closed(),
             error: ev.is_error(),
+            priority: ev.is_priority(),
         }
+    }
+
+    /// Whether there may be something to read: data, an end of stream or an error. The mask an
+    /// edge-triggered poller reports is the socket's state when the event was collected, so
+    /// without any of these the receive queue was empty then, and whatever arrives later raises
+    /// an edge of its own.
+    pub(crate) fn may_read(&self) -> bool {
+        self.readable || self.read_closed || self.error
+    }
+
+    /// Whether a short read still leaves something to read: a FIN already in raises no new
+    /// edge, nor does an error, and a read stops short at an urgent mark with data after it.
+    /// Otherwise a short read has emptied the receive queue and the `WouldBlock` read that
+    /// would confirm it can be skipped.
+    pub(crate) fn read_past_short(&self) -> bool {
+        self.read_closed || self.error || self.priority
     }
 }
 
@@ -335,19 +358,21 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
     env.sched = cfg
         .rate
         .map(|r| RateSchedule::new(now, r * lanes as f64 / cfg.conns as f64));
-    let mut timer = match env
-        .sched
-        .is_some()
-        .then(|| Timer::new(env.poll.registry(), TIMER))
-    {
-        Some(Err(e)) => {
+    // The loop's wake-up: the next tick, second, deadline, the flow's own or (open loop) due
+    // message, on a timerfd armed only when that time changes (a few times a second), so that the
+    // wait needs no timeout. A timeout would make every wait that sleeps, one per message in
+    // ping-pong over one connection, start and cancel a kernel timer, which the server's
+    // untimed wait does not. Without the timerfd the wait's timeout does the job, to the
+    // millisecond, which the open loop cannot do with.
+    let mut timer = match Timer::new(env.poll.registry(), TIMER) {
+        Ok(t) => Some(t),
+        Err(e) if env.sched.is_some() => {
             env.counts
                 .errors
                 .count(ErrorClass::Local, || format!("timerfd: {e}"));
             return env.counts;
         }
-        Some(Ok(t)) => Some(t),
-        None => None,
+        Err(_) => None,
     };
     let mut events = Events::with_capacity(1024);
     let hard_end = now + ctx.hard_limit();
@@ -400,14 +425,10 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
         let mut wake = next_tick;
         // Not while draining: nothing more is issued, so the next due time stays in the past
         // and would wake the loop at once, over and over.
-        if let (Some(s), Some(t)) = (&env.sched, &mut timer)
+        if let Some(s) = &env.sched
             && !env.draining()
-            && let Err(e) = t.arm(s.peek().1, now)
         {
-            env.counts
-                .errors
-                .count(ErrorClass::Local, || format!("timerfd: {e}"));
-            break;
+            wake = wake.min(s.peek().1);
         }
         if let Some(at) = closing_until {
             wake = wake.min(at);
@@ -418,7 +439,19 @@ pub(crate) fn run<F: Flow>(ctx: &WorkerCtx, mut flow: F) -> Counts {
         if let Some(at) = env.iv.next_cut {
             wake = wake.min(at);
         }
-        if !wait(&mut env, &mut events, wake.saturating_duration_since(now)) {
+        let timeout = match &mut timer {
+            Some(t) if wake > now => match t.arm(wake, now) {
+                Ok(()) => None,
+                Err(e) => {
+                    env.counts
+                        .errors
+                        .count(ErrorClass::Local, || format!("timerfd: {e}"));
+                    break;
+                }
+            },
+            _ => Some(wake.saturating_duration_since(now)),
+        };
+        if !wait(&mut env, &mut events, timeout) {
             break;
         }
         for ev in events.iter() {
@@ -454,7 +487,7 @@ fn close<F: Flow>(flow: &mut F, env: &mut Env, events: &mut Events) {
     let until = Instant::now() + CLOSE_BOUND;
     while flow.closing() {
         let now = Instant::now();
-        if now >= until || !wait(env, events, until - now) {
+        if now >= until || !wait(env, events, Some(until - now)) {
             return;
         }
         for ev in events.iter() {
@@ -487,10 +520,11 @@ fn deal<F: Flow>(flow: &mut F, env: &mut Env, due: Range<u64>, lanes: usize, now
     }
 }
 
-/// One wait for readiness. A wake-up by a signal is a turn with no events; any other failure is
-/// counted and means the worker must stop (`false`).
-fn wait(env: &mut Env, events: &mut Events, timeout: Duration) -> bool {
-    match env.poll.poll(events, Some(timeout)) {
+/// One wait for readiness (`None`: until an event, the wake-up timer's included). A wake-up by a
+/// signal is a turn with no events; any other failure is counted and means the worker must stop
+/// (`false`).
+fn wait(env: &mut Env, events: &mut Events, timeout: Option<Duration>) -> bool {
+    match env.poll.poll(events, timeout) {
         Ok(()) => true,
         // mio clears `events` before waiting, so none are left over from an earlier wait.
         Err(e) if classify(&e) == Class::Interrupted => true,
