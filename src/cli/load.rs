@@ -414,20 +414,9 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         return usage(&e);
     }
     // Created before the run, so that a path that cannot be written fails now, not at the end.
-    let hlog = match args.histogram_log.as_deref().map(HlogWriter::create) {
-        None => None,
-        Some(Ok(w)) => Some(w),
-        Some(Err(e)) => {
-            let path = args
-                .histogram_log
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""));
-            say(&format!(
-                "upecho load: cannot write {}: {e}\n",
-                path.display()
-            ));
-            return ExitCode::FAILURE;
-        }
+    let hlog = match create_hlog(args.histogram_log.as_deref(), "upecho load") {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     let outcome = if cfg.processes > 1 {
         let exe = match std::env::current_exe() {
@@ -519,23 +508,25 @@ pub(crate) struct MergeArgs {
     pub histogram_log: Option<PathBuf>,
 }
 
+/// The `--histogram-log` file, created now so that a path that cannot be written fails before
+/// any work; on failure the one line is said and the exit code returned.
+fn create_hlog(path: Option<&std::path::Path>, who: &str) -> Result<Option<HlogWriter>, ExitCode> {
+    match path.map(|p| (p, HlogWriter::create(p))) {
+        None => Ok(None),
+        Some((_, Ok(w))) => Ok(Some(w)),
+        Some((p, Err(e))) => {
+            say(&format!("{who}: cannot write {}: {e}\n", p.display()));
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Runs `upecho load-merge`: exit 0 when every log was read and every run in them passed, 1
 /// when a log cannot be read or a run failed, 2 on a usage error.
 pub(crate) fn run_merge(args: MergeArgs) -> ExitCode {
-    let mut out = match args.histogram_log.as_deref().map(HlogWriter::create) {
-        None => None,
-        Some(Ok(w)) => Some(w),
-        Some(Err(e)) => {
-            let path = args
-                .histogram_log
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""));
-            say(&format!(
-                "upecho load-merge: cannot write {}: {e}\n",
-                path.display()
-            ));
-            return ExitCode::FAILURE;
-        }
+    let mut out = match create_hlog(args.histogram_log.as_deref(), "upecho load-merge") {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     let (report, hist) = match upecho::load::merge_logs(&args.logs, out.as_mut()) {
         Ok(r) => r,

@@ -17,6 +17,7 @@ use upecho::serve::proxy::{ProxyConfig, TrustedSources};
 use upecho::serve::systemd::{self, Notifier};
 use upecho::serve::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Protocols, Server, SocketSource,
+    Summary,
 };
 use upecho::units::{self, parse_duration, parse_duration_floor, parse_nonzero_size};
 
@@ -306,13 +307,17 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         lines.matches("listening tcp").count(),
         lines.matches("listening udp").count()
     ));
-    let summary = server.run()?;
+    Ok(finish(server.run()?))
+}
+
+/// Logs a finished reactor's final counters; exit 1 when a second signal forced it, else 0.
+pub(super) fn finish(summary: Summary) -> ExitCode {
     info!("final counters: {}", summary.stats);
-    Ok(if summary.forced {
+    if summary.forced {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 #[cfg(test)]

@@ -162,13 +162,7 @@ pub(super) fn worker(args: ServeArgs) -> Result<ExitCode, Box<dyn Error>> {
     unblock_handled_signals()?;
     let server = server.with_control(WorkerLink::new(Channel::from_fd(control), slot, max))?;
     debug!("serving (open-file limit {nofile}, up to {max_connections} connections)");
-    let summary = server.run()?;
-    info!("final counters: {}", summary.stats);
-    Ok(if summary.forced {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(super::serve::finish(server.run()?))
 }
 
 /// Whether descriptor 3 is a `SOCK_SEQPACKET` socket: what the supervisor passes, and what a

@@ -42,7 +42,7 @@ use super::metrics::{self, MetricsEndpoint, Snapshot};
 use super::proxy::{HeaderError, ProxyConfig};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
-use super::timer::IdleTracker;
+use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
 use crate::Transform;
@@ -366,22 +366,21 @@ impl Server {
         if self.conns.has_queued() || self.udp.owed() || self.acceptor.due() {
             return Some(Duration::ZERO);
         }
-        [
-            self.idle.as_ref().and_then(IdleTracker::next_wake),
-            self.header_wait.as_ref().and_then(IdleTracker::next_wake),
-            self.acceptor.paused_until(),
-            self.acceptor.refusals_due(),
-            self.stats_log.next(),
-            self.life.drain_deadline(),
-            self.life.next_watchdog(),
-            self.metrics
-                .as_ref()
-                .and_then(MetricsEndpoint::next_deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|t| t.saturating_duration_since(now))
+        until_earliest(
+            now,
+            [
+                self.idle.as_ref().and_then(IdleTracker::next_wake),
+                self.header_wait.as_ref().and_then(IdleTracker::next_wake),
+                self.acceptor.paused_until(),
+                self.acceptor.refusals_due(),
+                self.stats_log.next(),
+                self.life.drain_deadline(),
+                self.life.next_watchdog(),
+                self.metrics
+                    .as_ref()
+                    .and_then(MetricsEndpoint::next_deadline),
+            ],
+        )
     }
 
     /// One turn for connection `key`, and what its progress means for the other parts.

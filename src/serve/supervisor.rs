@@ -63,6 +63,7 @@ use super::metrics::{self, Extra, MetricsEndpoint, Snapshot};
 use super::stats::{Rates, Stats};
 use super::steer;
 use super::systemd::Notifier;
+use super::timer::until_earliest;
 use super::token::{self, Source};
 use super::{Config, Sockets};
 
@@ -388,22 +389,21 @@ impl Supervisor {
             .filter(|w| w.state == State::Starting)
             .map(|w| w.spawned + READY_TIMEOUT)
             .min();
-        [
-            drain,
-            starting,
-            self.reload.as_ref().map(|r| r.deadline),
-            self.round.as_ref().map(|r| r.deadline),
-            self.slots.iter().filter_map(|s| s.restart_at).min(),
-            self.stats_next,
-            self.next_watchdog,
-            self.metrics
-                .as_ref()
-                .and_then(MetricsEndpoint::next_deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|t| t.saturating_duration_since(now))
+        until_earliest(
+            now,
+            [
+                drain,
+                starting,
+                self.reload.as_ref().map(|r| r.deadline),
+                self.round.as_ref().map(|r| r.deadline),
+                self.slots.iter().filter_map(|s| s.restart_at).min(),
+                self.stats_next,
+                self.next_watchdog,
+                self.metrics
+                    .as_ref()
+                    .and_then(MetricsEndpoint::next_deadline),
+            ],
+        )
     }
 
     fn dispatch(&mut self, t: Token, now: Instant) -> Result<(), Box<dyn std::error::Error>> {

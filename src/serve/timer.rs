@@ -184,6 +184,19 @@ impl IdleTracker {
     }
 }
 
+/// The poll timeout for a loop whose timers are `deadlines` (those that are set): until the
+/// earliest, or none (wait for an event) when no timer is set.
+pub(crate) fn until_earliest(
+    now: Instant,
+    deadlines: impl IntoIterator<Item = Option<Instant>>,
+) -> Option<Duration> {
+    deadlines
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
