@@ -1375,8 +1375,9 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn ctrl_c_to_the_parent_stops_every_process_in_order_and_still_reports() {
+/// A server in-process and a long run over 2 processes against it, once it is under way; with
+/// the children's pids.
+fn two_process_run() -> (util::InProcess, LoadProc, Vec<u32>) {
     let server = util::InProcess::start(upecho::serve::Config::default());
     let addr = server.tcp.to_string();
     let load = LoadProc::start(&[
@@ -1393,6 +1394,12 @@ fn ctrl_c_to_the_parent_stops_every_process_in_order_and_still_reports() {
     assert!(load.wait_line("["), "no progress line");
     let kids = children_of(load.child.id());
     assert_eq!(kids.len(), 2, "children: {kids:?}");
+    (server, load, kids)
+}
+
+#[test]
+fn ctrl_c_to_the_parent_stops_every_process_in_order_and_still_reports() {
+    let (server, load, kids) = two_process_run();
     load.signal(libc::SIGINT);
     let (code, out, err) = load.finish();
     assert_eq!(code, Some(130), "{out}\n{err}");
@@ -1404,22 +1411,7 @@ fn ctrl_c_to_the_parent_stops_every_process_in_order_and_still_reports() {
 
 #[test]
 fn children_die_with_a_parent_that_is_killed() {
-    let server = util::InProcess::start(upecho::serve::Config::default());
-    let addr = server.tcp.to_string();
-    let load = LoadProc::start(&[
-        &addr,
-        "-c",
-        "4",
-        "--processes",
-        "2",
-        "-t",
-        "60",
-        "--warmup",
-        "0",
-    ]);
-    assert!(load.wait_line("["), "no progress line");
-    let kids = children_of(load.child.id());
-    assert_eq!(kids.len(), 2, "children: {kids:?}");
+    let (server, load, kids) = two_process_run();
     load.signal(libc::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(20);
     while kids.iter().any(|&k| alive(k)) && Instant::now() < deadline {
