@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{ServerProc, WAIT, bin, connect, random_bytes, read_n, roundtrip, upper};
+use util::{
+    ServerProc, WAIT, bin, connect, cpu_time, random_bytes, read_n, roundtrip, rss_bytes, upper,
+};
 
 /// Every `worker N (pid P...): ready` line so far: (slot, pid).
 fn ready_workers(log: &str) -> Vec<(u32, u32)> {
@@ -399,6 +401,40 @@ fn report(child: std::process::Child) -> (Option<i32>, serde_json::Value, String
     let v = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
     (out.status.code(), v, stderr)
+}
+
+#[test]
+fn load_server_pid_of_a_supervisor_counts_its_workers() {
+    // The supervisor itself only waits; the CPU and memory are its workers'.
+    let s = start("2", &["--tcp-only"]);
+    let addr = s.tcp().to_string();
+    let pid = s.pid().to_string();
+    let (code, v, err) = report(load_json(&[
+        &addr,
+        "-c",
+        "50",
+        "-t",
+        "2",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]));
+    assert_eq!(code, Some(0), "{err}");
+    let cpu = v["server"]["cpu_s"].as_f64().expect("server cpu_s");
+    let supervisor = cpu_time(s.pid()).as_secs_f64();
+    // Some tens of thousands of messages went through the workers in 2 s.
+    assert!(v["messages"].as_u64().unwrap() > 1000, "{v}");
+    assert!(
+        cpu > 0.05 && cpu > 5.0 * supervisor,
+        "server cpu {cpu} s over the window, supervisor alone {supervisor} s in all"
+    );
+    let rss = v["server"]["rss_bytes"].as_u64().expect("server rss");
+    assert!(
+        rss > rss_bytes(s.pid()) * 2,
+        "{rss} B for the supervisor and two workers, {} B the supervisor alone",
+        rss_bytes(s.pid())
+    );
 }
 
 #[test]

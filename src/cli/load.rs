@@ -244,7 +244,8 @@ pub(crate) struct LoadArgs {
     /// Internal: the address the parent resolved, so every process goes to the same one.
     #[arg(long, hide = true, value_name = "ADDR")]
     pub resolved_addr: Option<SocketAddr>,
-    /// Also report this process's CPU time per message and RSS (the server under test).
+    /// Also report this process's CPU time per message and RSS (the server under test), with
+    /// its descendants' (a `serve --workers` supervisor and its workers).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
     /// No progress line each second.

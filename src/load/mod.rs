@@ -483,7 +483,7 @@ fn drive(
     // Phase 2: the window.
     let t0 = Instant::now();
     let cpu0 = stats::own_cpu();
-    let srv0 = cfg.server_pid.and_then(stats::proc_cpu);
+    let srv0 = cfg.server_pid.and_then(stats::tree_cpu);
     let _ = shared.window_start.set(t0);
     pump.sink.window_opened(SystemTime::now());
     shared.set_stage(Stage::Measure);
@@ -493,8 +493,8 @@ fn drive(
     }
     let t1 = Instant::now();
     let cpu1 = stats::own_cpu();
-    let srv1 = cfg.server_pid.and_then(stats::proc_cpu);
-    let rss = cfg.server_pid.and_then(stats::proc_rss);
+    let srv1 = cfg.server_pid.and_then(stats::tree_cpu);
+    let rss = cfg.server_pid.and_then(stats::tree_rss);
     // Phase 3: hold's check, or the drain; each worker ends itself within --timeout. An
     // interrupted run skips it: whoever pressed Ctrl-C wants the figures now.
     if !conductor.interrupted() {

@@ -393,7 +393,7 @@ pub fn execute_processes(
         k.cpu0 = stats::proc_cpu(k.pid);
     }
     let kids0 = p.cpu();
-    let srv0 = cfg.server_pid.and_then(stats::proc_cpu);
+    let srv0 = cfg.server_pid.and_then(stats::tree_cpu);
     p.top.window_opened(SystemTime::now());
     p.tell_all("measure");
     let end = t0 + cfg.duration;
@@ -409,8 +409,8 @@ pub fn execute_processes(
             _ => None,
         };
     }
-    let srv1 = cfg.server_pid.and_then(stats::proc_cpu);
-    let rss = cfg.server_pid.and_then(stats::proc_rss);
+    let srv1 = cfg.server_pid.and_then(stats::tree_cpu);
+    let rss = cfg.server_pid.and_then(stats::tree_rss);
 
     // The end: drain or check (each child bounds its own by --timeout), or, interrupted, none.
     let mut stopped = signals.interrupted();
