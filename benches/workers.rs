@@ -8,7 +8,8 @@
 //! would on a real two-core machine, which is why the figure to compare is CPU per message.
 //!
 //! Usage: `cargo bench --bench workers -- [--rounds N] [--duration S] [--warmup S] [-c CONNS]
-//! [--configs single,w1,w2] [--out DIR]`. Defaults (5 rounds of 4 s after 1 s, 1,000
+//! [--rate MSGS_PER_S] [--configs single,w1,w2] [--out DIR]`; `--rate` makes it an open loop at
+//! that rate, so every configuration does the same work, none of them saturated. Defaults (5 rounds of 4 s after 1 s, 1,000
 //! connections, single/w1/w2) take about 2 minutes.
 
 use std::io::Read;
@@ -25,6 +26,7 @@ struct Opts {
     duration: f64,
     warmup: f64,
     conns: usize,
+    rate: Option<f64>,
     configs: Vec<String>,
     out: String,
 }
@@ -85,6 +87,7 @@ fn opts() -> Opts {
         duration: 4.0,
         warmup: 1.0,
         conns: 1000,
+        rate: None,
         configs: vec!["single".into(), "w1".into(), "w2".into()],
         out: "target/workers".into(),
     };
@@ -99,6 +102,7 @@ fn opts() -> Opts {
             "--duration" => o.duration = num(&val()).clamp(1.0, 600.0),
             "--warmup" => o.warmup = num(&val()).clamp(0.0, 60.0),
             "-c" => o.conns = num(&val()).clamp(1.0, 15000.0) as usize,
+            "--rate" => o.rate = Some(num(&val()).clamp(1.0, 1e9)),
             "--configs" => {
                 o.configs = val().split(',').map(str::to_string).collect();
                 if let Some(bad) = o.configs.iter().find(|c| workers_of(c).is_none()) {
@@ -183,6 +187,12 @@ fn run_load(o: &Opts, addr: &str, pid: u32) -> Result<Value, String> {
             &o.warmup.to_string(),
         ])
         .args(["--server-pid", &pid.to_string()])
+        .args(
+            o.rate
+                .map(|r| ["--rate".to_string(), r.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -232,10 +242,17 @@ fn table(o: &Opts, runs: &[Vec<Run>]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "64 B ping-pong x{}, {} s windows after {} s warm-up, {} alternating round(s), nothing \
+        "64 B ping-pong x{}{}, {} s windows after {} s warm-up, {} alternating round(s), nothing \
          pinned (the load generator shares the cores); server CPU is the supervisor's and its \
          workers'; medians, with each round's ratio to `{}` run in the same round in brackets.\n",
-        o.conns, o.duration, o.warmup, o.rounds, o.configs[0]
+        o.conns,
+        o.rate
+            .map(|r| format!(" at {r} msgs/s (open loop)"))
+            .unwrap_or_default(),
+        o.duration,
+        o.warmup,
+        o.rounds,
+        o.configs[0]
     );
     let _ = writeln!(
         s,
