@@ -228,6 +228,37 @@ fn sigterm_drains_every_worker_and_exits_zero() {
     );
 }
 
+/// A stop signal while a reload's previous workers are still draining leaves them draining:
+/// their clients get every byte they are owed, and the server exits 0.
+#[test]
+fn a_stop_during_a_reloads_drain_lets_the_old_workers_finish() {
+    let mut s = start("2", &["--drain-timeout", "30", "--max-pending", "64MiB"]);
+    let data = random_bytes(2 << 20, 9);
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| s.connect()).collect();
+    for c in &mut clients {
+        c.write_all(&data).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    s.signal(libc::SIGHUP);
+    assert!(s.logged("reload complete: generation 1"), "{}", s.stderr());
+    // The old workers are draining these clients, which are not reading yet.
+    s.signal(libc::SIGTERM);
+    assert!(s.logged("SIGTERM: shutting down"), "{}", s.stderr());
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert!(read_n(c, data.len()) == upper(&data), "client {i}");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "closed after the drain");
+    }
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    assert!(!log.contains("again"), "{log}");
+    assert_eq!(
+        log.matches("drained, exited with status 0").count(),
+        4,
+        "{log}"
+    );
+}
+
 /// A stop signal at any moment of the start, from the first millisecond: blocked from the
 /// start of `main` until the handlers are in place, it is always handled (drain, exit 0);
 /// only one that comes before `main` runs at all may kill the process, which has then started

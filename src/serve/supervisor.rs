@@ -595,8 +595,12 @@ impl Supervisor {
             s.restart_at = None;
         }
         for w in self.workers.values_mut() {
-            w.state = State::Draining;
-            signal(w.pid(), SIGTERM);
+            // A previous generation's workers are draining already: a second SIGTERM would
+            // make them exit at once, dropping what their connections are still owed.
+            if w.state != State::Draining {
+                w.state = State::Draining;
+                signal(w.pid(), SIGTERM);
+            }
         }
     }
 
