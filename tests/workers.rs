@@ -272,14 +272,26 @@ fn a_stop_signal_at_any_moment_of_the_start_is_handled() {
     use std::os::unix::process::ExitStatusExt;
     for i in 0..24u64 {
         let sig = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT][i as usize % 3];
-        let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        // The default actions, whatever this test inherited: run as a shell's background job it
+        // has SIGINT and SIGQUIT ignored, and a signal before `main` would then be discarded
+        // (the server serving on, unsignalled) instead of killing the process.
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let err_pipe = child.stderr.take().unwrap();
         let reader = thread::spawn(move || {
