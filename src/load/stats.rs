@@ -650,7 +650,8 @@ pub(crate) fn proc_cpu(pid: u32) -> Option<Duration> {
 /// CPU time of a process and every descendant (a `serve --workers` supervisor and its
 /// workers): each one's utime + stime plus cutime + cstime, the time of the children it has
 /// already reaped, so a worker that exits or is replaced between two samples neither vanishes
-/// from the sum nor is counted twice. `None` only if `pid` itself cannot be read.
+/// from the sum nor is counted twice (but for one reaped in the microseconds between reading
+/// its parent and reading it). `None` only if `pid` itself cannot be read.
 pub(crate) fn tree_cpu(pid: u32) -> Option<Duration> {
     let mut ticks = 0u64;
     let mut root = true;
