@@ -369,6 +369,36 @@ fn ipv6_loopback_works() {
     assert_eq!(udp_roundtrip(&u, s.udp(), b"v6"), b"V6");
 }
 
+/// Started under `nohup` or as a shell's background job (SIGHUP, SIGINT, SIGQUIT ignored), the
+/// server leaves those ignored, says so, and stops on SIGTERM alone.
+#[test]
+fn stop_signals_inherited_ignored_stay_ignored_and_sigterm_still_drains() {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug");
+    ignore_stop_signals(&mut cmd);
+    let mut s = ServerProc::spawn(cmd, true, true);
+    assert!(
+        s.logged("SIGHUP, SIGINT, SIGQUIT inherited ignored"),
+        "{}",
+        s.stderr()
+    );
+    let mut c = s.connect();
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+        s.signal(sig);
+        assert_eq!(roundtrip(&mut c, b"still"), b"STILL", "after signal {sig}");
+    }
+    // A signal the server handles, sent after them, shows they were not merely late.
+    s.signal(libc::SIGUSR1);
+    assert!(s.logged("SIGUSR1: counters"), "{}", s.stderr());
+    // Time for a stop that was acted on to have said so.
+    thread::sleep(Duration::from_millis(300));
+    assert!(!s.stderr().contains("shutting down"), "{}", s.stderr());
+    drop(c);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
+
 #[test]
 fn sigterm_and_sigint_exit_zero_with_connections_open() {
     for sig in [libc::SIGTERM, libc::SIGINT] {

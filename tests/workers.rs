@@ -228,6 +228,45 @@ fn sigterm_drains_every_worker_and_exits_zero() {
     );
 }
 
+/// Under `nohup` (SIGHUP, and a background job's SIGINT and SIGQUIT, ignored) the supervisor
+/// and its workers leave them ignored: no reload, no stop; SIGTERM drains every worker.
+#[test]
+fn stop_signals_inherited_ignored_stay_ignored_by_supervisor_and_workers() {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+        .env("RUST_LOG", "debug");
+    util::ignore_stop_signals(&mut cmd);
+    let mut s = ServerProc::spawn(cmd, true, true);
+    assert!(s.logged("2 workers ready"), "{}", s.stderr());
+    assert!(s.stderr().contains("inherited ignored"), "{}", s.stderr());
+    let workers: Vec<u32> = ready_workers(&s.stderr()).iter().map(|w| w.1).collect();
+    assert_eq!(workers.len(), 2, "{}", s.stderr());
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+        s.signal(sig);
+        // The workers inherited the dispositions: signalled directly, they go on too.
+        for &w in &workers {
+            // SAFETY: kill(2) on the supervisor's child, which this test started.
+            unsafe { libc::kill(w as i32, sig) };
+        }
+        let mut c = s.connect();
+        assert_eq!(roundtrip(&mut c, b"on"), b"ON", "after signal {sig}");
+    }
+    s.signal(libc::SIGUSR1);
+    assert!(s.logged("SIGUSR1: counters: total"), "{}", s.stderr());
+    // Time for a stop or reload that was acted on to have said so.
+    thread::sleep(Duration::from_millis(300));
+    let log = s.stderr();
+    assert!(
+        !log.contains("reloading") && !log.contains("shutting down"),
+        "{log}"
+    );
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    for w in workers {
+        assert!(gone(w), "worker {w} outlived the supervisor");
+    }
+}
+
 /// A stop signal while a reload's previous workers are still draining leaves them draining:
 /// their clients get every byte they are owed, and the server exits 0.
 #[test]
@@ -278,19 +317,9 @@ fn a_stop_signal_at_any_moment_of_the_start_is_handled() {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // The default actions, whatever this test inherited: run as a shell's background job it
-        // has SIGINT and SIGQUIT ignored, and a signal before `main` would then be discarded
-        // (the server serving on, unsignalled) instead of killing the process.
-        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-                Ok(())
-            });
-        }
+        // The default actions, whatever this test inherited (a background job's SIGINT and
+        // SIGQUIT are ignored, and the server would leave them so).
+        util::default_signal_actions(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let err_pipe = child.stderr.take().unwrap();

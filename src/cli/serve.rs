@@ -270,6 +270,22 @@ pub(super) fn describe_limits(config: &Config, nofile: u64, max_connections: u64
     )
 }
 
+/// Says which stop signals the server leaves ignored because it was started with them ignored
+/// (before the handlers replace the dispositions it reads).
+pub(super) fn log_ignored_signals() {
+    let ignored = upecho::serve::inherited_ignored_signals();
+    if !ignored.is_empty() {
+        let names: Vec<&str> = ignored
+            .iter()
+            .map(|&s| upecho::serve::signal_name(s))
+            .collect();
+        info!(
+            "{} inherited ignored (nohup, or a shell's background job): left ignored; SIGTERM stops the server",
+            names.join(", ")
+        );
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (nofile, max_connections) = limits(&args);
     let source = match systemd_sockets(&args)? {
@@ -286,6 +302,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         env!("CARGO_PKG_VERSION"),
         describe_limits(&config, nofile, max_connections)
     );
+    log_ignored_signals();
     // The signal handlers are installed here, before anything is announced: whoever reads the
     // `listening` lines may signal at once, and must get a drain, not a death by signal.
     let mut server = Server::new(config, sockets.listeners, sockets.udp)?;

@@ -62,6 +62,7 @@ pub(super) fn supervise(args: ServeArgs, n: u32) -> Result<ExitCode, Box<dyn Err
         reload: std::env::current_exe()?,
         args: std::env::args_os().skip(1).collect(),
     };
+    super::serve::log_ignored_signals();
     let supervisor = Supervisor::new(SupervisorConfig {
         workers,
         sockets,

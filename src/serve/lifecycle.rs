@@ -47,6 +47,41 @@ pub fn unblock_handled_signals() -> io::Result<()> {
     mask_handled_signals(libc::SIG_UNBLOCK)
 }
 
+/// The handled signals that a process may be handed ignored on purpose: SIGHUP by `nohup`,
+/// SIGINT and SIGQUIT by a shell for a background job. The server leaves those ignored (the
+/// convention of daemons since `if (signal(SIGINT, SIG_IGN) != SIG_IGN)`), so that a terminal
+/// closing or a Ctrl-C at it does not stop a server started that way; SIGTERM and SIGUSR1 are
+/// always handled.
+const LEFT_IGNORED: [i32; 3] = [SIGHUP, SIGINT, SIGQUIT];
+
+/// The signals among SIGHUP, SIGINT and SIGQUIT that this process inherited ignored, which the
+/// server leaves ignored. Meaningful only before the server's handlers are installed (they
+/// replace the disposition).
+pub fn inherited_ignored_signals() -> Vec<i32> {
+    LEFT_IGNORED
+        .iter()
+        .copied()
+        .filter(|&s| is_ignored(s))
+        .collect()
+}
+
+/// The handled signals to install handlers for: all but those inherited ignored.
+pub(crate) fn signals_to_handle() -> Vec<i32> {
+    HANDLED_SIGNALS
+        .iter()
+        .copied()
+        .filter(|s| !LEFT_IGNORED.contains(s) || !is_ignored(*s))
+        .collect()
+}
+
+fn is_ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 fn mask_handled_signals(how: libc::c_int) -> io::Result<()> {
     // SAFETY: a sigset_t filled by sigemptyset/sigaddset, passed to pthread_sigmask.
     unsafe {
@@ -133,7 +168,8 @@ pub(crate) struct Lifecycle {
 
 impl Lifecycle {
     /// Registers the waker, and the signal handlers when `handle_signals`: from here on a
-    /// handled signal is an event in the poll, never the default action.
+    /// handled signal is an event in the poll, never the default action (but for one inherited
+    /// ignored, which stays ignored: see [`inherited_ignored_signals`]).
     pub(crate) fn new(
         registry: &Registry,
         handle_signals: bool,
@@ -141,7 +177,7 @@ impl Lifecycle {
         notifier: Notifier,
     ) -> io::Result<Lifecycle> {
         let signals = if handle_signals {
-            let mut s = Signals::new(HANDLED_SIGNALS)?;
+            let mut s = Signals::new(signals_to_handle())?;
             registry.register(&mut s, token::SIGNALS, Interest::READABLE)?;
             Some(s)
         } else {

@@ -40,7 +40,8 @@ mod udp;
 
 pub use conns::{FAIR_BUDGET, READ_CHUNK};
 pub use lifecycle::{
-    Action, HANDLED_SIGNALS, Policy, block_handled_signals, unblock_handled_signals,
+    Action, HANDLED_SIGNALS, Policy, block_handled_signals, inherited_ignored_signals, signal_name,
+    unblock_handled_signals,
 };
 pub use reactor::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Server, ShutdownHandle, Summary,

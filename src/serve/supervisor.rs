@@ -57,7 +57,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use super::control::{CONTROL_FD, Channel, PROTOCOL, Received, ToSupervisor, ToWorker};
-use super::lifecycle::{HANDLED_SIGNALS, signal_name};
+use super::lifecycle::{HANDLED_SIGNALS, signal_name, signals_to_handle};
 use super::logs::Count;
 use super::metrics::{self, Extra, MetricsEndpoint, Snapshot};
 use super::stats::{Rates, Stats};
@@ -255,7 +255,8 @@ impl Supervisor {
     /// and takes the sockets. No worker runs until [`Supervisor::run`].
     pub fn new(config: SupervisorConfig) -> io::Result<Supervisor> {
         let poll = Poll::new()?;
-        let mut signals = Signals::new(HANDLED_SIGNALS.iter().copied().chain([SIGCHLD]))?;
+        // Those inherited ignored stay ignored, here and so in every worker (exec keeps them).
+        let mut signals = Signals::new(signals_to_handle().into_iter().chain([SIGCHLD]))?;
         poll.registry()
             .register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let metrics = match config.metrics {

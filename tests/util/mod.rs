@@ -56,6 +56,7 @@ impl ServerProc {
             "RUST_LOG",
             std::env::var("UPECHO_TEST_LOG").unwrap_or_else(|_| "debug".into()),
         );
+        default_signal_actions(&mut cmd);
         Self::spawn(
             cmd,
             !args.contains(&"--udp-only"),
@@ -197,6 +198,42 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Gives `cmd` the default action for every signal the server handles, whatever this test
+/// inherited: run as a shell's background job a test has SIGINT and SIGQUIT ignored (under
+/// `nohup`, SIGHUP), and the server would leave them ignored.
+pub fn default_signal_actions(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGHUP,
+                libc::SIGQUIT,
+                libc::SIGUSR1,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Gives `cmd` SIGHUP, SIGINT and SIGQUIT ignored, as `nohup` and a shell's background job do.
+pub fn ignore_stop_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
     }
 }
 
