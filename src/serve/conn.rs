@@ -134,6 +134,10 @@ impl Flags {
     /// urgent mark even when more data follows it, so, as with `PEER_FIN`, a short read no longer
     /// proves the kernel buffer empty. Rare enough to keep for the connection's life.
     const URGENT: u8 = 16;
+    /// The socket is registered for writable events. Not at first: a connection whose writes
+    /// never stop at `WouldBlock` (most of them) never needs one, and registering for them
+    /// costs a wake-up per accepted connection for the event a fresh socket raises at once.
+    const WRITE_EVENTS: u8 = 32;
 
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
@@ -208,6 +212,17 @@ impl<S: Read + Write + Peek> Conn<S> {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether the socket must now be registered for writable events: a write stopped at
+    /// `WouldBlock` with bytes still owed, and it is not registered for them yet.
+    pub fn needs_write_events(&self) -> bool {
+        !self.flags.has(Flags::WRITABLE) && !self.flags.has(Flags::WRITE_EVENTS) && self.owed() > 0
+    }
+
+    /// Records that the socket is registered for writable events (for the rest of its life).
+    pub fn set_write_events(&mut self) {
+        self.flags.set(Flags::WRITE_EVENTS, true);
     }
 
     /// Bytes owed to the peer and not yet accepted by the kernel.

@@ -149,10 +149,11 @@ impl Connections {
         let key = entry.key();
         // PRIORITY: urgent data is ordinary data here (SO_OOBINLINE, inherited from the
         // listener), but its arrival must be seen so the bytes after the mark are read too.
+        // Readable only: writable events are asked for once a write stops at `WouldBlock`.
         registry.register(
             &mut stream,
             token::conn(key),
-            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
+            Interest::READABLE | Interest::PRIORITY,
         )?;
         let proxied = self.trusted.as_ref().is_some_and(|t| t.trusts(peer.ip()));
         entry.insert(if proxied {
@@ -187,7 +188,13 @@ impl Connections {
 
     /// One turn for connection `key`: moves bytes, queues it again if its budget ran out, closes
     /// it if it is done or failed.
-    pub(crate) fn drive(&mut self, key: usize, draining: bool, stats: &mut Stats) -> Turn {
+    pub(crate) fn drive(
+        &mut self,
+        key: usize,
+        draining: bool,
+        stats: &mut Stats,
+        registry: &Registry,
+    ) -> Turn {
         let Some(c) = self.slab.get_mut(key) else {
             return Turn {
                 moved: Moved::default(),
@@ -250,6 +257,24 @@ impl Connections {
                 );
             }
         }
+        // The edge that tells a blocked writer to go on needs writable events; registering
+        // for them re-checks readiness, so room that appeared meanwhile is not missed.
+        let progress =
+            if matches!(progress, Progress::Wait | Progress::Yield) && c.needs_write_events() {
+                match registry.reregister(
+                    c.socket_mut(),
+                    token::conn(key),
+                    Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
+                ) {
+                    Ok(()) => {
+                        c.set_write_events();
+                        progress
+                    }
+                    Err(e) => Progress::Failed(e),
+                }
+            } else {
+                progress
+            };
         let closed = match progress {
             Progress::Wait => false,
             Progress::Yield => {

@@ -385,9 +385,12 @@ impl Server {
 
     /// One turn for connection `key`, and what its progress means for the other parts.
     fn drive(&mut self, key: usize) {
-        let turn = self
-            .conns
-            .drive(key, self.life.closing_quiet(), &mut self.stats);
+        let turn = self.conns.drive(
+            key,
+            self.life.closing_quiet(),
+            &mut self.stats,
+            self.poll.registry(),
+        );
         if turn.moved.read + turn.moved.written > 0
             && let Some(idle) = &mut self.idle
         {
