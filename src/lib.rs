@@ -53,7 +53,8 @@
 //!
 //! # A connection's life
 //!
-//! accepted (counted, registered for read, write and urgent data; an idle one is 16 bytes) →
+//! accepted (counted, registered for read and urgent data, for write too once a write blocks;
+//! an idle one is 16 bytes) →
 //! `Open`: each readable edge is read until `WouldBlock` or the turn's budget (then the run
 //! queue), transformed in a reactor-wide buffer, written straight back; what the socket does not
 //! take is owed, and reading stops while a connection owes `--max-pending` (or anything at all,
