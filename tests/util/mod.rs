@@ -205,32 +205,35 @@ impl Drop for ServerProc {
 /// inherited: run as a shell's background job a test has SIGINT and SIGQUIT ignored (under
 /// `nohup`, SIGHUP), and the server would leave them ignored.
 pub fn default_signal_actions(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            for sig in [
-                libc::SIGTERM,
-                libc::SIGINT,
-                libc::SIGHUP,
-                libc::SIGQUIT,
-                libc::SIGUSR1,
-            ] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
+    signal_actions(
+        cmd,
+        &[
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+        ],
+        libc::SIG_DFL,
+    );
 }
 
 /// Gives `cmd` SIGHUP, SIGINT and SIGQUIT ignored, as `nohup` and a shell's background job do.
 pub fn ignore_stop_signals(cmd: &mut Command) {
+    signal_actions(
+        cmd,
+        &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT],
+        libc::SIG_IGN,
+    );
+}
+
+fn signal_actions(cmd: &mut Command, sigs: &'static [i32], action: libc::sighandler_t) {
     use std::os::unix::process::CommandExt;
     // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
-            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
-                libc::signal(sig, libc::SIG_IGN);
+        cmd.pre_exec(move || {
+            for &sig in sigs {
+                libc::signal(sig, action);
             }
             Ok(())
         });
