@@ -16,12 +16,7 @@ use util::{
 /// The value of `name=N` in the last counters line logged so far.
 fn counter(log: &str, name: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("counters"))?;
-    let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    line[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    util::counter_in(line, name)
 }
 
 #[test]

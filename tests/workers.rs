@@ -12,7 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    ServerProc, WAIT, bin, connect, cpu_time, random_bytes, read_n, roundtrip, rss_bytes, upper,
+    ServerProc, WAIT, bin, connect, counter_in, cpu_time, random_bytes, read_n, roundtrip,
+    rss_bytes, upper,
 };
 
 /// Every `worker N (pid P...): ready` line so far: (slot, pid).
@@ -38,19 +39,9 @@ fn final_per_worker(log: &str, name: &str) -> Vec<(u32, u64)> {
         .filter_map(|l| {
             let rest = l.split("] final counters: worker ").nth(1)?;
             let slot = rest.split(' ').next()?.parse().ok()?;
-            Some((slot, counter(rest, name)?))
+            Some((slot, counter_in(rest, name)?))
         })
         .collect()
-}
-
-/// `name=N` in a counters line.
-fn counter(line: &str, name: &str) -> Option<u64> {
-    let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    line[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn total_line(log: &str) -> String {
@@ -126,9 +117,9 @@ fn two_workers_answer_tcp_and_udp_and_share_the_connections() {
     assert!(accepted.iter().all(|&(_, n)| n > 0), "{accepted:?}\n{log}");
     assert_eq!(accepted.iter().map(|&(_, n)| n).sum::<u64>(), 40);
     let total = total_line(&log);
-    assert_eq!(counter(&total, "accepted"), Some(40), "{total}");
-    assert_eq!(counter(&total, "in"), Some(20), "{total}");
-    assert_eq!(counter(&total, "refused"), Some(0), "{total}");
+    assert_eq!(counter_in(&total, "accepted"), Some(40), "{total}");
+    assert_eq!(counter_in(&total, "in"), Some(20), "{total}");
+    assert_eq!(counter_in(&total, "refused"), Some(0), "{total}");
 }
 
 #[test]
@@ -193,25 +184,37 @@ fn a_killed_worker_is_restarted_and_the_port_keeps_answering() {
             ))
         })
         .unwrap_or_else(|| panic!("{log}"));
-    assert!(counter(line, "accepted").unwrap() > 0, "{line}");
+    assert!(counter_in(line, "accepted").unwrap() > 0, "{line}");
+}
+
+/// `n` clients that have each sent 2 MiB (of `seed`'s bytes) and not read the reply yet, so the
+/// server owes them a lot; and those bytes.
+fn owed_clients(s: &ServerProc, n: usize, seed: u64) -> (Vec<TcpStream>, Vec<u8>) {
+    let data = random_bytes(2 << 20, seed);
+    let mut clients: Vec<TcpStream> = (0..n).map(|_| s.connect()).collect();
+    for c in &mut clients {
+        c.write_all(&data).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    (clients, data)
+}
+
+/// Every one of `clients` gets all it is owed, then a clean close once it half-closes.
+fn collect_owed(clients: &mut [TcpStream], data: &[u8]) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert!(read_n(c, data.len()) == upper(data), "client {i}");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "closed after the drain");
+    }
 }
 
 #[test]
 fn sigterm_drains_every_worker_and_exits_zero() {
     let mut s = start("2", &["--drain-timeout", "30", "--max-pending", "64MiB"]);
     // Clients that are owed a lot when the signal comes, spread over both workers.
-    let data = random_bytes(2 << 20, 5);
-    let mut clients: Vec<TcpStream> = (0..8).map(|_| s.connect()).collect();
-    for c in &mut clients {
-        c.write_all(&data).unwrap();
-    }
-    thread::sleep(Duration::from_millis(300));
+    let (mut clients, data) = owed_clients(&s, 8, 5);
     s.signal(libc::SIGTERM);
-    for (i, c) in clients.iter_mut().enumerate() {
-        assert!(read_n(c, data.len()) == upper(&data), "client {i}");
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "closed after the drain");
-    }
+    collect_owed(&mut clients, &data);
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     let log = s.stderr();
     assert_eq!(
@@ -220,9 +223,9 @@ fn sigterm_drains_every_worker_and_exits_zero() {
         "{log}"
     );
     let total = total_line(&log);
-    assert_eq!(counter(&total, "accepted"), Some(8), "{total}");
+    assert_eq!(counter_in(&total, "accepted"), Some(8), "{total}");
     assert_eq!(
-        counter(&total, "bytes_out"),
+        counter_in(&total, "bytes_out"),
         Some(8 * data.len() as u64),
         "{total}"
     );
@@ -272,22 +275,13 @@ fn stop_signals_inherited_ignored_stay_ignored_by_supervisor_and_workers() {
 #[test]
 fn a_stop_during_a_reloads_drain_lets_the_old_workers_finish() {
     let mut s = start("2", &["--drain-timeout", "30", "--max-pending", "64MiB"]);
-    let data = random_bytes(2 << 20, 9);
-    let mut clients: Vec<TcpStream> = (0..4).map(|_| s.connect()).collect();
-    for c in &mut clients {
-        c.write_all(&data).unwrap();
-    }
-    thread::sleep(Duration::from_millis(300));
+    let (mut clients, data) = owed_clients(&s, 4, 9);
     s.signal(libc::SIGHUP);
     assert!(s.logged("reload complete: generation 1"), "{}", s.stderr());
     // The old workers are draining these clients, which are not reading yet.
     s.signal(libc::SIGTERM);
     assert!(s.logged("SIGTERM: shutting down"), "{}", s.stderr());
-    for (i, c) in clients.iter_mut().enumerate() {
-        assert!(read_n(c, data.len()) == upper(&data), "client {i}");
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "closed after the drain");
-    }
+    collect_owed(&mut clients, &data);
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     let log = s.stderr();
     assert!(!log.contains("again"), "{log}");
@@ -453,7 +447,7 @@ fn a_connection_is_refused_only_when_every_worker_is_full() {
     s.signal(libc::SIGTERM);
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     let total = total_line(&s.stderr());
-    assert!(counter(&total, "refused").unwrap() >= 1, "{total}");
+    assert!(counter_in(&total, "refused").unwrap() >= 1, "{total}");
     let per = final_per_worker(&s.stderr(), "accepted");
     assert!(per.iter().all(|&(_, n)| n <= 101), "{per:?}");
 }
@@ -549,8 +543,8 @@ fn a_reload_under_churn_refuses_resets_and_drops_nothing() {
     let log = s.stderr();
     assert!(log.contains("; 0 restart(s), 2 reload(s)"), "{log}");
     let total = total_line(&log);
-    assert_eq!(counter(&total, "reset"), Some(0), "{total}");
-    assert_eq!(counter(&total, "refused"), Some(0), "{total}");
+    assert_eq!(counter_in(&total, "reset"), Some(0), "{total}");
+    assert_eq!(counter_in(&total, "refused"), Some(0), "{total}");
 }
 
 /// The upgrade path: a reload runs the binary on disk. One that does not start is abandoned
@@ -729,7 +723,7 @@ fn workers_share_passed_sockets_and_a_full_one_hands_connections_on() {
     let per = final_per_worker(&log, "accepted");
     assert_eq!(per.iter().map(|&(_, n)| n).sum::<u64>(), 10, "{log}");
     assert!(per.iter().all(|&(_, n)| n <= 5), "{per:?}");
-    assert_eq!(counter(&total_line(&log), "refused"), Some(0), "{log}");
+    assert_eq!(counter_in(&total_line(&log), "refused"), Some(0), "{log}");
     notify
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();

@@ -240,6 +240,16 @@ fn signal_actions(cmd: &mut Command, sigs: &'static [i32], action: libc::sighand
     }
 }
 
+/// The value of `name=N` in one counters line (`accepted=3 ...`).
+pub fn counter_in(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Connects to `addr` with generous read/write timeouts so a broken server fails the test
 /// instead of hanging it.
 pub fn connect(addr: SocketAddr) -> TcpStream {
