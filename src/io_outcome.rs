@@ -10,8 +10,47 @@
 //! | [`Outcome::PeerClosed`] | orderly end (read 0) | finish what is owed |
 //! | [`Outcome::PeerReset`] | the peer or the path failed: reset, broken pipe, refused, unreachable, timed out | close; an ordinary event, logged at debug |
 //! | [`Outcome::Local`] | this side failed: out of memory or buffers, bad descriptor, anything unexpected | close; logged at warn with the peer, counted apart |
+//!
+//! `EINTR` is handled here too, once: every system call that can be interrupted goes through
+//! [`retrying`] (retried at once: the signal is the signal pipe's business, not the caller's),
+//! and every wait through [`poll`] (an interrupted wait is a wake-up with no events, so the
+//! caller's loop recomputes its deadlines).
 
 use std::io::{self, ErrorKind};
+use std::time::Duration;
+
+/// Runs one I/O call, retrying it at once while a signal interrupts it (`EINTR`), so no caller
+/// spells its own retry loop.
+pub fn retrying<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Whether an error is "nothing now": wait for readiness.
+pub fn is_would_block(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::WouldBlock
+}
+
+/// Waits once for events. A wait a signal interrupts returns `Ok` with no events (rather than
+/// being retried with a timeout that no longer holds), so the caller's loop goes round,
+/// recomputes its deadlines and waits again.
+pub fn poll(
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    match poll.poll(events, timeout) {
+        Err(e) if e.kind() == ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        r => r,
+    }
+}
 
 /// What one read or write (or send/recv) came to.
 #[derive(Debug)]
@@ -122,6 +161,27 @@ mod tests {
         }
         assert_eq!(os(libc::EAGAIN), Class::WouldBlock);
         assert_eq!(os(libc::EINTR), Class::Interrupted);
+    }
+
+    #[test]
+    fn retrying_retries_interrupted_calls_only() {
+        let mut calls = 0;
+        let r = retrying(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(io::Error::from(ErrorKind::Interrupted))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+        let mut calls = 0;
+        let r: io::Result<()> = retrying(|| {
+            calls += 1;
+            Err(io::Error::from(ErrorKind::WouldBlock))
+        });
+        assert!(is_would_block(&r.unwrap_err()));
+        assert_eq!(calls, 1);
     }
 
     #[test]
