@@ -467,6 +467,7 @@ fn bad_flags_and_malformed_addresses_are_usage_errors() {
         vec!["serve", "--listen", "[::1:80"],
         vec!["serve", "--max-connections", "0"],
         vec!["serve", "--idle-timeout", "soon"],
+        vec!["serve", "--busy-poll", "2s"],
         vec!["serve", "--tcp-only", "--udp-only"],
         vec!["serve", "--transform", "lower"],
     ] {
@@ -693,4 +694,36 @@ fn at_info_a_connection_logs_nothing() {
         log.contains("final counters") && !log.contains("conn "),
         "{log}"
     );
+}
+
+#[test]
+fn busy_poll_serves_stops_on_sigterm_and_sleeps_once_traffic_stops() {
+    // The longest window allowed: if the spin did not end with the traffic, the idle second
+    // below would cost about a second of CPU.
+    let mut s = ServerProc::start(&["--busy-poll", "1s"]);
+    let mut c = s.connect();
+    for i in 0..500u32 {
+        let msg = format!("busy {i}");
+        assert_eq!(roundtrip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
+    }
+    let data = random_bytes(4 << 20, 19);
+    let mut w = c.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = thread::spawn(move || w.write_all(&sent).unwrap());
+    assert!(read_n(&mut c, data.len()) == upper(&data));
+    writer.join().unwrap();
+    // Quiet for the window and then some: spinning stops, and the server sleeps.
+    thread::sleep(Duration::from_millis(1500));
+    let before = cpu_time(s.pid());
+    thread::sleep(Duration::from_secs(3));
+    let spent = cpu_time(s.pid()) - before;
+    assert!(
+        spent < Duration::from_secs(1),
+        "idle server spent {spent:?} of CPU in 3 s"
+    );
+    // SIGTERM in the middle of a spin still drains and exits.
+    assert_eq!(roundtrip(&mut c, b"last"), b"LAST");
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    assert!(closed_within(&mut c, WAIT));
 }

@@ -81,6 +81,10 @@ pub struct Config {
     pub notifier: Notifier,
     /// Read a PROXY protocol header first on connections from these sources.
     pub proxy: Option<ProxyConfig>,
+    /// `--busy-poll`: for this long after the last turn that brought events, poll with a zero
+    /// timeout instead of sleeping, so the next event is found without a wake-up (CPU for
+    /// latency; `None`: always sleep).
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             handle_signals: false,
             notifier: Notifier::default(),
             proxy: None,
+            busy_poll: None,
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct Server {
     /// What the metrics report besides the counters.
     limits: metrics::Limits,
     start_time: f64,
+    busy_poll: Option<Duration>,
+    /// When a poll last returned events (the start of the busy-poll window).
+    last_events: Instant,
 }
 
 impl Server {
@@ -202,6 +210,8 @@ impl Server {
                 udp_source_rate: config.udp_source_rate.map_or(0, u64::from),
             },
             start_time: metrics::unix_now(),
+            busy_poll: config.busy_poll.filter(|d| !d.is_zero()),
+            last_events: now,
             poll,
         })
     }
@@ -235,7 +245,13 @@ impl Server {
     pub fn run(mut self) -> io::Result<Summary> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let now = Instant::now();
+            let timeout = spin(
+                self.busy_poll,
+                self.last_events,
+                now,
+                self.poll_timeout(now),
+            );
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -243,6 +259,9 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
+            if !events.is_empty() {
+                self.last_events = now;
+            }
             if let Some(idle) = &mut self.idle {
                 idle.tick(now);
             }
@@ -580,6 +599,20 @@ impl Server {
     }
 }
 
+/// `--busy-poll`: inside the `window` after the last events, a sleep becomes a zero-timeout
+/// poll. Timers still fire: every turn runs them, and a zero timeout is never later.
+fn spin(
+    window: Option<Duration>,
+    last_events: Instant,
+    now: Instant,
+    timeout: Option<Duration>,
+) -> Option<Duration> {
+    match window {
+        Some(w) if now.saturating_duration_since(last_events) < w => Some(Duration::ZERO),
+        _ => timeout,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,6 +642,51 @@ mod tests {
             server.run().unwrap()
         });
         (addr, rx.recv_timeout(WAIT).unwrap(), t)
+    }
+
+    #[test]
+    fn busy_poll_spins_only_inside_its_window_after_the_last_events() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let sleep = Some(ms(500));
+        // Off: the timeout is the parts' own.
+        assert_eq!(spin(None, t0, t0, sleep), sleep);
+        assert_eq!(spin(None, t0, t0, None), None);
+        // Inside the window: a zero timeout, however long the sleep would have been.
+        let w = Some(ms(2));
+        assert_eq!(spin(w, t0, t0, sleep), Some(Duration::ZERO));
+        assert_eq!(spin(w, t0, t0 + ms(1), None), Some(Duration::ZERO));
+        // Past it: sleeping again until events come.
+        assert_eq!(spin(w, t0, t0 + ms(2), sleep), sleep);
+        assert_eq!(spin(w, t0, t0 + ms(3), None), None);
+    }
+
+    #[test]
+    fn a_busy_polling_server_serves_and_drains_like_a_sleeping_one() {
+        let config = Config {
+            busy_poll: Some(Duration::from_millis(50)),
+            ..Config::default()
+        };
+        let (addr, handle, server) = spawn(config);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        for i in 0..200u32 {
+            let msg = format!("ping {i}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut got = vec![0u8; msg.len()];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(got, msg.to_uppercase().into_bytes());
+        }
+        // Past the window the loop sleeps again: a reply still comes when a byte arrives.
+        thread::sleep(Duration::from_millis(200));
+        c.write_all(b"late").unwrap();
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"LATE");
+        handle.shutdown();
+        let summary = server.join().unwrap();
+        assert_eq!(summary.stats.bytes_out, summary.stats.bytes_in);
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
     }
 
     #[test]
