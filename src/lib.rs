@@ -78,6 +78,7 @@ pub mod io_outcome;
 pub mod load;
 pub mod net;
 pub mod serve;
+pub mod supervise;
 pub mod transform;
 pub mod units;
 

@@ -326,13 +326,13 @@ impl Server {
             Source::Metrics => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
-                    m.accept(self.poll.registry(), now, &snap);
+                    m.accept(self.poll.registry(), now, Some(&snap));
                 }
             }
             Source::Scrape(key) => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
-                    m.drive(key, &snap);
+                    m.drive(key, Some(&snap));
                 }
             }
             Source::Unknown(t) => {
