@@ -25,6 +25,7 @@ use std::io::{self, ErrorKind, Read, Write};
 
 use super::proxy::{self, HeaderError, Parsed};
 use crate::Transform;
+use crate::io_outcome::{is_would_block, retrying};
 
 /// What the state machine needs of a socket besides reading and writing: a look at the bytes
 /// that have arrived without taking them (`MSG_PEEK`), for the PROXY header.
@@ -275,10 +276,7 @@ impl<S: Read + Write + Peek> Conn<S> {
                         ctx.owed_total = ctx.owed_total.saturating_sub(n);
                         continue;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        self.flags.set(Flags::WRITABLE, false)
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if is_would_block(&e) => self.flags.set(Flags::WRITABLE, false),
                     Err(e) => return Err(e),
                 }
             }
@@ -302,7 +300,7 @@ impl<S: Read + Write + Peek> Conn<S> {
             if budget == 0 {
                 return Ok(Progress::Yield);
             }
-            match self.sock.read(ctx.scratch) {
+            match retrying(|| self.sock.read(ctx.scratch)) {
                 Ok(0) => {
                     self.state = State::ReadClosed;
                     self.flags.set(Flags::READABLE, false);
@@ -324,10 +322,7 @@ impl<S: Read + Write + Peek> Conn<S> {
                     moved.written += sent;
                     ctx.owed_total += n - sent;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.flags.set(Flags::READABLE, false)
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if is_would_block(&e) => self.flags.set(Flags::READABLE, false),
                 Err(e) => return Err(e),
             }
         }
@@ -348,16 +343,13 @@ impl<S: Read + Write + Peek> Conn<S> {
     fn take_header(&mut self, ctx: &mut Ctx<'_>) -> io::Result<HeaderStep> {
         let cap = ctx.scratch.len().min(proxy::MAX_HEADER);
         let buf = &mut ctx.scratch[..cap];
-        let n = loop {
-            match self.sock.peek(buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.flags.set(Flags::READABLE, false);
-                    return Ok(HeaderStep::Wait);
-                }
-                Err(e) => return Err(e),
+        let n = match retrying(|| self.sock.peek(buf)) {
+            Ok(n) => n,
+            Err(e) if is_would_block(&e) => {
+                self.flags.set(Flags::READABLE, false);
+                return Ok(HeaderStep::Wait);
             }
+            Err(e) => return Err(e),
         };
         if n == 0 {
             return Ok(HeaderStep::Closed);
@@ -378,12 +370,10 @@ impl<S: Read + Write + Peek> Conn<S> {
         };
         let mut taken = 0;
         while taken < h.len {
-            match self.sock.read(&mut ctx.scratch[..h.len - taken]) {
-                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(k) => taken += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // Peeked bytes are in the socket until read: this is not the peer's doing.
-                Err(e) => return Err(e),
+            // Peeked bytes are in the socket until read: an error here is not the peer's doing.
+            match retrying(|| self.sock.read(&mut ctx.scratch[..h.len - taken]))? {
+                0 => return Err(ErrorKind::UnexpectedEof.into()),
+                k => taken += k,
             }
         }
         Ok(HeaderStep::Taken(h))
@@ -395,7 +385,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         let mut done = 0;
         if self.pending.is_none() && self.flags.has(Flags::WRITABLE) {
             loop {
-                match self.sock.write(&out[done..]) {
+                match retrying(|| self.sock.write(&out[done..])) {
                     Ok(0) => return Err(ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         done += n;
@@ -403,11 +393,10 @@ impl<S: Read + Write + Peek> Conn<S> {
                             return Ok(done);
                         }
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    Err(e) if is_would_block(&e) => {
                         self.flags.set(Flags::WRITABLE, false);
                         break;
                     }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -427,7 +416,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         let Some(p) = self.pending.as_mut() else {
             return Ok(0);
         };
-        let n = self.sock.write(&p.buf[p.off..])?;
+        let n = retrying(|| self.sock.write(&p.buf[p.off..]))?;
         if n == 0 {
             return Err(ErrorKind::WriteZero.into());
         }
@@ -909,6 +898,24 @@ mod tests {
         let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Done));
         assert_eq!(c.sock.written, b"HELLO");
+    }
+
+    #[test]
+    fn interrupted_calls_are_retried_and_lose_nothing() {
+        // Every call interrupted once before it goes through: read, write, read (the EOF).
+        let mut s = sock(b"hello", 100);
+        s.eof_arrived = true;
+        s.interrupts = [true, false, true, false, true, false]
+            .into_iter()
+            .collect();
+        let mut scratch = [0u8; 64];
+        let mut c = registered(Conn::new(s));
+        c.on_ready(true, true, true);
+        let (p, m) = c.drive(&mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Done), "{p:?}");
+        assert_eq!((m.read, m.written), (5, 5));
+        assert_eq!(c.sock.written, b"HELLO");
+        assert!(c.sock.interrupts.is_empty(), "every interruption was met");
     }
 
     #[test]
