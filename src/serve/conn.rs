@@ -7,17 +7,30 @@
 //! produce.
 //!
 //! ```text
-//!   Header ── PROXY header consumed ──▶ Open  (only for connections from --proxy-from sources)
+//!             PROXY header consumed
+//!   Header ───────────────────────────▶ Open      (only for connections from --proxy-from sources)
+//!     │ │ └─ not a header, cut short by EOF, too long ─▶ (Rejected: the reactor closes, unanswered)
+//!     │ └─── EOF before any byte (a balancer's health check) ─▶ ReadClosed
+//!     └───── drain requested, no byte waiting ─▶ (Done)
 //!            read 0 (peer EOF)              owed output sent
 //!   Open ───────────────────────▶ ReadClosed ───────────────▶ (Done: the reactor closes)
 //!     │                                                     ▲
 //!     └──── drain requested, nothing owed, nothing unread ──┘
-//!   any I/O error other than WouldBlock/Interrupted ─▶ (Failed: the reactor closes)
+//!   any I/O error but WouldBlock (Interrupted is retried) ─▶ (Failed: the reactor closes)
 //! ```
+//!
+//! From outside, the reactor also closes a connection whose header is late, one idle too long,
+//! and any left at the drain deadline.
+//!
+//! Reads: a turn reads until `WouldBlock`, the budget, or a *short read* (fewer bytes than the
+//! buffer holds), which ends the turn without the `WouldBlock` read that would confirm the
+//! socket empty. That relies on Linux's edge-triggered epoll, where data arriving after a read
+//! raises a new edge, not on mio's portable contract (read until `WouldBlock`); a FIN or urgent
+//! data already seen makes short reads keep going (see `Flags`).
 //!
 //! Memory: the transform runs in place in a reactor-wide scratch buffer and the result is written
 //! straight back; only what the socket does not take is copied into the connection's own
-//! [`Pending`] buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
+//! [`Owed`] buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
 //! A connection waiting for its PROXY header owns none either: it peeks at what has arrived and
 //! consumes the header only once it is whole.
 
@@ -41,7 +54,7 @@ impl Peek for mio::net::TcpStream {
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub enum StreamState {
     /// From a trusted source with `--proxy-protocol`: waiting for the PROXY header, which must
     /// come before anything is echoed.
     Header,
@@ -111,7 +124,7 @@ pub struct Moved {
 
 /// Output owed to the peer: `buf[off..]` has not been written yet.
 #[derive(Debug)]
-struct Pending {
+struct Owed {
     buf: Vec<u8>,
     off: usize,
 }
@@ -156,9 +169,9 @@ impl Flags {
 /// One connection: its socket, its state and what it owes.
 #[derive(Debug)]
 pub struct Conn<S> {
-    pending: Option<Box<Pending>>,
+    pending: Option<Box<Owed>>,
     sock: S,
-    state: State,
+    state: StreamState,
     flags: Flags,
 }
 
@@ -183,7 +196,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         Conn {
             pending: None,
             sock,
-            state: State::Open,
+            state: StreamState::Open,
             flags: Flags(Flags::WRITABLE),
         }
     }
@@ -191,7 +204,7 @@ impl<S: Read + Write + Peek> Conn<S> {
     /// A fresh connection that must start with a PROXY header.
     pub fn expecting_header(sock: S) -> Conn<S> {
         Conn {
-            state: State::Header,
+            state: StreamState::Header,
             ..Conn::new(sock)
         }
     }
@@ -211,7 +224,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         was
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> StreamState {
         self.state
     }
 
@@ -251,7 +264,7 @@ impl<S: Read + Write + Peek> Conn<S> {
     /// to its debt while the server as a whole is at its ceiling.
     fn may_read(&self, ctx: &Ctx<'_>) -> bool {
         let owed = self.owed();
-        self.state == State::Open
+        self.state == StreamState::Open
             && owed < ctx.max_pending
             && (owed == 0 || ctx.owed_total < ctx.max_pending_total)
     }
@@ -280,15 +293,15 @@ impl<S: Read + Write + Peek> Conn<S> {
                     Err(e) => return Err(e),
                 }
             }
-            if self.state == State::Header && self.flags.has(Flags::READABLE) {
+            if self.state == StreamState::Header && self.flags.has(Flags::READABLE) {
                 match self.take_header(ctx)? {
                     HeaderStep::Wait => break,
                     HeaderStep::Taken(h) => {
                         ctx.header = Some(h);
-                        self.state = State::Open;
+                        self.state = StreamState::Open;
                     }
                     HeaderStep::Closed => {
-                        self.state = State::ReadClosed;
+                        self.state = StreamState::ReadClosed;
                         self.flags.set(Flags::READABLE, false);
                     }
                     HeaderStep::Bad(e) => return Ok(Progress::Rejected(e)),
@@ -302,7 +315,7 @@ impl<S: Read + Write + Peek> Conn<S> {
             }
             match retrying(|| self.sock.read(ctx.scratch)) {
                 Ok(0) => {
-                    self.state = State::ReadClosed;
+                    self.state = StreamState::ReadClosed;
                     self.flags.set(Flags::READABLE, false);
                 }
                 Ok(n) => {
@@ -328,8 +341,8 @@ impl<S: Read + Write + Peek> Conn<S> {
         }
         let idle = self.pending.is_none();
         Ok(match self.state {
-            State::ReadClosed if idle => Progress::Done,
-            State::Open | State::Header
+            StreamState::ReadClosed if idle => Progress::Done,
+            StreamState::Open | StreamState::Header
                 if idle && ctx.draining && !self.flags.has(Flags::READABLE) =>
             {
                 Progress::Done
@@ -402,7 +415,7 @@ impl<S: Read + Write + Peek> Conn<S> {
             }
         }
         let p = self.pending.get_or_insert_with(|| {
-            Box::new(Pending {
+            Box::new(Owed {
                 buf: Vec::new(),
                 off: 0,
             })
@@ -688,7 +701,7 @@ mod tests {
         let mut c = registered(Conn::expecting_header(s));
         let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Done), "{p:?}");
-        assert_eq!(c.state(), State::ReadClosed);
+        assert_eq!(c.state(), StreamState::ReadClosed);
     }
 
     #[test]
@@ -892,7 +905,7 @@ mod tests {
         c.on_ready(false, false, true);
         let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Wait));
-        assert_eq!(c.state(), State::ReadClosed);
+        assert_eq!(c.state(), StreamState::ReadClosed);
         c.sock.write_room = 10;
         c.on_ready(false, true, false);
         let (p, _) = c.drive(&mut ctx(&mut scratch));

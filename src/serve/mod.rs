@@ -2,7 +2,7 @@
 //!
 //! - `source`: where sockets come from (bound from addresses, or inherited descriptors).
 //! - `reactor`: the single-threaded mio loop and the [`Server`] that wires its parts:
-//!   `accept` (the acceptor), `conns` (the connections), `timer` (the idle timeout), `udp`
+//!   `accept` (the acceptor), `table` (the connection table), `timer` (the idle timeout), `udp`
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
@@ -21,7 +21,6 @@ mod accept;
 // Public only so that benches/conn.rs can drive the state machine; not part of the API.
 #[doc(hidden)]
 pub mod conn;
-mod conns;
 pub mod control;
 mod lifecycle;
 mod limit;
@@ -34,11 +33,11 @@ mod stats;
 mod steer;
 pub mod supervisor;
 pub mod systemd;
+mod table;
 mod timer;
 mod token;
 mod udp;
 
-pub use conns::{FAIR_BUDGET, READ_CHUNK};
 pub use lifecycle::{
     Action, HANDLED_SIGNALS, Policy, block_handled_signals, inherited_ignored_signals, signal_name,
     unblock_handled_signals,
@@ -49,4 +48,5 @@ pub use reactor::{
 pub use source::{Protocols, SocketSource, Sockets, SourceError};
 pub use stats::Stats;
 pub use systemd::Notifier;
+pub use table::{FAIR_BUDGET, READ_CHUNK};
 pub use token::{MAX_LISTENERS, MAX_UDP_SOCKETS};

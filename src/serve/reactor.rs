@@ -6,7 +6,7 @@
 //! | part | module | owns |
 //! |---|---|---|
 //! | acceptor | [`super::accept`] | listeners, accept budget, EMFILE pause and back-off, refusals |
-//! | connections | [`super::conns`] | the slab, the run queue, the read buffer, the pending total |
+//! | connections | [`super::table`] | the slab, the run queue, the read buffer, the pending total |
 //! | idle tracker | [`super::timer`] | the idle wheel and each connection's last activity |
 //! | UDP side | [`super::udp`] | the UDP endpoints, their batch buffers, the answering policy |
 //! | lifecycle | [`super::lifecycle`] | signals, the shutdown handle, the drain and its deadline |
@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use super::accept::Acceptor;
-use super::conns::{Close, Connections, Limits};
 use super::control::{Adopt, WorkerLink};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
@@ -42,6 +41,7 @@ use super::metrics::{self, MetricsEndpoint, Snapshot};
 use super::proxy::{HeaderError, ProxyConfig};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
+use super::table::{Close, Connections, Limits};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
