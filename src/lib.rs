@@ -76,6 +76,7 @@ pub mod addr;
 pub mod client;
 pub mod io_outcome;
 pub mod load;
+pub mod mmsg;
 pub mod net;
 pub mod serve;
 pub mod supervise;

@@ -831,23 +831,16 @@ fn owes(c: &TcpConn) -> bool {
 /// something is wrong and fails the connection rather than keeping a partial header around.
 fn send_proxy_header(s: &mut TcpStream, v: ProxyVersion) -> io::Result<()> {
     let header = super::proxy::header(v, s.local_addr()?, s.peer_addr()?)?;
-    loop {
-        match s.write(&header) {
-            Ok(n) if n == header.len() => return Ok(()),
-            Ok(n) => {
-                return Err(io::Error::other(format!(
-                    "the socket took {n} of its {} bytes",
-                    header.len()
-                )));
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::other(
-                    "a new connection would not take it at once",
-                ));
-            }
-            Err(e) => return Err(e),
-        }
+    match crate::io_outcome::retrying(|| s.write(&header)) {
+        Ok(n) if n == header.len() => Ok(()),
+        Ok(n) => Err(io::Error::other(format!(
+            "the socket took {n} of its {} bytes",
+            header.len()
+        ))),
+        Err(e) if crate::io_outcome::is_would_block(&e) => Err(io::Error::other(
+            "a new connection would not take it at once",
+        )),
+        Err(e) => Err(e),
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use mio::net::UdpSocket;
@@ -32,6 +32,7 @@ use super::payload::{decode_seq, encode_seq, udp_body_pos};
 use super::stats::ErrorClass;
 use super::worker::{Env, Flow, Readiness};
 use crate::io_outcome::Outcome;
+use crate::mmsg::Datagrams;
 use crate::net::max_datagram;
 
 /// Datagrams received from one socket per wake-up at most.
@@ -41,66 +42,8 @@ const RECV_BUDGET: usize = 4096;
 const RECV_BATCH: usize = 16;
 
 /// The buffers of one `recvmmsg`, each one byte longer than any datagram, so that a truncated
-/// one shows. Reserved at full size; only the pages that replies reach are ever touched.
-struct RecvBatch {
-    bufs: Box<[u8]>,
-    each: usize,
-    lens: [usize; RECV_BATCH],
-}
-
-impl RecvBatch {
-    fn new(each: usize) -> RecvBatch {
-        RecvBatch {
-            bufs: vec![0u8; RECV_BATCH * each].into_boxed_slice(),
-            each,
-            lens: [0; RECV_BATCH],
-        }
-    }
-
-    /// One `recvmmsg` on the connected socket `fd`: fills datagrams `0..n`, returns `n` (at
-    /// least 1).
-    fn recv(&mut self, fd: i32) -> io::Result<usize> {
-        // SAFETY: zeroed iovec/mmsghdr are valid (no name, no control data); every iovec points
-        // into `self.bufs`, which outlives the call, with the length of its part of it.
-        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        let base = self.bufs.as_mut_ptr();
-        for (i, (iov, h)) in iovs.iter_mut().zip(hdrs.iter_mut()).enumerate() {
-            *iov = libc::iovec {
-                // SAFETY: `i * each` is inside `bufs` (RECV_BATCH * each bytes).
-                iov_base: unsafe { base.add(i * self.each) }.cast(),
-                iov_len: self.each,
-            };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: see above; RECV_BATCH headers are initialised.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                RECV_BATCH as libc::c_uint,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        for (len, h) in self.lens.iter_mut().zip(&hdrs).take(n) {
-            *len = h.msg_len as usize;
-        }
-        Ok(n)
-    }
-
-    /// Datagram `i` of the last batch, and whether it filled its buffer (was truncated).
-    fn get(&self, i: usize) -> (&[u8], bool) {
-        let len = self.lens[i].min(self.each);
-        let at = i * self.each;
-        (&self.bufs[at..at + len], len == self.each)
-    }
-}
+/// one shows (it fills its slot).
+type RecvBatch = Datagrams<RECV_BATCH>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -231,7 +174,7 @@ impl UdpFlow {
         UdpFlow {
             socks: Vec::with_capacity(ctx.nconns),
             out: vec![0u8; cfg.size].into_boxed_slice(),
-            batch: RecvBatch::new(max_datagram(&cfg.addr) + 1),
+            batch: RecvBatch::connected(max_datagram(&cfg.addr) + 1),
         }
     }
 }
@@ -430,7 +373,7 @@ impl Cx<'_, '_> {
         let mut budget = RECV_BUDGET;
         while budget > 0 {
             // An empty datagram is a datagram: `recv` is not `read`, and 0 is no end.
-            let n = match batch.recv(s.sock.as_raw_fd()) {
+            let n = match batch.recv(s.sock.as_fd()) {
                 Ok(n) => n,
                 Err(e) => match Outcome::of_error(e) {
                     Outcome::WouldBlock => return,
@@ -454,7 +397,8 @@ impl Cx<'_, '_> {
             };
             let now = Instant::now();
             for i in 0..n {
-                let (dgram, truncated) = batch.get(i);
+                let dgram = batch.get(i);
+                let truncated = dgram.len() == batch.each();
                 if let Some(d) = on_datagram(self.env, &mut s.lane, dgram, truncated, now) {
                     self.refill(s, d, now);
                 }
@@ -682,27 +626,6 @@ mod tests {
             s.state = SlotState::InFlight;
         }
         f(&mut env, &mut lane, &pattern);
-    }
-
-    #[test]
-    fn a_batch_returns_what_is_queued_in_order_and_shows_a_datagram_too_long() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        tx.connect(rx.local_addr().expect("addr")).expect("connect");
-        rx.connect(tx.local_addr().expect("addr")).expect("connect");
-        rx.set_nonblocking(true).expect("nonblocking");
-        let mut batch = RecvBatch::new(10);
-        for d in [&b"one"[..], b"", b"three", b"0123456789abc"] {
-            tx.send(d).expect("send");
-        }
-        // Loopback delivers within the send; all four are queued.
-        assert_eq!(batch.recv(rx.as_raw_fd()).expect("recvmmsg"), 4);
-        assert_eq!(batch.get(0), (&b"one"[..], false));
-        assert_eq!(batch.get(1), (&b""[..], false));
-        assert_eq!(batch.get(2), (&b"three"[..], false));
-        assert_eq!(batch.get(3), (&b"0123456789"[..], true));
-        let e = batch.recv(rx.as_raw_fd()).expect_err("nothing left");
-        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

@@ -38,7 +38,6 @@ use super::schedule::{RateSchedule, lane_share};
 use super::stats::{Counts, ErrorClass, record};
 use super::timer::Timer;
 use super::{Stage, WorkerCtx, WorkerMsg};
-use crate::io_outcome::{Class, classify};
 
 /// How often timeouts, stage changes and the progress counters are looked at when idle.
 pub(crate) const TICK: Duration = CHECK_INTERVAL;
@@ -524,10 +523,8 @@ fn deal<F: Flow>(flow: &mut F, env: &mut Env, due: Range<u64>, lanes: usize, now
 /// signal is a turn with no events; any other failure is counted and means the worker must stop
 /// (`false`).
 fn wait(env: &mut Env, events: &mut Events, timeout: Option<Duration>) -> bool {
-    match env.poll.poll(events, timeout) {
+    match crate::io_outcome::poll(&mut env.poll, events, timeout) {
         Ok(()) => true,
-        // mio clears `events` before waiting, so none are left over from an earlier wait.
-        Err(e) if classify(&e) == Class::Interrupted => true,
         Err(e) => {
             env.counts
                 .errors

@@ -2,7 +2,7 @@
 //!
 //! - `source`: where sockets come from (bound from addresses, or inherited descriptors).
 //! - `reactor`: the single-threaded mio loop and the [`Server`] that wires its parts:
-//!   `accept` (the acceptor), `conns` (the connections), `timer` (the idle timeout), `udp`
+//!   `accept` (the acceptor), `table` (the connection table), `timer` (the idle timeout), `udp`
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
@@ -20,7 +20,6 @@ mod accept;
 // Public only so that benches/conn.rs can drive the state machine; not part of the API.
 #[doc(hidden)]
 pub mod conn;
-mod conns;
 pub mod control;
 mod lifecycle;
 mod limit;
@@ -31,11 +30,11 @@ mod reactor;
 mod source;
 mod stats;
 pub mod systemd;
+mod table;
 pub(crate) mod timer;
 mod token;
 mod udp;
 
-pub use conns::{FAIR_BUDGET, READ_CHUNK};
 pub(crate) use lifecycle::signals_to_handle;
 pub use lifecycle::{
     Action, HANDLED_SIGNALS, Policy, block_handled_signals, inherited_ignored_signals, signal_name,
@@ -48,4 +47,5 @@ pub use source::{Protocols, SocketSource, Sockets, SourceError};
 pub(crate) use stats::Rates;
 pub use stats::Stats;
 pub use systemd::Notifier;
+pub use table::{FAIR_BUDGET, READ_CHUNK};
 pub use token::{MAX_LISTENERS, MAX_UDP_SOCKETS};

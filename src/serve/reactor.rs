@@ -6,14 +6,14 @@
 //! | part | module | owns |
 //! |---|---|---|
 //! | acceptor | [`super::accept`] | listeners, accept budget, EMFILE pause and back-off, refusals |
-//! | connections | [`super::conns`] | the slab, the run queue, the read buffer, the pending total |
+//! | connections | [`super::table`] | the slab, the run queue, the read buffer, the pending total |
 //! | idle tracker | [`super::timer`] | the idle wheel and each connection's last activity |
 //! | UDP side | [`super::udp`] | the UDP endpoints, their batch buffers, the answering policy |
 //! | lifecycle | [`super::lifecycle`] | signals, the shutdown handle, the drain and its deadline |
 //! | counters | [`super::stats`] | [`Stats`] and the periodic counters line |
 //!
 //! Tokens are decoded in one place ([`super::token`]). One turn of the loop:
-//! 1. `poll` (retried on `Interrupted`), with a timeout of zero while work is queued, else the
+//! 1. `poll` (an interrupted wait is a wake-up with no events), with a timeout of zero while work is queued, else the
 //!    nearest deadline of any part;
 //! 2. dispatch each event: connections and UDP sockets record readiness (connections run at
 //!    once), listeners and signals only set flags;
@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use super::accept::Acceptor;
-use super::conns::{Close, Connections, Limits};
 use super::control::{Adopt, WorkerLink};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
@@ -42,10 +41,11 @@ use super::metrics::{self, MetricsEndpoint, Snapshot};
 use super::proxy::{HeaderError, ProxyConfig};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
+use super::table::{Close, Connections, Limits};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
-use crate::Transform;
+use crate::{Transform, io_outcome};
 
 /// Default ceiling on output owed by all connections together. A reader that does not read costs
 /// the server at most `--max-pending` (1 MiB), but 20,000 of them would cost 20 GB; 256 MiB keeps
@@ -236,12 +236,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            io_outcome::poll(&mut self.poll, &mut events, timeout)?;
             let now = Instant::now();
             if let Some(idle) = &mut self.idle {
                 idle.tick(now);
