@@ -27,9 +27,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
-use super::console::{self, Console, Input, Notifier};
+use super::console::{Console, Input, Messenger, PromptWaker};
 use super::display::{printable, quoted, rtt, secs};
-use super::target::{Peer, connect_tcp};
+use super::target::{Target, connect_tcp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
 use crate::io_outcome::{Class, Outcome, classify};
@@ -214,11 +214,11 @@ enum Exchange {
 }
 
 /// The interactive session: prompt, send each line, print its reply and round-trip time, repeat.
-pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Failure> {
+pub fn interactive(target: &Target, options: &InteractiveOptions) -> Result<(), Failure> {
     let InteractiveOptions { timeout, history } = options.clone();
-    let addr = peer.to_string();
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let stream = connect_tcp(peer)?;
+    let stream = connect_tcp(target)?;
     // Each line is one small write awaiting its reply: Nagle's algorithm could only delay it.
     let _ = stream.set_nodelay(true);
     let connected_to = stream
@@ -234,7 +234,7 @@ pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Fail
     let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
     let mut console = Console::new(prompt, history)?;
     let mut session = Session::new(addr, stream, signals, timeout)?;
-    session.start_reader(console.notifier(), Some(console.waker()))?;
+    session.start_reader(console.messenger(), Some(console.prompt_waker()))?;
 
     eprintln!(
         "connected to {connected_to}; type a line, Ctrl-D or Ctrl-C (on an empty line) to quit"
@@ -355,8 +355,8 @@ impl<'a> Session<'a> {
     /// server goes away while the user is at the prompt.
     fn start_reader(
         &mut self,
-        notifier: Notifier,
-        prompt: Option<console::Waker>,
+        messenger: Messenger,
+        prompt: Option<PromptWaker>,
     ) -> Result<(), Failure> {
         let std_stream = dup(&self.stream).map_err(|e| setup_error("socket", &e))?;
         let mut stream = mio::net::TcpStream::from_std(std_stream);
@@ -374,7 +374,7 @@ impl<'a> Session<'a> {
             main: Arc::clone(&self.waker),
             _own_waker: Arc::clone(&reader_waker),
             prompt,
-            notifier,
+            messenger,
         };
         thread::Builder::new()
             .name("tcp-reader".into())
@@ -578,8 +578,8 @@ struct Reader {
     /// reference, its eventfd would close and leave this thread's poll, and a wake sent just
     /// before would be lost with it (the reader then waited for the socket to end by itself).
     _own_waker: Arc<Waker>,
-    prompt: Option<console::Waker>,
-    notifier: Notifier,
+    prompt: Option<PromptWaker>,
+    messenger: Messenger,
 }
 
 impl Reader {
@@ -630,7 +630,7 @@ impl Reader {
             drop(shared);
             for a in &arrivals {
                 if let Some(msg) = describe(&self.addr, a) {
-                    self.notifier.say(msg);
+                    self.messenger.say(msg);
                 }
             }
         }
@@ -647,7 +647,7 @@ impl Reader {
             && let Some(prompt) = &self.prompt
             && !prompt.wake()
         {
-            self.notifier
+            self.messenger
                 .say(format!("{} ended the connection; press Enter", self.addr));
         }
     }
@@ -667,10 +667,10 @@ enum PumpError {
 
 /// Pipe mode: stream stdin to the server and the replies to stdout, both at once, until the
 /// server closes after our end of input.
-pub fn pipe(peer: &Peer) -> Result<(), Failure> {
-    let addr = peer.to_string();
+pub fn pipe(target: &Target) -> Result<(), Failure> {
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let mut stream = connect_tcp(peer)?;
+    let mut stream = connect_tcp(target)?;
     // Pipe mode forwards whatever stdin gives as soon as it gives it, like nc; Nagle's algorithm
     // would hold a small last chunk back for a round trip.
     let _ = stream.set_nodelay(true);
@@ -796,7 +796,7 @@ mod tests {
         // Not SIGINT: the test process keeps its own Ctrl-C.
         let signals = Signals::new([signal_hook::consts::SIGUSR2]).unwrap();
         let mut s = Session::new(addr, stream, signals, timeout).unwrap();
-        s.start_reader(Notifier::stderr(), None).unwrap();
+        s.start_reader(Messenger::stderr(), None).unwrap();
         s
     }
 

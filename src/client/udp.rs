@@ -30,10 +30,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
-use super::console::{self, Console, Notifier};
+use super::console::{self, Console, Messenger, PromptWaker};
 use super::display::{printable, quoted, rtt, secs};
 use super::matcher::{Id, Tracker, Verdict};
-use super::target::{Peer, connect_udp};
+use super::target::{Target, connect_udp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
 use crate::io_outcome::{Class, classify};
@@ -96,8 +96,8 @@ fn is_refusal(e: &io::Error) -> bool {
 
 /// A connected, non-blocking UDP socket registered with a new poll, and the address it is
 /// connected to.
-fn open(peer: &Peer, interest: Interest) -> Result<(UdpSocket, Poll, SocketAddr), Failure> {
-    let (socket, connected) = connect_udp(peer)?;
+fn open(target: &Target, interest: Interest) -> Result<(UdpSocket, Poll, SocketAddr), Failure> {
+    let (socket, connected) = connect_udp(target)?;
     socket
         .set_nonblocking(true)
         .map_err(|e| setup_error("socket", &e))?;
@@ -194,11 +194,11 @@ enum Waited {
 /// The interactive session: prompt, send the line as one datagram, wait up to `timeout` for its
 /// reply, print it with its round-trip time, repeat. Replies that come while the user types are
 /// reported as they come, with the time they came.
-pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Failure> {
+pub fn interactive(target: &Target, options: &InteractiveOptions) -> Result<(), Failure> {
     let InteractiveOptions { timeout, history } = options.clone();
-    let addr = peer.to_string();
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let (socket, connected) = connect_udp(peer)?;
+    let (socket, connected) = connect_udp(target)?;
     let prompt = if addr == DEFAULT_ADDR {
         "udp> ".to_string()
     } else {
@@ -210,7 +210,7 @@ pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Fail
     let mut console = Console::new(prompt, history)?;
     let limit = DatagramLimit::to(&connected);
     let mut session = Interactive::new(addr, timeout, limit, socket, signals)?;
-    session.start_receiver(console.notifier(), Some(console.waker()))?;
+    session.start_receiver(console.messenger(), Some(console.prompt_waker()))?;
 
     eprintln!(
         "talking UDP to {connected}: one datagram per line; Ctrl-D or Ctrl-C (on an empty line) to quit"
@@ -312,8 +312,8 @@ impl<'a> Interactive<'a> {
     /// good while the user is at the prompt.
     fn start_receiver(
         &mut self,
-        notifier: Notifier,
-        prompt: Option<console::Waker>,
+        messenger: Messenger,
+        prompt: Option<PromptWaker>,
     ) -> Result<(), Failure> {
         let clone = self
             .socket
@@ -340,7 +340,7 @@ impl<'a> Interactive<'a> {
             main: Arc::clone(&self.waker),
             _own_waker: Arc::clone(&receiver_waker),
             prompt,
-            notifier,
+            messenger,
         };
         thread::Builder::new()
             .name("udp-receiver".into())
@@ -490,8 +490,8 @@ struct ReplyReceiver {
     /// The waker the session uses to say "quit", held here too so that its eventfd outlives
     /// this thread's poll (see the TCP reader).
     _own_waker: Arc<Waker>,
-    prompt: Option<console::Waker>,
-    notifier: Notifier,
+    prompt: Option<PromptWaker>,
+    messenger: Messenger,
 }
 
 impl ReplyReceiver {
@@ -534,7 +534,7 @@ impl ReplyReceiver {
             self.wake_main();
         } else {
             drop(shared);
-            self.notifier.say(describe(reply, &verdict));
+            self.messenger.say(describe(reply, &verdict));
         }
     }
 
@@ -546,7 +546,7 @@ impl ReplyReceiver {
             self.wake_main();
         } else {
             drop(shared);
-            self.notifier.say(refused_message(&self.addr));
+            self.messenger.say(refused_message(&self.addr));
         }
     }
 
@@ -650,10 +650,10 @@ enum StdinItem {
 
 /// Pipe mode: each stdin line is one datagram, each reply one stdout line, in input order. Exits
 /// with failure (after saying how many) if any line got no reply within the timeout.
-pub fn pipe(peer: &Peer, timeout: Duration) -> Result<(), Failure> {
-    let addr = peer.to_string();
+pub fn pipe(target: &Target, timeout: Duration) -> Result<(), Failure> {
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let (socket, poll, connected) = open(peer, Interest::READABLE | Interest::WRITABLE)?;
+    let (socket, poll, connected) = open(target, Interest::READABLE | Interest::WRITABLE)?;
     let limit = DatagramLimit::to(&connected);
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
     // A channel as deep as the window: the reader runs a little ahead, and blocks (rather than
