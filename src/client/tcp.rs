@@ -32,7 +32,7 @@ use super::display::{printable, quoted, rtt, secs};
 use super::target::{Target, connect_tcp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
-use crate::io_outcome::{Class, Outcome, classify};
+use crate::io_outcome::{self, Class, classify, is_would_block, retrying};
 
 /// Copy buffer for both directions of pipe mode: large enough that a bulk transfer costs few
 /// system calls, small enough to pass replies on as soon as they arrive.
@@ -464,18 +464,15 @@ impl<'a> Session<'a> {
         loop {
             // The socket is edge-triggered: write until WouldBlock before polling.
             while written < data.len() {
-                match Outcome::of_write(self.stream.write(&data[written..])) {
-                    Outcome::Moved(n) => written += n,
-                    Outcome::WouldBlock => break,
-                    Outcome::Interrupted => {}
-                    Outcome::PeerClosed => {
+                match retrying(|| self.stream.write(&data[written..])) {
+                    Ok(0) => {
                         return Err(Failure::Error(format!("{} stopped taking data", self.addr)));
                     }
+                    Ok(n) => written += n,
+                    Err(e) if is_would_block(&e) => break,
                     // The reader thread sees the end too, and says it better (how much of the
                     // reply came); give it the moment it needs.
-                    Outcome::PeerReset(e) | Outcome::Local(e) => {
-                        return Err(self.write_failed(id, &e));
-                    }
+                    Err(e) => return Err(self.write_failed(id, &e)),
                 }
             }
             {
@@ -518,11 +515,8 @@ impl<'a> Session<'a> {
                 self.lock().owed.time_out(id);
                 return Ok(Exchange::TimedOut);
             }
-            match self.poll.poll(&mut self.events, Some(deadline - now)) {
-                Ok(()) => {}
-                Err(e) if classify(&e) == Class::Interrupted => continue,
-                Err(e) => return Err(Failure::Error(format!("poll failed: {e}"))),
-            }
+            io_outcome::poll(&mut self.poll, &mut self.events, Some(deadline - now))
+                .map_err(|e| Failure::Error(format!("poll failed: {e}")))?;
             let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
             if signalled && self.signals.pending().any(|s| s == SIGINT) {
                 eprintln!();
@@ -546,7 +540,9 @@ impl<'a> Session<'a> {
             if now >= until {
                 return connection_error(self.addr, e);
             }
-            let _ = self.poll.poll(&mut self.events, Some(until - now));
+            if io_outcome::poll(&mut self.poll, &mut self.events, Some(until - now)).is_err() {
+                return connection_error(self.addr, e);
+            }
         }
     }
 }
@@ -589,20 +585,18 @@ impl Reader {
         loop {
             // Edge-triggered: read until WouldBlock before polling again.
             loop {
-                match Outcome::of_read(self.stream.read(&mut buf)) {
-                    Outcome::Moved(n) => self.arrived(&buf[..n]),
-                    Outcome::WouldBlock => break,
-                    Outcome::Interrupted => {}
-                    Outcome::PeerClosed => return self.end(Ended::Closed),
-                    Outcome::PeerReset(e) | Outcome::Local(e) => {
-                        return self.end(Ended::Failed(e));
+                match retrying(|| self.stream.read(&mut buf)) {
+                    Ok(0) => return self.end(Ended::Closed),
+                    Ok(n) => self.arrived(&buf[..n]),
+                    Err(e) if is_would_block(&e) => break,
+                    Err(e) if classify(&e) == Class::PeerClosed => {
+                        return self.end(Ended::Closed);
                     }
+                    Err(e) => return self.end(Ended::Failed(e)),
                 }
             }
-            match self.poll.poll(&mut events, None) {
-                Ok(()) => {}
-                Err(e) if classify(&e) == Class::Interrupted => {}
-                Err(e) => return self.end(Ended::Failed(e)),
+            if let Err(e) = io_outcome::poll(&mut self.poll, &mut events, None) {
+                return self.end(Ended::Failed(e));
             }
             if self.lock().quit {
                 return;
@@ -691,7 +685,7 @@ pub fn pipe(target: &Target) -> Result<(), Failure> {
     let mut buf = vec![0u8; CHUNK];
     let mut out = io::stdout().lock();
     let end = loop {
-        match stream.read(&mut buf) {
+        match retrying(|| stream.read(&mut buf)) {
             Ok(0) => break Ok(()),
             Ok(n) => {
                 // Flushed chunk by chunk: replies are passed on as they arrive, not at exit.
@@ -700,8 +694,7 @@ pub fn pipe(target: &Target) -> Result<(), Failure> {
                     .map_err(|e| stdout_error(&e))?;
                 received += n as u64;
             }
-            // A blocking socket: anything but a signal ends the copy, and is described below.
-            Err(e) if classify(&e) == Class::Interrupted => {}
+            // A blocking socket: any error ends the copy, and is described below.
             Err(e) => break Err(e),
         }
     };
@@ -751,10 +744,9 @@ fn copy_stdin(socket: &mut TcpStream) -> Result<u64, PumpError> {
     let mut buf = vec![0u8; CHUNK];
     let mut sent: u64 = 0;
     loop {
-        let n = match stdin.read(&mut buf) {
+        let n = match retrying(|| stdin.read(&mut buf)) {
             Ok(0) => return Ok(sent),
             Ok(n) => n,
-            Err(e) if classify(&e) == Class::Interrupted => continue,
             Err(e) => return Err(PumpError::Stdin(e)),
         };
         socket.write_all(&buf[..n]).map_err(PumpError::Socket)?;

@@ -36,7 +36,7 @@ use super::matcher::{Id, Tracker, Verdict};
 use super::target::{Target, connect_udp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
-use crate::io_outcome::{Class, classify};
+use crate::io_outcome::{self, Class, classify, is_would_block, retrying};
 use crate::net;
 
 /// Pipe mode: at most this many lines between the oldest one not yet printed and the newest one
@@ -115,11 +115,7 @@ fn poll_until(
     deadline: Option<Instant>,
 ) -> Result<(), Failure> {
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    match poll.poll(events, timeout) {
-        Ok(()) => Ok(()),
-        Err(e) if classify(&e) == Class::Interrupted => Ok(()),
-        Err(e) => Err(Failure::Error(format!("poll failed: {e}"))),
-    }
+    io_outcome::poll(poll, events, timeout).map_err(|e| Failure::Error(format!("poll failed: {e}")))
 }
 
 /// What one receive on the connected socket found.
@@ -131,25 +127,18 @@ enum Received {
     Refused,
 }
 
-/// One `recv`, retried on `Interrupted`, shared by the interactive and pipe loops, which differ
-/// only in what they do with a refusal.
+/// One `recv`, shared by the interactive and pipe loops, which differ only in what they do with
+/// a refusal.
 fn recv_next(socket: &UdpSocket, buf: &mut [u8], addr: &str) -> Result<Received, Failure> {
-    loop {
-        // Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty
-        // datagram.
-        let e = match socket.recv(buf) {
-            Ok(n) => return Ok(Received::Datagram(n)),
-            Err(e) => e,
-        };
-        return match classify(&e) {
-            Class::WouldBlock => Ok(Received::Nothing),
-            Class::Interrupted => continue,
-            _ if is_refusal(&e) => Ok(Received::Refused),
-            _ => Err(Failure::Error(format!(
-                "cannot receive from {addr}: {}",
-                reason(&e)
-            ))),
-        };
+    // Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty datagram.
+    match retrying(|| socket.recv(buf)) {
+        Ok(n) => Ok(Received::Datagram(n)),
+        Err(e) if is_would_block(&e) => Ok(Received::Nothing),
+        Err(e) if is_refusal(&e) => Ok(Received::Refused),
+        Err(e) => Err(Failure::Error(format!(
+            "cannot receive from {addr}: {}",
+            reason(&e)
+        ))),
     }
 }
 
@@ -391,27 +380,22 @@ impl<'a> Interactive<'a> {
         loop {
             // The clock starts before the send, and the line is known before it can be answered.
             let id = self.lock().tracker.send(line, Instant::now());
-            let e = match self.socket.send(line) {
+            let e = match retrying(|| self.socket.send(line)) {
                 Ok(_) => return Ok(Some(id)),
                 Err(e) => e,
             };
             self.lock().tracker.abandon(id);
-            match classify(&e) {
-                Class::Interrupted => {}
-                // An ICMP error caused by an earlier datagram is reported by the next call on the
-                // socket, which may be this send; the error is consumed with it, so one retry
-                // sends the line.
-                _ if is_refusal(&e) && !refusal_reported => {
-                    eprintln!("{}", refused_message(self.addr));
-                    refusal_reported = true;
-                }
-                // Unreachable networks, a full send buffer: this line is lost, the session goes
-                // on.
-                _ => {
-                    eprintln!("not sent to {}: {}", self.addr, reason(&e));
-                    return Ok(None);
-                }
+            // An ICMP error caused by an earlier datagram is reported by the next call on the
+            // socket, which may be this send; the error is consumed with it, so one retry sends
+            // the line.
+            if is_refusal(&e) && !refusal_reported {
+                eprintln!("{}", refused_message(self.addr));
+                refusal_reported = true;
+                continue;
             }
+            // Unreachable networks, a full send buffer: this line is lost, the session goes on.
+            eprintln!("not sent to {}: {}", self.addr, reason(&e));
+            return Ok(None);
         }
     }
 
@@ -818,30 +802,25 @@ impl PipeRun<'_> {
                 }
                 HeldLine::Line(line) => line,
             };
-            let e = match self.socket.send(&line) {
+            match retrying(|| self.socket.send(&line)) {
                 Ok(_) => {
                     let id = self.tracker.send(&line, Instant::now());
                     self.order.push(id);
                     self.lines += 1;
-                    continue;
                 }
-                Err(e) => e,
-            };
-            match classify(&e) {
-                Class::WouldBlock => {
+                Err(e) if is_would_block(&e) => {
                     // Sent when the socket reports it writable again.
                     self.held = Some(HeldLine::Line(line));
                     return Ok(());
                 }
-                Class::Interrupted => self.held = Some(HeldLine::Line(line)),
-                _ if is_refusal(&e) => return Err(self.refused()),
+                Err(e) if is_refusal(&e) => return Err(self.refused()),
                 // The stdin thread holds back lines over the protocol's limit; should the kernel
                 // still refuse one as too long (a smaller limit of its own), that line is lost and
                 // the run goes on.
-                _ if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                     self.skip_unsendable(&format!("{} bytes: {}", line.len(), reason(&e)));
                 }
-                _ => {
+                Err(e) => {
                     return Err(Failure::Error(format!(
                         "cannot send to {}: {}",
                         self.addr,
@@ -947,23 +926,20 @@ fn next_line(input: &mut impl BufRead, max_line: usize) -> StdinItem {
 fn skip_line(input: &mut impl BufRead) -> io::Result<usize> {
     let mut skipped = 0;
     loop {
-        let buf = match input.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if classify(&e) == Class::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok(skipped);
-        }
-        match buf.iter().position(|&b| b == b'\n') {
+        let (newline, buffered) = retrying(|| {
+            input
+                .fill_buf()
+                .map(|buf| (buf.iter().position(|&b| b == b'\n'), buf.len()))
+        })?;
+        match newline {
+            _ if buffered == 0 => return Ok(skipped),
             Some(i) => {
                 input.consume(i + 1);
                 return Ok(skipped + i);
             }
             None => {
-                let n = buf.len();
-                input.consume(n);
-                skipped += n;
+                input.consume(buffered);
+                skipped += buffered;
             }
         }
     }
