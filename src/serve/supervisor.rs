@@ -28,7 +28,7 @@
 //!
 //! # Capacity
 //!
-//! New TCP connections are steered ([`super::steer`]) to the slots whose worker is serving and
+//! New TCP connections are steered (the `steer` module's BPF program) to the slots whose worker is serving and
 //! below its limit. A connection that still reaches a full worker (it arrived before the
 //! steering changed, or every worker is full) is handed on over the control channel to one with
 //! room; only when no worker has room is it refused, by the worker that accepted it.
