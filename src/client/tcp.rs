@@ -1,11 +1,11 @@
 //! `upecho tcp`: the TCP client.
 //!
-//! - **Interactive** ([`interactive`]): a prompt ([`Console`]). Each line goes out as its UTF-8
+//! - **Interactive** ([`interactive`]): a prompt (`Console`). Each line goes out as its UTF-8
 //!   bytes (no newline, as in the tutorial) and exactly as many bytes are read back, because the
 //!   server's transform keeps the length: that is what solves the tutorial's "sticky packet"
 //!   problem, since a reply can no longer be cut short or glued to the next. A reader thread owns
 //!   the receiving side all session long: it stamps every byte with its arrival time and hands it
-//!   to the request it answers ([`Owed`]). While a line is in flight the main thread takes those
+//!   to the request it answers (`Owed`). While a line is in flight the main thread takes those
 //!   replies from it; while the user sits at the prompt the reader reports what comes by itself
 //!   (a late reply, bytes nobody asked for) and, if the server goes away, ends the prompt at once.
 //!   The main thread writes with a small mio loop, so a pasted line larger than the socket

@@ -4,7 +4,7 @@
 //! largest datagram to the server's address family ([`crate::net::max_datagram`]) is reported and
 //! not sent, every reply is received into a buffer of that size so it is never truncated, and
 //! every reply is matched
-//! to the request it answers by the [`Tracker`], so a late or duplicated reply is named as such
+//! to the request it answers by the `Tracker`, so a late or duplicated reply is named as such
 //! instead of being shown as the answer to the next line.
 //!
 //! - **Interactive** ([`interactive`]): one request at a time; a reply that does not come within

@@ -30,7 +30,7 @@
 //!
 //! Memory: the transform runs in place in a reactor-wide scratch buffer and the result is written
 //! straight back; only what the socket does not take is copied into the connection's own
-//! [`Owed`] buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
+//! `Owed` buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
 //! A connection waiting for its PROXY header owns none either: it peeks at what has arrived and
 //! consumes the header only once it is whole.
 

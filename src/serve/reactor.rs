@@ -53,13 +53,14 @@ use crate::{Transform, io_outcome};
 /// it (replies usually leave in the turn they are made).
 pub const DEFAULT_MAX_PENDING_TOTAL: usize = 256 << 20;
 /// Default replies per second per UDP source, sustained, after a burst of ten seconds' worth (see
-/// [`super::limit`]). One ping-pong socket on loopback does about 20,000 round trips a second
+/// `serve/limit.rs`). One ping-pong socket on loopback does about 20,000 round trips a second
 /// with `upecho load` on a 2-core VM, so a benchmark from one socket does not meet the limit; an
 /// echo loop between two servers pays a hundred times as much per bounce, so it is held to 1,000
 /// bounces a second and, at the speed of one machine, ends within ~20,000.
 pub const DEFAULT_UDP_SOURCE_RATE: u32 = 100_000;
 
-/// How the reactor behaves; every field has a command-line flag in [`super::ServeArgs`].
+/// How the reactor behaves; every field has a command-line flag of `upecho serve`
+/// (the binary's `ServeArgs`, in `src/cli/serve.rs`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub transform: Transform,
