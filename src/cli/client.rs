@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 use upecho::addr::{self, DEFAULT_ADDR, HostPort};
-use upecho::client::{self, Failure, InteractiveOptions, Peer};
+use upecho::client::{self, Failure, InteractiveOptions, Target};
 use upecho::units;
 
 /// The longest `--timeout`: an hour is far beyond any useful reply wait, and keeps every deadline
@@ -91,17 +91,17 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 /// Runs `upecho tcp`: interactive when stdin is a terminal, a pipe otherwise.
 pub(crate) fn run_tcp(args: TcpArgs) -> ExitCode {
-    let result = Peer::resolve(args.addr)
+    let result = Target::resolve(args.addr)
         .map_err(Failure::from)
-        .and_then(|peer| {
+        .and_then(|target| {
             if io::stdin().is_terminal() {
                 let options = InteractiveOptions {
                     timeout: args.timeout,
                     history: args.history.path(),
                 };
-                client::tcp::interactive(&peer, &options)
+                client::tcp::interactive(&target, &options)
             } else {
-                client::tcp::pipe(&peer)
+                client::tcp::pipe(&target)
             }
         });
     finish("tcp", result)
@@ -109,17 +109,17 @@ pub(crate) fn run_tcp(args: TcpArgs) -> ExitCode {
 
 /// Runs `upecho udp`: interactive when stdin is a terminal, a pipe otherwise.
 pub(crate) fn run_udp(args: UdpArgs) -> ExitCode {
-    let result = Peer::resolve(args.addr)
+    let result = Target::resolve(args.addr)
         .map_err(Failure::from)
-        .and_then(|peer| {
+        .and_then(|target| {
             if io::stdin().is_terminal() {
                 let options = InteractiveOptions {
                     timeout: args.timeout,
                     history: args.history.path(),
                 };
-                client::udp::interactive(&peer, &options)
+                client::udp::interactive(&target, &options)
             } else {
-                client::udp::pipe(&peer, args.timeout)
+                client::udp::pipe(&target, args.timeout)
             }
         });
     finish("udp", result)

@@ -11,9 +11,9 @@
 //!   several lines, one message each.
 //! - **History** in `$XDG_STATE_HOME/upecho/history` (or `~/.local/state/upecho/history`), kept
 //!   across sessions and written line by line, so a session that ends abruptly loses none.
-//! - **Messages while the user types** ([`Notifier`]): printed above the prompt line, which is
+//! - **Messages while the user types** ([`Messenger`]): printed above the prompt line, which is
 //!   then redrawn, so a late reply or a server that went away is shown the moment it happens.
-//! - **Waking the prompt** ([`Waker`]): a background thread that finds the session over (the
+//! - **Waking the prompt** ([`PromptWaker`]): a background thread that finds the session over (the
 //!   server closed) makes a pending `readline` return, by raising SIGINT: while rustyline edits a
 //!   line it turns SIGINT into an interrupted read, the only way in from another thread.
 
@@ -40,7 +40,7 @@ use crate::addr::reason;
 /// once.
 const HISTORY_LEN: usize = 1000;
 
-/// How often, and how many times, a [`Waker`] raises SIGINT until the prompt has noticed. More
+/// How often, and how many times, a [`PromptWaker`] raises SIGINT until the prompt has noticed. More
 /// than once because the signal only wakes `readline` while rustyline's handler is installed, and
 /// a signal that lands just before it is lost to the prompt; bounded because on a terminal
 /// rustyline cannot drive (`TERM=dumb`) it never notices.
@@ -67,7 +67,7 @@ pub enum Input {
     Lines(Vec<String>),
     /// Ctrl-D, or Ctrl-C on an empty line: the session is over.
     End,
-    /// A [`Waker`] ended the wait: the caller knows why.
+    /// A [`PromptWaker`] ended the wait: the caller knows why.
     Woken,
 }
 
@@ -94,14 +94,14 @@ impl ConditionalEventHandler for CtrlC {
 
 /// Ends a pending [`Console::read`] from another thread.
 #[derive(Clone, Debug)]
-pub struct Waker {
+pub struct PromptWaker {
     requested: Arc<AtomicBool>,
     noticed: Arc<AtomicBool>,
 }
 
-impl Waker {
-    fn new() -> Waker {
-        Waker {
+impl PromptWaker {
+    fn new() -> PromptWaker {
+        PromptWaker {
             requested: Arc::new(AtomicBool::new(false)),
             noticed: Arc::new(AtomicBool::new(false)),
         }
@@ -137,16 +137,16 @@ impl Waker {
 /// Prints messages for the user while the prompt may be on screen. Cheap to clone, usable from
 /// any thread.
 #[derive(Clone, Debug)]
-pub struct Notifier {
+pub struct Messenger {
     /// To the thread that owns rustyline's external printer; `None` when stderr is not the
     /// terminal (then messages belong in stderr, wherever it goes, and cannot disturb the prompt).
     printer: Option<mpsc::Sender<String>>,
 }
 
-impl Notifier {
-    /// A notifier that writes straight to stderr (no prompt to take care of).
-    pub fn stderr() -> Notifier {
-        Notifier { printer: None }
+impl Messenger {
+    /// A messenger that writes straight to stderr (no prompt to take care of).
+    pub fn stderr() -> Messenger {
+        Messenger { printer: None }
     }
 
     /// Shows one line of news.
@@ -166,7 +166,7 @@ impl Notifier {
 /// Starts the thread that feeds rustyline's external printer. A thread of its own because
 /// `print` blocks while an earlier message has not been drawn yet, which must never hold up the
 /// thread that receives replies.
-fn printer_thread(mut printer: impl ExternalPrinter + Send + 'static) -> Option<Notifier> {
+fn printer_thread(mut printer: impl ExternalPrinter + Send + 'static) -> Option<Messenger> {
     let (tx, rx) = mpsc::channel::<String>();
     let spawned = thread::Builder::new()
         .name("prompt-printer".into())
@@ -179,7 +179,7 @@ fn printer_thread(mut printer: impl ExternalPrinter + Send + 'static) -> Option<
             }
         });
     match spawned {
-        Ok(_) => Some(Notifier { printer: Some(tx) }),
+        Ok(_) => Some(Messenger { printer: Some(tx) }),
         Err(e) => {
             log::debug!("cannot start the printer thread: {e}");
             None
@@ -195,8 +195,8 @@ pub struct Console {
     /// Whether the history file has been made sure of (directory, private mode) this session.
     history_ready: bool,
     abandoned: Arc<AtomicBool>,
-    waker: Waker,
-    notifier: Notifier,
+    prompt_waker: PromptWaker,
+    messenger: Messenger,
     stdout_is_terminal: bool,
 }
 
@@ -234,14 +234,14 @@ impl Console {
                 Err(e) => eprintln!("cannot read the history {}: {e}", path.display()),
             }
         }
-        let notifier = if io::stderr().is_terminal() {
+        let messenger = if io::stderr().is_terminal() {
             editor
                 .create_external_printer()
                 .ok()
                 .and_then(printer_thread)
-                .unwrap_or_else(Notifier::stderr)
+                .unwrap_or_else(Messenger::stderr)
         } else {
-            Notifier::stderr()
+            Messenger::stderr()
         };
         Ok(Console {
             editor,
@@ -249,25 +249,25 @@ impl Console {
             history,
             history_ready: false,
             abandoned,
-            waker: Waker::new(),
-            notifier,
+            prompt_waker: PromptWaker::new(),
+            messenger,
             stdout_is_terminal,
         })
     }
 
-    pub fn notifier(&self) -> Notifier {
-        self.notifier.clone()
+    pub fn messenger(&self) -> Messenger {
+        self.messenger.clone()
     }
 
-    pub fn waker(&self) -> Waker {
-        self.waker.clone()
+    pub fn prompt_waker(&self) -> PromptWaker {
+        self.prompt_waker.clone()
     }
 
-    /// Prompts until the user gives a line (or lines), ends the session, or a [`Waker`] fires.
+    /// Prompts until the user gives a line (or lines), ends the session, or a [`PromptWaker`] fires.
     pub fn read(&mut self) -> Result<Input, Failure> {
         loop {
-            if self.waker.requested() {
-                self.waker.notice();
+            if self.prompt_waker.requested() {
+                self.prompt_waker.notice();
                 return Ok(Input::Woken);
             }
             self.abandoned.store(false, Ordering::SeqCst);
@@ -277,8 +277,8 @@ impl Console {
                     self.remember(&lines);
                     return Ok(Input::Lines(lines));
                 }
-                Err(ReadlineError::Interrupted) if self.waker.requested() => {
-                    self.waker.notice();
+                Err(ReadlineError::Interrupted) if self.prompt_waker.requested() => {
+                    self.prompt_waker.notice();
                     return Ok(Input::Woken);
                 }
                 Err(ReadlineError::Interrupted) if self.abandoned.load(Ordering::SeqCst) => {}

@@ -3,7 +3,7 @@
 //!
 //! This module owns the clients' sessions; the command line (flags, choosing the mode, the
 //! `upecho tcp:` error line and exit codes) belongs to the binary. The public surface is small:
-//! resolve a [`Peer`], then run [`tcp::interactive`], [`tcp::pipe`], [`udp::interactive`] or
+//! resolve a [`Target`], then run [`tcp::interactive`], [`tcp::pipe`], [`udp::interactive`] or
 //! [`udp::pipe`]; each returns `Ok` or a [`Failure`]. The work is split by concern:
 //!
 //! - [`tcp`]: the TCP client (an interactive prompt, and a full-duplex pipe mode).
@@ -32,7 +32,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use console::history_path;
-pub use target::Peer;
+pub use target::Target;
 
 /// How an interactive session behaves (both clients).
 #[derive(Debug, Clone)]

@@ -27,16 +27,16 @@ const UDP_RECV_BUFFER: usize = 1 << 20;
 /// parsing because its failure is a run-time failure (exit 1), while a malformed address is a
 /// usage error (exit 2, caught by clap before anything runs).
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub struct Target {
     addr: HostPort,
     resolved: Vec<SocketAddr>,
 }
 
-impl Peer {
+impl Target {
     /// Resolves `addr` (a literal IP address without asking the resolver).
-    pub fn resolve(addr: HostPort) -> Result<Peer, AddrError> {
+    pub fn resolve(addr: HostPort) -> Result<Target, AddrError> {
         let resolved = addr.resolve()?;
-        Ok(Peer { addr, resolved })
+        Ok(Target { addr, resolved })
     }
 
     /// The address as the user wrote it.
@@ -50,7 +50,7 @@ impl Peer {
     }
 }
 
-impl fmt::Display for Peer {
+impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.addr.fmt(f)
     }
@@ -87,11 +87,11 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Connects to the first of `peer`'s addresses that accepts, trying each in the resolver's order
+/// Connects to the first of `target`'s addresses that accepts, trying each in the resolver's order
 /// (as `nc` does, so `localhost` works whether the server listens on `::1` or `127.0.0.1`).
-pub(crate) fn connect_tcp(peer: &Peer) -> Result<TcpStream, ConnectError> {
+pub(crate) fn connect_tcp(target: &Target) -> Result<TcpStream, ConnectError> {
     let mut attempts = Vec::new();
-    for &a in peer.resolved() {
+    for &a in target.resolved() {
         match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
             Ok(s) => {
                 log::debug!("connected to {a}");
@@ -104,20 +104,20 @@ pub(crate) fn connect_tcp(peer: &Peer) -> Result<TcpStream, ConnectError> {
         }
     }
     Err(ConnectError {
-        addr: peer.to_string(),
+        addr: target.to_string(),
         attempts,
     })
 }
 
-/// A UDP socket bound to an ephemeral port and connected to the first usable address of `peer`;
+/// A UDP socket bound to an ephemeral port and connected to the first usable address of `target`;
 /// returns that address too, since the largest datagram depends on its family.
 ///
 /// Connecting a UDP socket sends nothing; it makes the kernel drop datagrams from any other source
 /// (so a stray packet is never taken for a reply) and report an ICMP "port unreachable" from the
 /// server as `ConnectionRefused` on the next call.
-pub(crate) fn connect_udp(peer: &Peer) -> Result<(UdpSocket, SocketAddr), ConnectError> {
+pub(crate) fn connect_udp(target: &Target) -> Result<(UdpSocket, SocketAddr), ConnectError> {
     let mut attempts = Vec::new();
-    for &a in peer.resolved() {
+    for &a in target.resolved() {
         match udp_socket_to(a) {
             Ok(s) => return Ok((s, a)),
             Err(e) => {
@@ -127,7 +127,7 @@ pub(crate) fn connect_udp(peer: &Peer) -> Result<(UdpSocket, SocketAddr), Connec
         }
     }
     Err(ConnectError {
-        addr: peer.to_string(),
+        addr: target.to_string(),
         attempts,
     })
 }
@@ -154,10 +154,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_literal_peer_resolves_to_itself_and_is_named_as_written() {
-        let peer = Peer::resolve(HostPort::parse_peer("[::1]:9").unwrap()).unwrap();
-        assert_eq!(peer.resolved(), ["[::1]:9".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(peer.to_string(), "[::1]:9");
+    fn a_literal_target_resolves_to_itself_and_is_named_as_written() {
+        let target = Target::resolve(HostPort::parse_peer("[::1]:9").unwrap()).unwrap();
+        assert_eq!(
+            target.resolved(),
+            ["[::1]:9".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(target.to_string(), "[::1]:9");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! `upecho tcp`: the TCP client.
 //!
-//! - **Interactive** ([`interactive`]): a prompt ([`Console`]). Each line goes out as its UTF-8
+//! - **Interactive** ([`interactive`]): a prompt (`Console`). Each line goes out as its UTF-8
 //!   bytes (no newline, as in the tutorial) and exactly as many bytes are read back, because the
 //!   server's transform keeps the length: that is what solves the tutorial's "sticky packet"
 //!   problem, since a reply can no longer be cut short or glued to the next. A reader thread owns
 //!   the receiving side all session long: it stamps every byte with its arrival time and hands it
-//!   to the request it answers ([`Owed`]). While a line is in flight the main thread takes those
+//!   to the request it answers (`Owed`). While a line is in flight the main thread takes those
 //!   replies from it; while the user sits at the prompt the reader reports what comes by itself
 //!   (a late reply, bytes nobody asked for) and, if the server goes away, ends the prompt at once.
 //!   The main thread writes with a small mio loop, so a pasted line larger than the socket
@@ -27,12 +27,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
-use super::console::{self, Console, Input, Notifier};
+use super::console::{Console, Input, Messenger, PromptWaker};
 use super::display::{printable, quoted, rtt, secs};
-use super::target::{Peer, connect_tcp};
+use super::target::{Target, connect_tcp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
-use crate::io_outcome::{Class, Outcome, classify};
+use crate::io_outcome::{self, Class, classify, is_would_block, retrying};
 
 /// Copy buffer for both directions of pipe mode: large enough that a bulk transfer costs few
 /// system calls, small enough to pass replies on as soon as they arrive.
@@ -214,11 +214,11 @@ enum Exchange {
 }
 
 /// The interactive session: prompt, send each line, print its reply and round-trip time, repeat.
-pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Failure> {
+pub fn interactive(target: &Target, options: &InteractiveOptions) -> Result<(), Failure> {
     let InteractiveOptions { timeout, history } = options.clone();
-    let addr = peer.to_string();
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let stream = connect_tcp(peer)?;
+    let stream = connect_tcp(target)?;
     // Each line is one small write awaiting its reply: Nagle's algorithm could only delay it.
     let _ = stream.set_nodelay(true);
     let connected_to = stream
@@ -234,7 +234,7 @@ pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Fail
     let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
     let mut console = Console::new(prompt, history)?;
     let mut session = Session::new(addr, stream, signals, timeout)?;
-    session.start_reader(console.notifier(), Some(console.waker()))?;
+    session.start_reader(console.messenger(), Some(console.prompt_waker()))?;
 
     eprintln!(
         "connected to {connected_to}; type a line, Ctrl-D or Ctrl-C (on an empty line) to quit"
@@ -355,8 +355,8 @@ impl<'a> Session<'a> {
     /// server goes away while the user is at the prompt.
     fn start_reader(
         &mut self,
-        notifier: Notifier,
-        prompt: Option<console::Waker>,
+        messenger: Messenger,
+        prompt: Option<PromptWaker>,
     ) -> Result<(), Failure> {
         let std_stream = dup(&self.stream).map_err(|e| setup_error("socket", &e))?;
         let mut stream = mio::net::TcpStream::from_std(std_stream);
@@ -374,7 +374,7 @@ impl<'a> Session<'a> {
             main: Arc::clone(&self.waker),
             _own_waker: Arc::clone(&reader_waker),
             prompt,
-            notifier,
+            messenger,
         };
         thread::Builder::new()
             .name("tcp-reader".into())
@@ -464,18 +464,15 @@ impl<'a> Session<'a> {
         loop {
             // The socket is edge-triggered: write until WouldBlock before polling.
             while written < data.len() {
-                match Outcome::of_write(self.stream.write(&data[written..])) {
-                    Outcome::Moved(n) => written += n,
-                    Outcome::WouldBlock => break,
-                    Outcome::Interrupted => {}
-                    Outcome::PeerClosed => {
+                match retrying(|| self.stream.write(&data[written..])) {
+                    Ok(0) => {
                         return Err(Failure::Error(format!("{} stopped taking data", self.addr)));
                     }
+                    Ok(n) => written += n,
+                    Err(e) if is_would_block(&e) => break,
                     // The reader thread sees the end too, and says it better (how much of the
                     // reply came); give it the moment it needs.
-                    Outcome::PeerReset(e) | Outcome::Local(e) => {
-                        return Err(self.write_failed(id, &e));
-                    }
+                    Err(e) => return Err(self.write_failed(id, &e)),
                 }
             }
             {
@@ -518,11 +515,8 @@ impl<'a> Session<'a> {
                 self.lock().owed.time_out(id);
                 return Ok(Exchange::TimedOut);
             }
-            match self.poll.poll(&mut self.events, Some(deadline - now)) {
-                Ok(()) => {}
-                Err(e) if classify(&e) == Class::Interrupted => continue,
-                Err(e) => return Err(Failure::Error(format!("poll failed: {e}"))),
-            }
+            io_outcome::poll(&mut self.poll, &mut self.events, Some(deadline - now))
+                .map_err(|e| Failure::Error(format!("poll failed: {e}")))?;
             let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
             if signalled && self.signals.pending().any(|s| s == SIGINT) {
                 eprintln!();
@@ -546,7 +540,9 @@ impl<'a> Session<'a> {
             if now >= until {
                 return connection_error(self.addr, e);
             }
-            let _ = self.poll.poll(&mut self.events, Some(until - now));
+            if io_outcome::poll(&mut self.poll, &mut self.events, Some(until - now)).is_err() {
+                return connection_error(self.addr, e);
+            }
         }
     }
 }
@@ -578,8 +574,8 @@ struct Reader {
     /// reference, its eventfd would close and leave this thread's poll, and a wake sent just
     /// before would be lost with it (the reader then waited for the socket to end by itself).
     _own_waker: Arc<Waker>,
-    prompt: Option<console::Waker>,
-    notifier: Notifier,
+    prompt: Option<PromptWaker>,
+    messenger: Messenger,
 }
 
 impl Reader {
@@ -589,20 +585,18 @@ impl Reader {
         loop {
             // Edge-triggered: read until WouldBlock before polling again.
             loop {
-                match Outcome::of_read(self.stream.read(&mut buf)) {
-                    Outcome::Moved(n) => self.arrived(&buf[..n]),
-                    Outcome::WouldBlock => break,
-                    Outcome::Interrupted => {}
-                    Outcome::PeerClosed => return self.end(Ended::Closed),
-                    Outcome::PeerReset(e) | Outcome::Local(e) => {
-                        return self.end(Ended::Failed(e));
+                match retrying(|| self.stream.read(&mut buf)) {
+                    Ok(0) => return self.end(Ended::Closed),
+                    Ok(n) => self.arrived(&buf[..n]),
+                    Err(e) if is_would_block(&e) => break,
+                    Err(e) if classify(&e) == Class::PeerClosed => {
+                        return self.end(Ended::Closed);
                     }
+                    Err(e) => return self.end(Ended::Failed(e)),
                 }
             }
-            match self.poll.poll(&mut events, None) {
-                Ok(()) => {}
-                Err(e) if classify(&e) == Class::Interrupted => {}
-                Err(e) => return self.end(Ended::Failed(e)),
+            if let Err(e) = io_outcome::poll(&mut self.poll, &mut events, None) {
+                return self.end(Ended::Failed(e));
             }
             if self.lock().quit {
                 return;
@@ -630,7 +624,7 @@ impl Reader {
             drop(shared);
             for a in &arrivals {
                 if let Some(msg) = describe(&self.addr, a) {
-                    self.notifier.say(msg);
+                    self.messenger.say(msg);
                 }
             }
         }
@@ -647,7 +641,7 @@ impl Reader {
             && let Some(prompt) = &self.prompt
             && !prompt.wake()
         {
-            self.notifier
+            self.messenger
                 .say(format!("{} ended the connection; press Enter", self.addr));
         }
     }
@@ -667,10 +661,10 @@ enum PumpError {
 
 /// Pipe mode: stream stdin to the server and the replies to stdout, both at once, until the
 /// server closes after our end of input.
-pub fn pipe(peer: &Peer) -> Result<(), Failure> {
-    let addr = peer.to_string();
+pub fn pipe(target: &Target) -> Result<(), Failure> {
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let mut stream = connect_tcp(peer)?;
+    let mut stream = connect_tcp(target)?;
     // Pipe mode forwards whatever stdin gives as soon as it gives it, like nc; Nagle's algorithm
     // would hold a small last chunk back for a round trip.
     let _ = stream.set_nodelay(true);
@@ -691,7 +685,7 @@ pub fn pipe(peer: &Peer) -> Result<(), Failure> {
     let mut buf = vec![0u8; CHUNK];
     let mut out = io::stdout().lock();
     let end = loop {
-        match stream.read(&mut buf) {
+        match retrying(|| stream.read(&mut buf)) {
             Ok(0) => break Ok(()),
             Ok(n) => {
                 // Flushed chunk by chunk: replies are passed on as they arrive, not at exit.
@@ -700,8 +694,7 @@ pub fn pipe(peer: &Peer) -> Result<(), Failure> {
                     .map_err(|e| stdout_error(&e))?;
                 received += n as u64;
             }
-            // A blocking socket: anything but a signal ends the copy, and is described below.
-            Err(e) if classify(&e) == Class::Interrupted => {}
+            // A blocking socket: any error ends the copy, and is described below.
             Err(e) => break Err(e),
         }
     };
@@ -751,10 +744,9 @@ fn copy_stdin(socket: &mut TcpStream) -> Result<u64, PumpError> {
     let mut buf = vec![0u8; CHUNK];
     let mut sent: u64 = 0;
     loop {
-        let n = match stdin.read(&mut buf) {
+        let n = match retrying(|| stdin.read(&mut buf)) {
             Ok(0) => return Ok(sent),
             Ok(n) => n,
-            Err(e) if classify(&e) == Class::Interrupted => continue,
             Err(e) => return Err(PumpError::Stdin(e)),
         };
         socket.write_all(&buf[..n]).map_err(PumpError::Socket)?;
@@ -796,7 +788,7 @@ mod tests {
         // Not SIGINT: the test process keeps its own Ctrl-C.
         let signals = Signals::new([signal_hook::consts::SIGUSR2]).unwrap();
         let mut s = Session::new(addr, stream, signals, timeout).unwrap();
-        s.start_reader(Notifier::stderr(), None).unwrap();
+        s.start_reader(Messenger::stderr(), None).unwrap();
         s
     }
 

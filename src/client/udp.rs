@@ -4,7 +4,7 @@
 //! largest datagram to the server's address family ([`crate::net::max_datagram`]) is reported and
 //! not sent, every reply is received into a buffer of that size so it is never truncated, and
 //! every reply is matched
-//! to the request it answers by the [`Tracker`], so a late or duplicated reply is named as such
+//! to the request it answers by the `Tracker`, so a late or duplicated reply is named as such
 //! instead of being shown as the answer to the next line.
 //!
 //! - **Interactive** ([`interactive`]): one request at a time; a reply that does not come within
@@ -30,13 +30,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
-use super::console::{self, Console, Notifier};
+use super::console::{self, Console, Messenger, PromptWaker};
 use super::display::{printable, quoted, rtt, secs};
 use super::matcher::{Id, Tracker, Verdict};
-use super::target::{Peer, connect_udp};
+use super::target::{Target, connect_udp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
-use crate::io_outcome::{Class, classify};
+use crate::io_outcome::{self, Class, classify, is_would_block, retrying};
 use crate::net;
 
 /// Pipe mode: at most this many lines between the oldest one not yet printed and the newest one
@@ -96,8 +96,8 @@ fn is_refusal(e: &io::Error) -> bool {
 
 /// A connected, non-blocking UDP socket registered with a new poll, and the address it is
 /// connected to.
-fn open(peer: &Peer, interest: Interest) -> Result<(UdpSocket, Poll, SocketAddr), Failure> {
-    let (socket, connected) = connect_udp(peer)?;
+fn open(target: &Target, interest: Interest) -> Result<(UdpSocket, Poll, SocketAddr), Failure> {
+    let (socket, connected) = connect_udp(target)?;
     socket
         .set_nonblocking(true)
         .map_err(|e| setup_error("socket", &e))?;
@@ -115,11 +115,7 @@ fn poll_until(
     deadline: Option<Instant>,
 ) -> Result<(), Failure> {
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    match poll.poll(events, timeout) {
-        Ok(()) => Ok(()),
-        Err(e) if classify(&e) == Class::Interrupted => Ok(()),
-        Err(e) => Err(Failure::Error(format!("poll failed: {e}"))),
-    }
+    io_outcome::poll(poll, events, timeout).map_err(|e| Failure::Error(format!("poll failed: {e}")))
 }
 
 /// What one receive on the connected socket found.
@@ -131,25 +127,18 @@ enum Received {
     Refused,
 }
 
-/// One `recv`, retried on `Interrupted`, shared by the interactive and pipe loops, which differ
-/// only in what they do with a refusal.
+/// One `recv`, shared by the interactive and pipe loops, which differ only in what they do with
+/// a refusal.
 fn recv_next(socket: &UdpSocket, buf: &mut [u8], addr: &str) -> Result<Received, Failure> {
-    loop {
-        // Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty
-        // datagram.
-        let e = match socket.recv(buf) {
-            Ok(n) => return Ok(Received::Datagram(n)),
-            Err(e) => e,
-        };
-        return match classify(&e) {
-            Class::WouldBlock => Ok(Received::Nothing),
-            Class::Interrupted => continue,
-            _ if is_refusal(&e) => Ok(Received::Refused),
-            _ => Err(Failure::Error(format!(
-                "cannot receive from {addr}: {}",
-                reason(&e)
-            ))),
-        };
+    // Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty datagram.
+    match retrying(|| socket.recv(buf)) {
+        Ok(n) => Ok(Received::Datagram(n)),
+        Err(e) if is_would_block(&e) => Ok(Received::Nothing),
+        Err(e) if is_refusal(&e) => Ok(Received::Refused),
+        Err(e) => Err(Failure::Error(format!(
+            "cannot receive from {addr}: {}",
+            reason(&e)
+        ))),
     }
 }
 
@@ -194,11 +183,11 @@ enum Waited {
 /// The interactive session: prompt, send the line as one datagram, wait up to `timeout` for its
 /// reply, print it with its round-trip time, repeat. Replies that come while the user types are
 /// reported as they come, with the time they came.
-pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Failure> {
+pub fn interactive(target: &Target, options: &InteractiveOptions) -> Result<(), Failure> {
     let InteractiveOptions { timeout, history } = options.clone();
-    let addr = peer.to_string();
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let (socket, connected) = connect_udp(peer)?;
+    let (socket, connected) = connect_udp(target)?;
     let prompt = if addr == DEFAULT_ADDR {
         "udp> ".to_string()
     } else {
@@ -210,7 +199,7 @@ pub fn interactive(peer: &Peer, options: &InteractiveOptions) -> Result<(), Fail
     let mut console = Console::new(prompt, history)?;
     let limit = DatagramLimit::to(&connected);
     let mut session = Interactive::new(addr, timeout, limit, socket, signals)?;
-    session.start_receiver(console.notifier(), Some(console.waker()))?;
+    session.start_receiver(console.messenger(), Some(console.prompt_waker()))?;
 
     eprintln!(
         "talking UDP to {connected}: one datagram per line; Ctrl-D or Ctrl-C (on an empty line) to quit"
@@ -312,8 +301,8 @@ impl<'a> Interactive<'a> {
     /// good while the user is at the prompt.
     fn start_receiver(
         &mut self,
-        notifier: Notifier,
-        prompt: Option<console::Waker>,
+        messenger: Messenger,
+        prompt: Option<PromptWaker>,
     ) -> Result<(), Failure> {
         let clone = self
             .socket
@@ -340,7 +329,7 @@ impl<'a> Interactive<'a> {
             main: Arc::clone(&self.waker),
             _own_waker: Arc::clone(&receiver_waker),
             prompt,
-            notifier,
+            messenger,
         };
         thread::Builder::new()
             .name("udp-receiver".into())
@@ -391,27 +380,22 @@ impl<'a> Interactive<'a> {
         loop {
             // The clock starts before the send, and the line is known before it can be answered.
             let id = self.lock().tracker.send(line, Instant::now());
-            let e = match self.socket.send(line) {
+            let e = match retrying(|| self.socket.send(line)) {
                 Ok(_) => return Ok(Some(id)),
                 Err(e) => e,
             };
             self.lock().tracker.abandon(id);
-            match classify(&e) {
-                Class::Interrupted => {}
-                // An ICMP error caused by an earlier datagram is reported by the next call on the
-                // socket, which may be this send; the error is consumed with it, so one retry
-                // sends the line.
-                _ if is_refusal(&e) && !refusal_reported => {
-                    eprintln!("{}", refused_message(self.addr));
-                    refusal_reported = true;
-                }
-                // Unreachable networks, a full send buffer: this line is lost, the session goes
-                // on.
-                _ => {
-                    eprintln!("not sent to {}: {}", self.addr, reason(&e));
-                    return Ok(None);
-                }
+            // An ICMP error caused by an earlier datagram is reported by the next call on the
+            // socket, which may be this send; the error is consumed with it, so one retry sends
+            // the line.
+            if is_refusal(&e) && !refusal_reported {
+                eprintln!("{}", refused_message(self.addr));
+                refusal_reported = true;
+                continue;
             }
+            // Unreachable networks, a full send buffer: this line is lost, the session goes on.
+            eprintln!("not sent to {}: {}", self.addr, reason(&e));
+            return Ok(None);
         }
     }
 
@@ -490,8 +474,8 @@ struct ReplyReceiver {
     /// The waker the session uses to say "quit", held here too so that its eventfd outlives
     /// this thread's poll (see the TCP reader).
     _own_waker: Arc<Waker>,
-    prompt: Option<console::Waker>,
-    notifier: Notifier,
+    prompt: Option<PromptWaker>,
+    messenger: Messenger,
 }
 
 impl ReplyReceiver {
@@ -534,7 +518,7 @@ impl ReplyReceiver {
             self.wake_main();
         } else {
             drop(shared);
-            self.notifier.say(describe(reply, &verdict));
+            self.messenger.say(describe(reply, &verdict));
         }
     }
 
@@ -546,7 +530,7 @@ impl ReplyReceiver {
             self.wake_main();
         } else {
             drop(shared);
-            self.notifier.say(refused_message(&self.addr));
+            self.messenger.say(refused_message(&self.addr));
         }
     }
 
@@ -650,10 +634,10 @@ enum StdinItem {
 
 /// Pipe mode: each stdin line is one datagram, each reply one stdout line, in input order. Exits
 /// with failure (after saying how many) if any line got no reply within the timeout.
-pub fn pipe(peer: &Peer, timeout: Duration) -> Result<(), Failure> {
-    let addr = peer.to_string();
+pub fn pipe(target: &Target, timeout: Duration) -> Result<(), Failure> {
+    let addr = target.to_string();
     let addr = addr.as_str();
-    let (socket, poll, connected) = open(peer, Interest::READABLE | Interest::WRITABLE)?;
+    let (socket, poll, connected) = open(target, Interest::READABLE | Interest::WRITABLE)?;
     let limit = DatagramLimit::to(&connected);
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
     // A channel as deep as the window: the reader runs a little ahead, and blocks (rather than
@@ -818,30 +802,25 @@ impl PipeRun<'_> {
                 }
                 HeldLine::Line(line) => line,
             };
-            let e = match self.socket.send(&line) {
+            match retrying(|| self.socket.send(&line)) {
                 Ok(_) => {
                     let id = self.tracker.send(&line, Instant::now());
                     self.order.push(id);
                     self.lines += 1;
-                    continue;
                 }
-                Err(e) => e,
-            };
-            match classify(&e) {
-                Class::WouldBlock => {
+                Err(e) if is_would_block(&e) => {
                     // Sent when the socket reports it writable again.
                     self.held = Some(HeldLine::Line(line));
                     return Ok(());
                 }
-                Class::Interrupted => self.held = Some(HeldLine::Line(line)),
-                _ if is_refusal(&e) => return Err(self.refused()),
+                Err(e) if is_refusal(&e) => return Err(self.refused()),
                 // The stdin thread holds back lines over the protocol's limit; should the kernel
                 // still refuse one as too long (a smaller limit of its own), that line is lost and
                 // the run goes on.
-                _ if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                     self.skip_unsendable(&format!("{} bytes: {}", line.len(), reason(&e)));
                 }
-                _ => {
+                Err(e) => {
                     return Err(Failure::Error(format!(
                         "cannot send to {}: {}",
                         self.addr,
@@ -947,23 +926,20 @@ fn next_line(input: &mut impl BufRead, max_line: usize) -> StdinItem {
 fn skip_line(input: &mut impl BufRead) -> io::Result<usize> {
     let mut skipped = 0;
     loop {
-        let buf = match input.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if classify(&e) == Class::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok(skipped);
-        }
-        match buf.iter().position(|&b| b == b'\n') {
+        let (newline, buffered) = retrying(|| {
+            input
+                .fill_buf()
+                .map(|buf| (buf.iter().position(|&b| b == b'\n'), buf.len()))
+        })?;
+        match newline {
+            _ if buffered == 0 => return Ok(skipped),
             Some(i) => {
                 input.consume(i + 1);
                 return Ok(skipped + i);
             }
             None => {
-                let n = buf.len();
-                input.consume(n);
-                skipped += n;
+                input.consume(buffered);
+                skipped += buffered;
             }
         }
     }
