@@ -13,7 +13,8 @@
 //!   steers worker processes; [`control`], the channel between it and each worker; `steer`,
 //!   the reuse-port steering program.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
-//!   only when debug logging is on; the rate limit on "not answering" lines).
+//!   only when debug logging is on; which sources get a "not answering" line); `throttle`, how
+//!   often any rate-limited line may be written (refusals, bad headers, once-per-episode lines).
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
@@ -34,6 +35,7 @@ mod steer;
 pub mod supervisor;
 pub mod systemd;
 mod table;
+mod throttle;
 mod timer;
 mod token;
 mod udp;
