@@ -16,6 +16,7 @@ use slab::Slab;
 use super::conn::{Conn, Ctx, Moved, Progress, StreamState};
 use super::logs::{CloseLine, ConnLog, Count, Peer, Reason, Via};
 use super::proxy::{HeaderError, TrustedSources};
+use super::reactor::Limits;
 use super::stats::Stats;
 use super::throttle::{Episode, Throttle};
 use super::token;
@@ -59,20 +60,16 @@ pub(crate) struct Turn {
     pub(crate) closed: bool,
 }
 
-/// The limits a connection is driven under.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) transform: Transform,
-    pub(crate) max_connections: usize,
-    pub(crate) max_pending: usize,
-    pub(crate) max_pending_total: usize,
-}
-
 pub(crate) struct Connections {
     slab: Slab<Conn<TcpStream>>,
     run_queue: VecDeque<usize>,
     scratch: Box<[u8]>,
-    limits: Limits,
+    /// What connections are held to (the per-connection and server-wide pending-output
+    /// ceilings, the connection limit), in the units the table counts in.
+    max_connections: usize,
+    max_pending: usize,
+    max_pending_total: usize,
+    transform: Transform,
     /// Output owed by all connections together (the sum of [`Conn::owed`]).
     owed_total: usize,
     /// `owed_total` has reached the ceiling and not yet fallen back below its low-water mark.
@@ -87,14 +84,23 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn new(limits: Limits, trusted: Option<TrustedSources>) -> Connections {
+    pub(crate) fn new(
+        limits: Limits,
+        transform: Transform,
+        trusted: Option<TrustedSources>,
+    ) -> Connections {
+        // Bounded by the configuration's usize values, so these convert back losslessly.
+        let max_connections = usize::try_from(limits.max_connections).unwrap_or(usize::MAX);
         Connections {
             // The slab's storage is reserved, not touched: pages become resident only as
             // connections arrive, and the slab never moves while growing.
-            slab: Slab::with_capacity(limits.max_connections.min(1 << 20)),
+            slab: Slab::with_capacity(max_connections.min(1 << 20)),
             run_queue: VecDeque::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            limits,
+            max_connections,
+            max_pending: usize::try_from(limits.max_pending).unwrap_or(usize::MAX),
+            max_pending_total: usize::try_from(limits.max_pending_total).unwrap_or(usize::MAX),
+            transform,
             owed_total: 0,
             at_ceiling: Episode::default(),
             // Checked once: the level does not change while serving (env_logger sets it once).
@@ -121,11 +127,11 @@ impl Connections {
     }
 
     pub(crate) fn full(&self) -> bool {
-        self.slab.len() >= self.limits.max_connections
+        self.slab.len() >= self.max_connections
     }
 
     pub(crate) fn max(&self) -> usize {
-        self.limits.max_connections
+        self.max_connections
     }
 
     pub(crate) fn has_queued(&self) -> bool {
@@ -202,10 +208,10 @@ impl Connections {
         };
         let mut ctx = Ctx {
             scratch: &mut self.scratch,
-            transform: self.limits.transform,
-            max_pending: self.limits.max_pending,
+            transform: self.transform,
+            max_pending: self.max_pending,
             owed_total: self.owed_total,
-            max_pending_total: self.limits.max_pending_total,
+            max_pending_total: self.max_pending_total,
             budget: FAIR_BUDGET,
             draining,
             header: None,
@@ -418,7 +424,7 @@ impl Connections {
     /// does not log at every read.
     fn check_ceiling(&mut self, stats: &mut Stats) {
         stats.pending_bytes = self.owed_total as u64;
-        let max = self.limits.max_pending_total;
+        let max = self.max_pending_total;
         let on = self.at_ceiling.since().is_some();
         // The clock is read only when an episode starts; this runs at every read.
         if !on && self.owed_total >= max {
