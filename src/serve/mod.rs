@@ -12,7 +12,8 @@
 //! - [`control`]: the channel between a supervisor ([`crate::supervise`], which uses this
 //!   module and is not used by it) and each worker, and the worker's end of it.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
-//!   only when debug logging is on; the rate limit on "not answering" lines).
+//!   only when debug logging is on; which sources get a "not answering" line); `throttle`, how
+//!   often any rate-limited line may be written (refusals, bad headers, once-per-episode lines).
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
@@ -31,6 +32,7 @@ mod source;
 mod stats;
 pub mod systemd;
 mod table;
+mod throttle;
 pub(crate) mod timer;
 mod token;
 mod udp;

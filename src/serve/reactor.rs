@@ -41,7 +41,7 @@ use super::metrics::{self, MetricsEndpoint, Snapshot};
 use super::proxy::{HeaderError, ProxyConfig};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
-use super::table::{Close, Connections, Limits};
+use super::table::{Close, Connections};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
@@ -82,6 +82,29 @@ pub struct Config {
     pub notifier: Notifier,
     /// Read a PROXY protocol header first on connections from these sources.
     pub proxy: Option<ProxyConfig>,
+}
+
+/// The limits a server runs under, taken from its [`Config`] once: the connection table
+/// enforces the first three, and the metrics endpoint exposes all four as gauges. Counts as
+/// `u64`, the gauges' type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: u64,
+    pub(crate) max_pending: u64,
+    pub(crate) max_pending_total: u64,
+    /// Replies per second to one UDP source; 0: no limit.
+    pub(crate) udp_source_rate: u64,
+}
+
+impl Limits {
+    pub(crate) fn of(config: &Config) -> Limits {
+        Limits {
+            max_connections: config.max_connections as u64,
+            max_pending: config.max_pending as u64,
+            max_pending_total: config.max_pending_total as u64,
+            udp_source_rate: config.udp_source_rate.map_or(0, u64::from),
+        }
+    }
 }
 
 impl Default for Config {
@@ -129,7 +152,7 @@ pub struct Server {
     /// The channel to the supervisor, when this reactor is one of `--workers`.
     control: Option<WorkerLink>,
     /// What the metrics report besides the counters.
-    limits: metrics::Limits,
+    limits: Limits,
     start_time: f64,
 }
 
@@ -163,6 +186,7 @@ impl Server {
             )?;
             endpoints.push(UdpEndpoint::new(s));
         }
+        let limits = Limits::of(&config);
         let life = Lifecycle::new(
             registry,
             config.handle_signals,
@@ -174,12 +198,8 @@ impl Server {
             transform: config.transform,
             acceptor: Acceptor::new(listeners),
             conns: Connections::new(
-                Limits {
-                    transform: config.transform,
-                    max_connections: config.max_connections,
-                    max_pending: config.max_pending,
-                    max_pending_total: config.max_pending_total,
-                },
+                limits,
+                config.transform,
                 config.proxy.as_ref().map(|p| p.from.clone()),
             ),
             idle: config.idle_timeout.map(|t| IdleTracker::new(t, now)),
@@ -196,12 +216,7 @@ impl Server {
             stats_log: StatsLog::new(config.stats_interval, now),
             metrics: None,
             control: None,
-            limits: metrics::Limits {
-                max_connections: config.max_connections as u64,
-                max_pending: config.max_pending as u64,
-                max_pending_total: config.max_pending_total as u64,
-                udp_source_rate: config.udp_source_rate.map_or(0, u64::from),
-            },
+            limits,
             start_time: metrics::unix_now(),
             poll,
         })
