@@ -11,7 +11,7 @@
 //! - `console`: the interactive prompt both share (terminal rules, keys, history, messages while
 //!   the user types).
 //! - `target`: the resolved server address and connecting to it.
-//! - `matcher`: the pure bookkeeping that tells which request a UDP reply answers.
+//! - `udp::matcher`: the pure bookkeeping that tells which request a UDP reply answers.
 //! - `display`: how replies and durations are shown to a person.
 //!
 //! Both clients are interactive when their caller says so (the binary does when stdin is a
@@ -26,7 +26,6 @@ use crate::addr::AddrError;
 
 pub(crate) mod console;
 pub(crate) mod display;
-pub(crate) mod matcher;
 pub(crate) mod target;
 pub mod tcp;
 pub mod udp;

@@ -32,12 +32,14 @@ use signal_hook_mio::v1_0::Signals;
 
 use super::console::{self, Console, Messenger, PromptWaker};
 use super::display::{printable, quoted, rtt, secs};
-use super::matcher::{Id, Tracker, Verdict};
+mod matcher;
+
 use super::target::{Target, connect_udp};
 use super::{Failure, InteractiveOptions};
 use crate::addr::{DEFAULT_ADDR, reason};
 use crate::io_outcome::{self, Class, classify, is_would_block, retrying};
 use crate::net;
+use matcher::{Id, Tracker, Verdict};
 
 /// Pipe mode: at most this many lines between the oldest one not yet printed and the newest one
 /// sent. A real client bounds its requests in flight; 32 keeps a loopback server busy without
