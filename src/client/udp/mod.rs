@@ -3,61 +3,35 @@
 //! Every line is one datagram (an empty line is a valid empty datagram), a line longer than the
 //! largest datagram to the server's address family ([`crate::net::max_datagram`]) is reported and
 //! not sent, every reply is received into a buffer of that size so it is never truncated, and
-//! every reply is matched
-//! to the request it answers by the [`Tracker`], so a late or duplicated reply is named as such
-//! instead of being shown as the answer to the next line.
+//! every reply is matched to the request it answers (`matcher`), so a late or duplicated reply is
+//! named as such instead of being shown as the answer to the next line.
 //!
-//! - **Interactive** ([`interactive`]): one request at a time; a reply that does not come within
-//!   the timeout is reported ("UDP does not retransmit") and the session goes on. A receiving
-//!   thread takes every reply the moment it arrives, so a late one is reported at once, with its
-//!   real round-trip time, even while the user sits at the prompt.
-//! - **Pipe** ([`pipe`]): a sliding window. A thread reads stdin lines into a bounded channel; the
-//!   main thread runs a mio loop that sends while the window has room, receives, expires requests
-//!   at their deadlines (the poll timeout is the nearest deadline) and prints replies in line
-//!   order. The window is what keeps a long input from being fired at the server all at once, which
-//!   would overflow the socket buffers on either side and turn a fast sender into lost datagrams.
+//! - **Interactive** ([`interactive`]): the shared session (`client::session`) over a datagram
+//!   socket, one request at a time; a reply that does not come within the timeout is reported
+//!   ("UDP does not retransmit") and the session goes on. The reader thread takes every reply the
+//!   moment it arrives, so a late one is reported at once, with its real round-trip time, even
+//!   while the user sits at the prompt.
+//! - **Pipe** ([`pipe`]): a sliding window of requests in flight, replies printed in line order.
 
-use std::collections::VecDeque;
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::SIGINT;
-use signal_hook_mio::v1_0::Signals;
 
-use super::console::{self, Console, Messenger, PromptWaker};
-use super::display::{printable, quoted, rtt, secs};
-mod matcher;
-
+use super::display::refused;
+use super::session::{self, Arrival, End, Ended, Matching, Recv, Sending, Wait};
 use super::target::{Target, connect_udp};
-use super::{Failure, InteractiveOptions};
-use crate::addr::{DEFAULT_ADDR, reason};
-use crate::io_outcome::{self, Class, classify, is_would_block, retrying};
+use super::{Failure, Id, InteractiveOptions};
+use crate::addr::reason;
+use crate::io_outcome::{Class, classify, is_would_block, retrying};
 use crate::net;
-use matcher::{Id, Tracker, Verdict};
 
-/// Pipe mode: at most this many lines between the oldest one not yet printed and the newest one
-/// sent. A real client bounds its requests in flight; 32 keeps a loopback server busy without
-/// letting a burst outrun its socket buffer.
-pub(crate) const WINDOW: usize = 32;
+mod matcher;
+mod pipe;
 
-/// Pipe mode: at most this many payload bytes waiting for replies (a single larger datagram is
-/// still sent alone). Linux's default socket receive buffer is about 208 KiB, and each datagram
-/// costs more than its payload there, so 64 KiB in flight always fits.
-pub(crate) const WINDOW_BYTES: usize = 64 * 1024;
-
-const SOCKET: Token = Token(0);
-const SIGNAL: Token = Token(1);
-const WAKE: Token = Token(2);
-
-fn setup_error(what: &str, e: &dyn std::fmt::Display) -> Failure {
-    Failure::Error(format!("cannot set up the {what}: {e}"))
-}
+use matcher::{Tracker, Verdict};
+pub use pipe::pipe;
 
 /// The largest datagram to the server: lines longer than this are not sent, and replies are
 /// received into a buffer this large, so none is cut short (the tutorial's `recvfrom(1024)`
@@ -96,32 +70,8 @@ fn is_refusal(e: &io::Error) -> bool {
     classify(e) == Class::PeerReset && e.kind() == io::ErrorKind::ConnectionRefused
 }
 
-/// A connected, non-blocking UDP socket registered with a new poll, and the address it is
-/// connected to.
-fn open(target: &Target, interest: Interest) -> Result<(UdpSocket, Poll, SocketAddr), Failure> {
-    let (socket, connected) = connect_udp(target)?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| setup_error("socket", &e))?;
-    let mut socket = UdpSocket::from_std(socket);
-    let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
-    poll.registry()
-        .register(&mut socket, SOCKET, interest)
-        .map_err(|e| setup_error("poll", &e))?;
-    Ok((socket, poll, connected))
-}
-
-fn poll_until(
-    poll: &mut Poll,
-    events: &mut Events,
-    deadline: Option<Instant>,
-) -> Result<(), Failure> {
-    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    io_outcome::poll(poll, events, timeout).map_err(|e| Failure::Error(format!("poll failed: {e}")))
-}
-
-/// What one receive on the connected socket found.
-enum Received {
+/// What one receive on the connected socket found, when it did not fail.
+enum Incoming {
     Datagram(usize),
     /// Nothing waiting (`WouldBlock`).
     Nothing,
@@ -129,251 +79,111 @@ enum Received {
     Refused,
 }
 
-/// One `recv`, shared by the interactive and pipe loops, which differ only in what they do with
-/// a refusal.
-fn recv_next(socket: &UdpSocket, buf: &mut [u8], addr: &str) -> Result<Received, Failure> {
-    // Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty datagram.
+/// One `recv`, shared by the interactive and pipe modes, which differ only in what they do with
+/// a refusal. Not `Outcome::of_read`: a UDP socket has no orderly close, and 0 bytes is an empty
+/// datagram.
+fn recv_datagram(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Incoming> {
     match retrying(|| socket.recv(buf)) {
-        Ok(n) => Ok(Received::Datagram(n)),
-        Err(e) if is_would_block(&e) => Ok(Received::Nothing),
-        Err(e) if is_refusal(&e) => Ok(Received::Refused),
-        Err(e) => Err(Failure::Error(format!(
-            "cannot receive from {addr}: {}",
-            reason(&e)
-        ))),
+        Ok(n) => Ok(Incoming::Datagram(n)),
+        Err(e) if is_would_block(&e) => Ok(Incoming::Nothing),
+        Err(e) if is_refusal(&e) => Ok(Incoming::Refused),
+        Err(e) => Err(e),
     }
 }
 
-fn refused_message(addr: &str) -> String {
-    format!("{addr} refused the datagram (ICMP port unreachable): nothing is listening there")
+fn recv_error(addr: &str, e: &io::Error) -> Failure {
+    Failure::Error(format!("cannot receive from {addr}: {}", reason(e)))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Interactive mode
-// ---------------------------------------------------------------------------------------------
-
-/// What the receiving thread found, for the main thread to report while a line is in flight.
-#[derive(Debug)]
-enum Arrival {
-    Reply(Vec<u8>, Verdict),
-    /// An ICMP "port unreachable": the line in flight will not be answered.
-    Refused,
-}
-
-/// What the receiving thread and the main thread share.
-#[derive(Debug)]
-struct ReceiverHandoff {
-    /// A line is in flight and the main thread takes the arrivals; otherwise the user is at the
-    /// prompt and the receiving thread reports them itself, as they come.
-    busy: bool,
-    tracker: Tracker,
-    arrivals: VecDeque<Arrival>,
-    /// The socket failed for good (not a refusal): the session is over.
-    failed: Option<String>,
-    /// Set when the session is dropped, so the receiving thread stops.
-    quit: bool,
-}
-
-/// How waiting for one line's reply ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Waited {
-    Done,
-    /// Ctrl-C while waiting.
-    Interrupted,
-}
-
-/// The interactive session: prompt, send the line as one datagram, wait up to `timeout` for its
+/// The interactive session: prompt, send the line as one datagram, wait up to the timeout for its
 /// reply, print it with its round-trip time, repeat. Replies that come while the user types are
 /// reported as they come, with the time they came.
 pub fn interactive(target: &Target, options: &InteractiveOptions) -> Result<(), Failure> {
-    let InteractiveOptions { timeout, history } = options.clone();
     let addr = target.to_string();
-    let addr = addr.as_str();
     let (socket, connected) = connect_udp(target)?;
-    let prompt = if addr == DEFAULT_ADDR {
-        "udp> ".to_string()
-    } else {
-        format!("udp {addr}> ")
-    };
-    // Before the receiving thread starts: it may raise SIGINT to wake the prompt, and SIGINT must
-    // find a handler then, not its default action.
-    let signals = Signals::new([SIGINT]).map_err(|e| setup_error("signal handler", &e))?;
-    let mut console = Console::new(prompt, history)?;
-    let limit = DatagramLimit::to(&connected);
-    let mut session = Interactive::new(addr, timeout, limit, socket, signals)?;
-    session.start_receiver(console.messenger(), Some(console.prompt_waker()))?;
-
-    eprintln!(
+    let banner = format!(
         "talking UDP to {connected}: one datagram per line; Ctrl-D or Ctrl-C (on an empty line) to quit"
     );
-    loop {
-        session.at_prompt()?;
-        let input = console.read()?;
-        session.busy()?;
-        let lines = match input {
-            console::Input::Lines(lines) => lines,
-            console::Input::End => return Ok(()),
-            console::Input::Woken => continue,
-        };
-        for line in lines {
-            let Some(id) = session.send(line.as_bytes())? else {
-                continue;
-            };
-            if session.wait(id, &console)? == Waited::Interrupted {
-                eprintln!();
-                return Ok(());
-            }
+    let sender = UdpSender {
+        addr: addr.clone(),
+        limit: DatagramLimit::to(&connected),
+        socket,
+    };
+    let tracker = Tracker::new(options.timeout);
+    session::interactive(&addr, options, &banner, sender, tracker)
+}
+
+/// The datagram matching of `matcher`, as the session's bookkeeping.
+impl Matching for Tracker {
+    type Socket = UdpSocket;
+
+    fn recv(socket: &mut UdpSocket, buf: &mut [u8]) -> Recv {
+        match recv_datagram(socket, buf) {
+            Ok(Incoming::Datagram(n)) => Recv::Data(n),
+            Ok(Incoming::Nothing) => Recv::Drained,
+            Ok(Incoming::Refused) => Recv::Notice(Arrival::Refused),
+            Err(e) => Recv::Ended(Ended::Failed(e)),
+        }
+    }
+
+    fn feed(&mut self, reply: &[u8], now: Instant) -> Vec<Arrival> {
+        let reply = reply.to_vec();
+        vec![match self.on_reply(&reply, now) {
+            Verdict::Answer { id, rtt } => Arrival::Answer { id, reply, rtt },
+            Verdict::Late { rtt, request, .. } => Arrival::Late {
+                line: request,
+                reply,
+                rtt,
+            },
+            Verdict::Duplicate { request, .. } => Arrival::Duplicate {
+                line: request,
+                reply,
+            },
+            Verdict::Unexpected => Arrival::Unexpected(reply),
+        }]
+    }
+
+    fn passed_over(&mut self, arrival: &Arrival, in_flight: Id) {
+        if *arrival == Arrival::Refused {
+            self.abandon(in_flight);
+        }
+    }
+
+    fn ended(&self, addr: &str, end: &End, _in_flight: Option<Id>) -> Failure {
+        match &end.how {
+            Ended::Failed(e) => recv_error(addr, e),
+            // A datagram socket has no orderly close; named all the same.
+            Ended::Closed => Failure::Error(format!("cannot receive from {addr}: it closed")),
         }
     }
 }
 
-/// Words for a reply that is not the answer to the line in flight.
-fn describe(reply: &[u8], verdict: &Verdict) -> String {
-    match verdict {
-        // Only the line in flight can be waiting in this mode; kept total for safety.
-        Verdict::Answer { rtt: t, .. } => format!("reply after {}: {}", rtt(*t), printable(reply)),
-        Verdict::Late {
-            rtt: t, request, ..
-        } => format!(
-            "late reply to {} after {}: {}",
-            quoted(request, 40),
-            rtt(*t),
-            printable(reply)
-        ),
-        Verdict::Duplicate { request, .. } => format!(
-            "duplicate reply to {}: {}",
-            quoted(request, 40),
-            printable(reply)
-        ),
-        Verdict::Unexpected => format!(
-            "unexpected reply, matching no line sent: {}",
-            printable(reply)
-        ),
-    }
-}
-
-struct Interactive<'a> {
-    addr: &'a str,
-    timeout: Duration,
+/// The main thread's side of the connected socket.
+struct UdpSender {
+    addr: String,
     limit: DatagramLimit,
     socket: std::net::UdpSocket,
-    poll: Poll,
-    events: Events,
-    signals: Signals,
-    shared: Arc<Mutex<ReceiverHandoff>>,
-    waker: Arc<Waker>,
-    receiver_waker: Option<Arc<Waker>>,
 }
 
-impl<'a> Interactive<'a> {
-    fn new(
-        addr: &'a str,
-        timeout: Duration,
-        limit: DatagramLimit,
-        socket: std::net::UdpSocket,
-        mut signals: Signals,
-    ) -> Result<Self, Failure> {
-        let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
-        poll.registry()
-            .register(&mut signals, SIGNAL, Interest::READABLE)
-            .map_err(|e| setup_error("poll", &e))?;
-        let waker =
-            Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
-        Ok(Interactive {
-            addr,
-            timeout,
-            limit,
-            socket,
-            poll,
-            events: Events::with_capacity(8),
-            signals,
-            shared: Arc::new(Mutex::new(ReceiverHandoff {
-                busy: true,
-                tracker: Tracker::new(timeout),
-                arrivals: VecDeque::new(),
-                failed: None,
-                quit: false,
-            })),
-            waker,
-            receiver_waker: None,
-        })
-    }
+impl Sending for UdpSender {
+    const NAME: &'static str = "udp";
+    const NO_REPLY: &'static str = ": UDP does not retransmit";
 
-    /// Starts the thread that receives every reply; `prompt` is woken if the socket fails for
-    /// good while the user is at the prompt.
-    fn start_receiver(
-        &mut self,
-        messenger: Messenger,
-        prompt: Option<PromptWaker>,
-    ) -> Result<(), Failure> {
-        let clone = self
-            .socket
-            .try_clone()
-            .map_err(|e| setup_error("socket", &e))?;
+    type Matching = Tracker;
+
+    fn receiving_half(&self) -> io::Result<UdpSocket> {
+        let clone = self.socket.try_clone()?;
         // Both handles share the file's flags: the main thread's sends become non-blocking too,
         // which a UDP send to a connected peer only notices when the send buffer is full.
-        clone
-            .set_nonblocking(true)
-            .map_err(|e| setup_error("socket", &e))?;
-        let mut socket = UdpSocket::from_std(clone);
-        let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;
-        poll.registry()
-            .register(&mut socket, SOCKET, Interest::READABLE)
-            .map_err(|e| setup_error("poll", &e))?;
-        let receiver_waker =
-            Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
-        let receiver = ReplyReceiver {
-            addr: self.addr.to_string(),
-            limit: self.limit,
-            socket,
-            poll,
-            shared: Arc::clone(&self.shared),
-            main: Arc::clone(&self.waker),
-            _own_waker: Arc::clone(&receiver_waker),
-            prompt,
-            messenger,
-        };
-        thread::Builder::new()
-            .name("udp-receiver".into())
-            .spawn(move || receiver.run())
-            .map_err(|e| Failure::Error(format!("cannot start the receiver thread: {e}")))?;
-        self.receiver_waker = Some(receiver_waker);
-        Ok(())
+        clone.set_nonblocking(true)?;
+        Ok(UdpSocket::from_std(clone))
     }
 
-    fn lock(&self) -> MutexGuard<'_, ReceiverHandoff> {
-        // Every field is updated in one step, so a panic elsewhere left nothing half-done.
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    fn recv_buffer(&self) -> usize {
+        self.limit.max
     }
 
-    /// Reports what came after the last answer, then lets the receiving thread report the rest
-    /// as it comes.
-    fn at_prompt(&mut self) -> Result<(), Failure> {
-        let mut shared = self.lock();
-        for a in shared.arrivals.drain(..) {
-            match a {
-                Arrival::Reply(reply, verdict) => eprintln!("{}", describe(&reply, &verdict)),
-                Arrival::Refused => eprintln!("{}", refused_message(self.addr)),
-            }
-        }
-        if let Some(msg) = &shared.failed {
-            return Err(Failure::Error(msg.clone()));
-        }
-        shared.busy = false;
-        Ok(())
-    }
-
-    fn busy(&mut self) -> Result<(), Failure> {
-        let mut shared = self.lock();
-        shared.busy = true;
-        match &shared.failed {
-            Some(msg) => Err(Failure::Error(msg.clone())),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends one datagram; `None` if it could not be sent (already reported: the session goes on).
-    fn send(&mut self, line: &[u8]) -> Result<Option<Id>, Failure> {
+    fn send(&mut self, tracker: &mut Tracker, line: &[u8]) -> Result<Option<Id>, Failure> {
         if line.len() > self.limit.max {
             eprintln!("not sent: {}", self.limit.too_long(line.len()));
             return Ok(None);
@@ -381,17 +191,17 @@ impl<'a> Interactive<'a> {
         let mut refusal_reported = false;
         loop {
             // The clock starts before the send, and the line is known before it can be answered.
-            let id = self.lock().tracker.send(line, Instant::now());
+            let id = tracker.send(line, Instant::now());
             let e = match retrying(|| self.socket.send(line)) {
                 Ok(_) => return Ok(Some(id)),
                 Err(e) => e,
             };
-            self.lock().tracker.abandon(id);
+            tracker.abandon(id);
             // An ICMP error caused by an earlier datagram is reported by the next call on the
             // socket, which may be this send; the error is consumed with it, so one retry sends
             // the line.
             if is_refusal(&e) && !refusal_reported {
-                eprintln!("{}", refused_message(self.addr));
+                eprintln!("{}", refused(&self.addr));
                 refusal_reported = true;
                 continue;
             }
@@ -401,598 +211,28 @@ impl<'a> Interactive<'a> {
         }
     }
 
-    /// Waits for the answer to `id` until its deadline, reporting whatever else arrives.
-    fn wait(&mut self, id: Id, console: &Console) -> Result<Waited, Failure> {
-        loop {
-            let mut answer = None;
-            {
-                let mut shared = self.lock();
-                while let Some(a) = shared.arrivals.pop_front() {
-                    match a {
-                        Arrival::Reply(reply, Verdict::Answer { id: got, rtt }) if got == id => {
-                            answer = Some((reply, rtt));
-                            break;
-                        }
-                        Arrival::Reply(reply, verdict) => {
-                            eprintln!("{}", describe(&reply, &verdict));
-                        }
-                        Arrival::Refused => {
-                            eprintln!("{}", refused_message(self.addr));
-                            shared.tracker.abandon(id);
-                        }
-                    }
-                }
-                if let Some(msg) = &shared.failed {
-                    return Err(Failure::Error(msg.clone()));
-                }
-                if answer.is_none() {
-                    // Replies already received were handled first, so only a truly missing one
-                    // expires.
-                    if shared.tracker.expire(Instant::now()).contains(&id) {
-                        eprintln!(
-                            "no reply within {}: UDP does not retransmit",
-                            secs(self.timeout)
-                        );
-                        return Ok(Waited::Done);
-                    }
-                    if !shared.tracker.is_waiting(id) {
-                        // Abandoned: the server refused it, which has been reported.
-                        return Ok(Waited::Done);
-                    }
-                }
-            }
-            if let Some((reply, t)) = answer {
-                console.reply(&reply, t)?;
-                return Ok(Waited::Done);
-            }
-            let deadline = self.lock().tracker.next_deadline();
-            poll_until(&mut self.poll, &mut self.events, deadline)?;
-            let signalled = self.events.iter().any(|ev| ev.token() == SIGNAL);
-            if signalled && self.signals.pending().any(|s| s == SIGINT) {
-                return Ok(Waited::Interrupted);
-            }
+    fn deadline(
+        &mut self,
+        tracker: &mut Tracker,
+        id: Id,
+        _line: &[u8],
+        now: Instant,
+    ) -> Result<Wait, Failure> {
+        // Replies already received were handled first, so only a truly missing one expires.
+        if tracker.expire(now).contains(&id) {
+            return Ok(Wait::TimedOut);
         }
-    }
-}
-
-impl Drop for Interactive<'_> {
-    fn drop(&mut self) {
-        self.lock().quit = true;
-        if let Some(w) = &self.receiver_waker {
-            let _ = w.wake();
+        if !tracker.is_waiting(id) {
+            // Abandoned: the server refused it, which has been reported.
+            return Ok(Wait::Settled);
         }
-    }
-}
-
-/// The interactive session's receiving side, on a thread of its own, so that a reply is seen
-/// (and timed) when it arrives, not when the user next presses Enter.
-struct ReplyReceiver {
-    addr: String,
-    limit: DatagramLimit,
-    socket: UdpSocket,
-    poll: Poll,
-    shared: Arc<Mutex<ReceiverHandoff>>,
-    main: Arc<Waker>,
-    /// The waker the session uses to say "quit", held here too so that its eventfd outlives
-    /// this thread's poll (see the TCP reader).
-    _own_waker: Arc<Waker>,
-    prompt: Option<PromptWaker>,
-    messenger: Messenger,
-}
-
-impl ReplyReceiver {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(4);
-        let mut buf = vec![0u8; self.limit.max];
-        loop {
-            // Edge-triggered: receive until WouldBlock before polling again.
-            loop {
-                match recv_next(&self.socket, &mut buf, &self.addr) {
-                    Ok(Received::Datagram(n)) => self.arrived(&buf[..n]),
-                    Ok(Received::Nothing) => break,
-                    Ok(Received::Refused) => self.refused(),
-                    Err(Failure::Error(msg)) => return self.fail(msg),
-                    Err(Failure::Reported) => return self.fail("receive failed".into()),
-                }
-            }
-            if let Err(Failure::Error(msg)) = poll_until(&mut self.poll, &mut events, None) {
-                return self.fail(msg);
-            }
-            if self.lock().quit {
-                return;
-            }
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ReceiverHandoff> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn arrived(&self, reply: &[u8]) {
-        let now = Instant::now();
-        let mut shared = self.lock();
-        let verdict = shared.tracker.on_reply(reply, now);
-        if shared.busy {
-            shared
-                .arrivals
-                .push_back(Arrival::Reply(reply.to_vec(), verdict));
-            drop(shared);
-            self.wake_main();
-        } else {
-            drop(shared);
-            self.messenger.say(describe(reply, &verdict));
-        }
-    }
-
-    fn refused(&self) {
-        let mut shared = self.lock();
-        if shared.busy {
-            shared.arrivals.push_back(Arrival::Refused);
-            drop(shared);
-            self.wake_main();
-        } else {
-            drop(shared);
-            self.messenger.say(refused_message(&self.addr));
-        }
-    }
-
-    fn fail(self, msg: String) {
-        let at_prompt = {
-            let mut shared = self.lock();
-            shared.failed = Some(msg);
-            !shared.busy && !shared.quit
-        };
-        self.wake_main();
-        if at_prompt && let Some(prompt) = &self.prompt {
-            prompt.wake();
-        }
-    }
-
-    fn wake_main(&self) {
-        if let Err(e) = self.main.wake() {
-            log::warn!("cannot wake the main thread: {e}");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Pipe mode
-// ---------------------------------------------------------------------------------------------
-
-/// What became of one line, while it waits to be printed in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum LineFate {
-    Waiting,
-    Answered(Vec<u8>),
-    Lost,
-}
-
-/// Replies held back until every earlier line has been answered or given up on, so that stdout
-/// shows replies in input order whatever order they arrive in.
-#[derive(Debug)]
-struct InOrder {
-    /// The id of `slots[0]`: the oldest line not yet printed.
-    front: Id,
-    slots: VecDeque<LineFate>,
-}
-
-impl InOrder {
-    fn new(first: Id) -> InOrder {
-        InOrder {
-            front: first,
-            slots: VecDeque::new(),
-        }
-    }
-
-    /// Number of lines sent (or skipped) and not yet printed: the sliding window's extent.
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Adds the next line; ids must come in order.
-    fn push(&mut self, id: Id) {
-        debug_assert_eq!(id, self.front + self.slots.len() as u64);
-        self.slots.push_back(LineFate::Waiting);
-    }
-
-    fn set(&mut self, id: Id, slot: LineFate) {
-        let Some(i) = id.checked_sub(self.front) else {
-            return;
-        };
-        if let Some(s) = usize::try_from(i).ok().and_then(|i| self.slots.get_mut(i)) {
-            *s = slot;
-        }
-    }
-
-    /// The next line's outcome, once it has one: `Some(Some(reply))` or `Some(None)` if lost.
-    fn pop(&mut self) -> Option<Option<Vec<u8>>> {
-        match self.slots.front()? {
-            LineFate::Waiting => None,
-            _ => {
-                self.front += 1;
-                match self.slots.pop_front()? {
-                    LineFate::Answered(r) => Some(Some(r)),
-                    _ => Some(None),
-                }
-            }
-        }
-    }
-}
-
-/// A line taken from the stdin channel, waiting for room in the window.
-enum HeldLine {
-    Line(Vec<u8>),
-    TooLong(usize),
-}
-
-/// One unit of stdin, as read by the stdin thread.
-enum StdinItem {
-    Line(Vec<u8>),
-    /// A line longer than any datagram; its length (at least), so the error can say so.
-    TooLong(usize),
-    End,
-    Failed(io::Error),
-}
-
-/// Pipe mode: each stdin line is one datagram, each reply one stdout line, in input order. Exits
-/// with failure (after saying how many) if any line got no reply within the timeout.
-pub fn pipe(target: &Target, timeout: Duration) -> Result<(), Failure> {
-    let addr = target.to_string();
-    let addr = addr.as_str();
-    let (socket, poll, connected) = open(target, Interest::READABLE | Interest::WRITABLE)?;
-    let limit = DatagramLimit::to(&connected);
-    let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| setup_error("poll", &e))?);
-    // A channel as deep as the window: the reader runs a little ahead, and blocks (rather than
-    // buffering all of stdin) while the window is full.
-    let (tx, rx) = mpsc::sync_channel(WINDOW);
-    let thread_waker = Arc::clone(&waker);
-    thread::Builder::new()
-        .name("stdin-lines".into())
-        .spawn(move || read_lines(tx, thread_waker, limit.max))
-        .map_err(|e| Failure::Error(format!("cannot start the stdin thread: {e}")))?;
-    let mut run = PipeRun {
-        addr,
-        timeout,
-        limit,
-        socket,
-        poll,
-        events: Events::with_capacity(64),
-        input: rx,
-        input_done: false,
-        held: None,
-        tracker: Tracker::new(timeout),
-        order: InOrder::new(1),
-        out: BufWriter::new(io::stdout().lock()),
-        buf: vec![0u8; limit.max],
-        lines: 0,
-        lost: 0,
-        first_lost: None,
-        _waker: waker,
-    };
-    run.run()?;
-    if run.lost > 0 {
-        eprintln!(
-            "upecho udp: {} of {} datagrams got no reply within {} (first: line {}); \
-             UDP does not retransmit",
-            run.lost,
-            run.lines,
-            secs(timeout),
-            run.first_lost.unwrap_or(0)
-        );
-        return Err(Failure::Reported);
-    }
-    Ok(())
-}
-
-struct PipeRun<'a> {
-    addr: &'a str,
-    timeout: Duration,
-    limit: DatagramLimit,
-    socket: UdpSocket,
-    poll: Poll,
-    events: Events,
-    input: Receiver<StdinItem>,
-    input_done: bool,
-    /// A line taken from the channel but not yet sent (no room in the window, or WouldBlock).
-    held: Option<HeldLine>,
-    tracker: Tracker,
-    order: InOrder,
-    out: BufWriter<io::StdoutLock<'static>>,
-    buf: Vec<u8>,
-    lines: u64,
-    lost: u64,
-    first_lost: Option<Id>,
-    /// Held here too, not only by the stdin thread: dropping the last handle closes its eventfd,
-    /// which would discard a wake-up still pending when the thread exits right after its last line.
-    _waker: Arc<Waker>,
-}
-
-impl PipeRun<'_> {
-    fn run(&mut self) -> Result<(), Failure> {
-        loop {
-            // Replies already received count before deadlines are checked (see `Tracker`).
-            self.receive()?;
-            for id in self.tracker.expire(Instant::now()) {
-                self.lose(id);
-            }
-            // Printing first frees room in the window for sending.
-            self.print_ready()?;
-            self.send_while_room()?;
-            // Sending may settle lines at once (too long for a datagram: lost on the spot); left
-            // unprinted, they would keep the loop waiting for an event that never comes.
-            self.print_ready()?;
-            if self.input_done && self.held.is_none() && self.order.len() == 0 {
-                return self.flush();
-            }
-            // Output waits in the buffer only until the loop would block.
-            self.flush()?;
-            poll_until(
-                &mut self.poll,
-                &mut self.events,
-                self.tracker.next_deadline(),
-            )?;
-        }
-    }
-
-    fn lose(&mut self, id: Id) {
-        self.lost += 1;
-        self.first_lost.get_or_insert(id);
-        self.order.set(id, LineFate::Lost);
-    }
-
-    fn flush(&mut self) -> Result<(), Failure> {
-        self.out
-            .flush()
-            .map_err(|e| Failure::Error(format!("cannot write to stdout: {}", reason(&e))))
-    }
-
-    fn print_ready(&mut self) -> Result<(), Failure> {
-        while let Some(outcome) = self.order.pop() {
-            if let Some(reply) = outcome {
-                self.out
-                    .write_all(&reply)
-                    .and_then(|()| self.out.write_all(b"\n"))
-                    .map_err(|e| {
-                        Failure::Error(format!("cannot write to stdout: {}", reason(&e)))
-                    })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `next` may go out now without exceeding the window.
-    fn room_for(&self, next: &HeldLine) -> bool {
-        self.order.len() < WINDOW
-            && match next {
-                HeldLine::TooLong(_) => true,
-                HeldLine::Line(line) => {
-                    self.tracker.waiting() == 0
-                        || self.tracker.waiting_bytes() + line.len() <= WINDOW_BYTES
-                }
-            }
-    }
-
-    fn send_while_room(&mut self) -> Result<(), Failure> {
-        loop {
-            if self.held.is_none() && !self.input_done {
-                match self.input.try_recv() {
-                    Ok(StdinItem::Line(line)) => self.held = Some(HeldLine::Line(line)),
-                    Ok(StdinItem::TooLong(len)) => self.held = Some(HeldLine::TooLong(len)),
-                    Ok(StdinItem::End) => self.input_done = true,
-                    Ok(StdinItem::Failed(e)) => {
-                        return Err(Failure::Error(format!("cannot read stdin: {}", reason(&e))));
-                    }
-                    Err(TryRecvError::Empty) => {}
-                    // The reader always ends with `End` or `Failed`; without one it died.
-                    Err(TryRecvError::Disconnected) => {
-                        return Err(Failure::Error("the stdin thread stopped".into()));
-                    }
-                }
-            }
-            let Some(next) = self.held.take() else {
-                return Ok(());
-            };
-            if !self.room_for(&next) {
-                self.held = Some(next);
-                return Ok(());
-            }
-            let line = match next {
-                HeldLine::TooLong(len) => {
-                    let why = self.limit.too_long(len);
-                    self.skip_unsendable(&why);
-                    continue;
-                }
-                HeldLine::Line(line) => line,
-            };
-            match retrying(|| self.socket.send(&line)) {
-                Ok(_) => {
-                    let id = self.tracker.send(&line, Instant::now());
-                    self.order.push(id);
-                    self.lines += 1;
-                }
-                Err(e) if is_would_block(&e) => {
-                    // Sent when the socket reports it writable again.
-                    self.held = Some(HeldLine::Line(line));
-                    return Ok(());
-                }
-                Err(e) if is_refusal(&e) => return Err(self.refused()),
-                // The stdin thread holds back lines over the protocol's limit; should the kernel
-                // still refuse one as too long (a smaller limit of its own), that line is lost and
-                // the run goes on.
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    self.skip_unsendable(&format!("{} bytes: {}", line.len(), reason(&e)));
-                }
-                Err(e) => {
-                    return Err(Failure::Error(format!(
-                        "cannot send to {}: {}",
-                        self.addr,
-                        reason(&e)
-                    )));
-                }
-            }
-        }
-    }
-
-    /// A line that cannot be one datagram: reported (`why`), counted as lost, never sent.
-    fn skip_unsendable(&mut self, why: &str) {
-        let id = self.tracker.skip();
-        eprintln!("upecho udp: line {id}: {why}; not sent");
-        self.order.push(id);
-        self.lines += 1;
-        self.lose(id);
-    }
-
-    /// The server's port is closed: every further datagram would be refused too, so stop here,
-    /// after printing the replies that did arrive.
-    fn refused(&mut self) -> Failure {
-        let _ = self.print_ready();
-        let _ = self.flush();
-        Failure::Error(format!(
-            "{}; stopped after {} line(s)",
-            refused_message(self.addr),
-            self.lines
-        ))
-    }
-
-    fn receive(&mut self) -> Result<(), Failure> {
-        loop {
-            let n = match recv_next(&self.socket, &mut self.buf, self.addr)? {
-                Received::Datagram(n) => n,
-                Received::Nothing => return Ok(()),
-                Received::Refused => return Err(self.refused()),
-            };
-            let reply = &self.buf[..n];
-            match self.tracker.on_reply(reply, Instant::now()) {
-                Verdict::Answer { id, .. } => {
-                    self.order.set(id, LineFate::Answered(reply.to_vec()))
-                }
-                // Its line was already given up on (and counted); the reply is noted, not printed,
-                // so stdout stays in line order.
-                Verdict::Late { id, rtt: t, .. } => eprintln!(
-                    "upecho udp: late reply to line {id} after {} (over the {} timeout): ignored",
-                    rtt(t),
-                    secs(self.timeout)
-                ),
-                Verdict::Duplicate { id, .. } => {
-                    eprintln!("upecho udp: duplicate reply to line {id}: ignored");
-                }
-                Verdict::Unexpected => eprintln!(
-                    "upecho udp: unexpected reply, matching no line sent: {}",
-                    printable(reply)
-                ),
-            }
-        }
-    }
-}
-
-/// The stdin thread: reads lines (without their `\n`) and hands them over, waking the poll loop.
-/// A line longer than `max_line` (the largest datagram) is skipped to its end rather than held.
-fn read_lines(tx: SyncSender<StdinItem>, waker: Arc<Waker>, max_line: usize) {
-    let mut stdin = io::stdin().lock();
-    loop {
-        let item = next_line(&mut stdin, max_line);
-        let last = matches!(item, StdinItem::End | StdinItem::Failed(_));
-        if tx.send(item).is_err() {
-            // The main thread has finished; nothing more is wanted.
-            return;
-        }
-        if let Err(e) = waker.wake() {
-            log::warn!("cannot wake the poll loop: {e}");
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-fn next_line(input: &mut impl BufRead, max_line: usize) -> StdinItem {
-    let mut line = Vec::new();
-    let limit = max_line as u64 + 1;
-    match input.by_ref().take(limit).read_until(b'\n', &mut line) {
-        Ok(0) => StdinItem::End,
-        Ok(_) if line.last() == Some(&b'\n') => {
-            line.pop();
-            StdinItem::Line(line)
-        }
-        // The last line of the input may have no newline; it is still a line.
-        Ok(_) if line.len() <= max_line => StdinItem::Line(line),
-        Ok(_) => match skip_line(input) {
-            Ok(rest) => StdinItem::TooLong(line.len() + rest),
-            Err(e) => StdinItem::Failed(e),
-        },
-        Err(e) => StdinItem::Failed(e),
-    }
-}
-
-/// Consumes input up to and including the next `\n`; returns the bytes skipped before it.
-fn skip_line(input: &mut impl BufRead) -> io::Result<usize> {
-    let mut skipped = 0;
-    loop {
-        let (newline, buffered) = retrying(|| {
-            input
-                .fill_buf()
-                .map(|buf| (buf.iter().position(|&b| b == b'\n'), buf.len()))
-        })?;
-        match newline {
-            _ if buffered == 0 => return Ok(skipped),
-            Some(i) => {
-                input.consume(i + 1);
-                return Ok(skipped + i);
-            }
-            None => {
-                input.consume(buffered);
-                skipped += buffered;
-            }
-        }
+        Ok(Wait::Until(tracker.next_deadline()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    /// The limit over IPv4, as for the tutorial's server.
-    const MAX_LINE: usize = net::MAX_DATAGRAM_V4;
-
-    fn lines(input: &[u8]) -> Vec<Result<Vec<u8>, usize>> {
-        let mut r = io::BufReader::with_capacity(1000, input);
-        let mut out = Vec::new();
-        loop {
-            match next_line(&mut r, MAX_LINE) {
-                StdinItem::Line(l) => out.push(Ok(l)),
-                StdinItem::TooLong(n) => out.push(Err(n)),
-                StdinItem::End => return out,
-                StdinItem::Failed(e) => panic!("{e}"),
-            }
-        }
-    }
-
-    #[test]
-    fn lines_split_on_newline_and_keep_empty_ones() {
-        assert_eq!(
-            lines(b"a\n\nb"),
-            vec![Ok(b"a".to_vec()), Ok(vec![]), Ok(b"b".to_vec())]
-        );
-        assert_eq!(lines(b"a\n"), vec![Ok(b"a".to_vec())]);
-        assert!(lines(b"").is_empty());
-        assert_eq!(lines(b"\r\n"), vec![Ok(b"\r".to_vec())]);
-    }
-
-    #[test]
-    fn a_line_longer_than_any_datagram_is_skipped_whole() {
-        let mut input = vec![b'x'; MAX_LINE + 5000];
-        input.extend_from_slice(b"\nnext\n");
-        assert_eq!(
-            lines(&input),
-            vec![Err(MAX_LINE + 5000), Ok(b"next".to_vec())]
-        );
-        let mut exact = vec![b'y'; MAX_LINE];
-        exact.push(b'\n');
-        assert_eq!(lines(&exact), vec![Ok(vec![b'y'; MAX_LINE])]);
-        // One byte over, with no newline at the end of the input.
-        assert_eq!(lines(&vec![b'z'; MAX_LINE + 1]), vec![Err(MAX_LINE + 1)]);
-    }
 
     #[test]
     fn the_limit_is_the_address_family_s_and_is_named_in_the_message() {
@@ -1007,62 +247,27 @@ mod tests {
     }
 
     #[test]
-    fn in_order_holds_replies_until_earlier_lines_are_done() {
-        let mut o = InOrder::new(1);
-        for id in 1..=3 {
-            o.push(id);
-        }
-        o.set(3, LineFate::Answered(b"C".to_vec()));
-        assert_eq!(o.pop(), None);
-        o.set(1, LineFate::Answered(b"A".to_vec()));
-        assert_eq!(o.pop(), Some(Some(b"A".to_vec())));
-        assert_eq!(o.pop(), None);
-        o.set(2, LineFate::Lost);
-        assert_eq!(o.pop(), Some(None));
-        assert_eq!(o.pop(), Some(Some(b"C".to_vec())));
-        assert_eq!(o.len(), 0);
-        // An id already printed is ignored rather than misplaced.
-        o.set(1, LineFate::Answered(b"late".to_vec()));
-        assert_eq!(o.pop(), None);
-    }
-
-    proptest! {
-        /// Whatever order lines are resolved in, they come out once each, in line order.
-        #[test]
-        fn in_order_emits_every_line_once_in_order(
-            fates in proptest::collection::vec(any::<bool>(), 0..60),
-            seed in any::<u64>(),
-        ) {
-            let n = fates.len() as u64;
-            let mut o = InOrder::new(1);
-            let mut ids: Vec<u64> = (1..=n).collect();
-            // A deterministic shuffle from the seed.
-            let mut x = seed | 1;
-            for i in (1..ids.len()).rev() {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                ids.swap(i, (x % (i as u64 + 1)) as usize);
-            }
-            let mut out = Vec::new();
-            for id in 1..=n {
-                o.push(id);
-            }
-            for id in ids {
-                let slot = if fates[(id - 1) as usize] {
-                    LineFate::Answered(id.to_be_bytes().to_vec())
-                } else {
-                    LineFate::Lost
-                };
-                o.set(id, slot);
-                while let Some(r) = o.pop() {
-                    out.push(r);
-                }
-            }
-            prop_assert_eq!(out.len() as u64, n);
-            for (i, r) in out.into_iter().enumerate() {
-                let id = i as u64 + 1;
-                let want = fates[i].then(|| id.to_be_bytes().to_vec());
-                prop_assert_eq!(r, want);
-            }
-        }
+    fn replies_become_arrivals_and_a_refusal_abandons_the_line_in_flight() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(std::time::Duration::from_secs(1));
+        let id = tracker.send(b"hi", t0);
+        tracker.passed_over(&Arrival::Refused, id);
+        assert!(!tracker.is_waiting(id));
+        // Given up on, its reply is late; a second one is a duplicate.
+        assert!(matches!(
+            Matching::feed(&mut tracker, b"HI", t0)[..],
+            [Arrival::Late { .. }]
+        ));
+        assert_eq!(
+            Matching::feed(&mut tracker, b"HI", t0),
+            [Arrival::Duplicate {
+                line: b"hi".to_vec(),
+                reply: b"HI".to_vec()
+            }]
+        );
+        assert_eq!(
+            Matching::feed(&mut tracker, b"??", t0),
+            [Arrival::Unexpected(b"??".to_vec())]
+        );
     }
 }
