@@ -23,10 +23,11 @@
 //! stderr, so a pipeline sees only replies, even when stdin is the terminal and only stdout is
 //! redirected.
 
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::addr::AddrError;
+use crate::addr::{AddrError, reason};
 
 pub(crate) mod console;
 pub(crate) mod display;
@@ -57,6 +58,13 @@ pub enum Failure {
     Error(String),
     /// The session ended unsuccessfully and has already said why (e.g. the UDP loss count).
     Reported,
+}
+
+impl Failure {
+    /// Writing a reply to stdout failed (a closed pipe, a full disk): the session cannot go on.
+    pub(crate) fn stdout(e: &io::Error) -> Failure {
+        Failure::Error(format!("cannot write to stdout: {}", reason(e)))
+    }
 }
 
 impl From<AddrError> for Failure {

@@ -14,10 +14,6 @@ use crate::client::Failure;
 use crate::client::target::{Target, connect_tcp};
 use crate::io_outcome::retrying;
 
-fn stdout_error(e: &io::Error) -> Failure {
-    Failure::Error(format!("cannot write to stdout: {}", reason(e)))
-}
-
 /// Why the stdin-to-socket half of pipe mode stopped early.
 enum PumpError {
     Stdin(io::Error),
@@ -56,7 +52,7 @@ pub fn pipe(target: &Target) -> Result<(), Failure> {
                 // Flushed chunk by chunk: replies are passed on as they arrive, not at exit.
                 out.write_all(&buf[..n])
                     .and_then(|()| out.flush())
-                    .map_err(|e| stdout_error(&e))?;
+                    .map_err(|e| Failure::stdout(&e))?;
                 received += n as u64;
             }
             // A blocking socket: any error ends the copy, and is described below.

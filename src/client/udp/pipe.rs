@@ -237,9 +237,7 @@ impl PipeRun<'_> {
     }
 
     fn flush(&mut self) -> Result<(), Failure> {
-        self.out
-            .flush()
-            .map_err(|e| Failure::Error(format!("cannot write to stdout: {}", reason(&e))))
+        self.out.flush().map_err(|e| Failure::stdout(&e))
     }
 
     fn print_ready(&mut self) -> Result<(), Failure> {
@@ -248,9 +246,7 @@ impl PipeRun<'_> {
                 self.out
                     .write_all(&reply)
                     .and_then(|()| self.out.write_all(b"\n"))
-                    .map_err(|e| {
-                        Failure::Error(format!("cannot write to stdout: {}", reason(&e)))
-                    })?;
+                    .map_err(|e| Failure::stdout(&e))?;
             }
         }
         Ok(())
