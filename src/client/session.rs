@@ -135,7 +135,8 @@ pub(crate) trait Sending {
     /// What follows "no reply within 1 s" when a line is given up on.
     const NO_REPLY: &'static str;
 
-    type Matching: Matching;
+    /// The bookkeeping of the lines sent, which the reader thread shares.
+    type Book: Matching;
 
     /// Registers the main thread's socket with its poll, if sending waits for it.
     fn register(&mut self, _registry: &Registry, _token: Token) -> io::Result<()> {
@@ -143,14 +144,14 @@ pub(crate) trait Sending {
     }
 
     /// A second handle on the socket, for the reader thread.
-    fn receiving_half(&self) -> io::Result<<Self::Matching as Matching>::Socket>;
+    fn receiving_half(&self) -> io::Result<<Self::Book as Matching>::Socket>;
 
     /// The reader thread's buffer: room for any one receive (a datagram is never cut short).
     fn recv_buffer(&self) -> usize;
 
     /// Starts sending `line`, recording it in `book` first, before its answer can come. The
     /// line's id, or `None` when there is nothing to wait for (and the user has been told why).
-    fn send(&mut self, book: &mut Self::Matching, line: &[u8]) -> Result<Option<Id>, Failure>;
+    fn send(&mut self, book: &mut Self::Book, line: &[u8]) -> Result<Option<Id>, Failure>;
 
     /// Sends on as much of the line in flight as the socket takes now (TCP writes a line larger
     /// than the socket buffers while the server reads it).
@@ -162,7 +163,7 @@ pub(crate) trait Sending {
     /// until when.
     fn deadline(
         &mut self,
-        book: &mut Self::Matching,
+        book: &mut Self::Book,
         id: Id,
         line: &[u8],
         now: Instant,
@@ -238,7 +239,7 @@ pub(crate) fn interactive<S: Sending>(
     options: &InteractiveOptions,
     banner: &str,
     sender: S,
-    book: S::Matching,
+    book: S::Book,
 ) -> Result<(), Failure> {
     let prompt = if addr == DEFAULT_ADDR {
         format!("{}> ", S::NAME)
@@ -263,7 +264,7 @@ pub(crate) struct Session<S: Sending> {
     poll: Poll,
     events: Events,
     signals: Signals,
-    shared: Arc<Mutex<Handoff<S::Matching>>>,
+    shared: Arc<Mutex<Handoff<S::Book>>>,
     /// Wakes this thread's poll when the reader thread has news for it.
     waker: Arc<Waker>,
     /// Wakes the reader thread's poll when the session is dropped.
@@ -276,7 +277,7 @@ impl<S: Sending> Session<S> {
         addr: &str,
         timeout: Duration,
         mut sender: S,
-        book: S::Matching,
+        book: S::Book,
         mut signals: Signals,
     ) -> Result<Self, Failure> {
         let poll = Poll::new().map_err(|e| setup_error("poll", &e))?;

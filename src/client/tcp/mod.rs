@@ -139,7 +139,7 @@ impl Sending for TcpSender {
     const NO_REPLY: &'static str =
         "; still connected, and a reply that comes later is shown as late";
 
-    type Matching = Owed;
+    type Book = Owed;
 
     fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(&mut self.stream, token, Interest::WRITABLE)

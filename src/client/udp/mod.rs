@@ -169,7 +169,7 @@ impl Sending for UdpSender {
     const NAME: &'static str = "udp";
     const NO_REPLY: &'static str = ": UDP does not retransmit";
 
-    type Matching = Tracker;
+    type Book = Tracker;
 
     fn receiving_half(&self) -> io::Result<UdpSocket> {
         let clone = self.socket.try_clone()?;
