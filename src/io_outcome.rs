@@ -11,6 +11,11 @@
 //! | [`Outcome::PeerReset`] | the peer or the path failed: reset, broken pipe, refused, unreachable, timed out | close; an ordinary event, logged at debug |
 //! | [`Outcome::Local`] | this side failed: out of memory or buffers, bad descriptor, anything unexpected | close; logged at warn with the peer, counted apart |
 //!
+//! Among local failures, [`is_exhausted`] picks out resource exhaustion (`EMFILE`, `ENFILE`,
+//! `ENOBUFS`, `ENOMEM`): nothing is wrong with the call, the process or the kernel is out of
+//! descriptors or memory for now, so a caller that would otherwise retry at once (an acceptor)
+//! backs off instead.
+//!
 //! `EINTR` is handled here too, once: every system call that can be interrupted goes through
 //! [`retrying`] (retried at once: the signal is the signal pipe's business, not the caller's),
 //! and every wait through [`poll`] (an interrupted wait is a wake-up with no events, so the
@@ -33,6 +38,17 @@ pub fn retrying<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 /// Whether an error is "nothing now": wait for readiness.
 pub fn is_would_block(e: &io::Error) -> bool {
     e.kind() == ErrorKind::WouldBlock
+}
+
+/// Whether an error is resource exhaustion: out of descriptors (`EMFILE` for the process,
+/// `ENFILE` for the system) or out of kernel memory (`ENOBUFS`, `ENOMEM`). Such errors classify
+/// as [`Class::Local`]; this says, in addition, that waiting (for a descriptor to be closed, for
+/// memory to be freed) is the remedy.
+pub fn is_exhausted(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Waits once for events. A wait a signal interrupts returns `Ok` with no events (rather than
@@ -161,6 +177,22 @@ mod tests {
         }
         assert_eq!(os(libc::EAGAIN), Class::WouldBlock);
         assert_eq!(os(libc::EINTR), Class::Interrupted);
+    }
+
+    #[test]
+    fn resource_exhaustion_is_local_and_told_apart() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let e = io::Error::from_raw_os_error(code);
+            assert!(is_exhausted(&e), "errno {code}");
+            assert_eq!(classify(&e), Class::Local, "errno {code}");
+        }
+        for code in [libc::EBADF, libc::EINVAL, libc::ECONNRESET, libc::EAGAIN] {
+            assert!(
+                !is_exhausted(&io::Error::from_raw_os_error(code)),
+                "errno {code}"
+            );
+        }
+        assert!(!is_exhausted(&io::Error::other("no errno")));
     }
 
     #[test]

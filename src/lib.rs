@@ -42,31 +42,38 @@
 //!
 //! # The token map
 //!
-//! ```text
-//!   0            signals (SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1)
-//!   1            waker (ShutdownHandle)     2  metrics listener     3  supervisor channel
-//!   16 .. 256    listeners          256 .. 1024   UDP sockets
-//!   1024 ..      connections: slab key + 1024
-//! ```
-//!
-//! Anything else is an unknown token: ignored and counted.
+//! Which `mio::Token` names which event source (signals, waker, metrics, the supervisor's
+//! channel, listeners, UDP sockets, connections, scrapers) is written down once, in the module
+//! doc of `src/serve/token.rs`, beside the constants and the decoder it describes (a private
+//! module: `cargo doc --document-private-items` renders it). A token that decodes to nothing
+//! registered is ignored and counted.
 //!
 //! # A connection's life
 //!
-//! accepted (counted, registered for read and urgent data, for write too once a write blocks;
-//! an idle one is 16 bytes) →
-//! `Open`: each readable edge is read until `WouldBlock` or the turn's budget (then the run
-//! queue), transformed in a reactor-wide buffer, written straight back; what the socket does not
-//! take is owed, and reading stops while a connection owes `--max-pending` (or anything at all,
-//! while the server as a whole owes `--max-pending-total`) → peer's FIN: `ReadClosed`, flush what
-//! is owed → closed. A reset or local error closes it at once; the idle timeout and the drain
-//! deadline close it from outside.
+//! Accepted (counted; registered for readable and urgent-data events only, writable ones being
+//! added the first time a write blocks; an idle connection is 16 bytes and owns no heap) →
+//! `Header`, only for a connection from a `--proxy-from` source under `--proxy-protocol`: it
+//! peeks (`MSG_PEEK`) until a whole PROXY header has arrived, consumes exactly that and goes on
+//! to `Open`; no header, a malformed, overlong or cut-short one, or none whole within
+//! `--proxy-timeout`, closes it unanswered (`proxy_rejected`), and a close before any byte ends
+//! it quietly →
+//! `Open`: on each readable edge it reads into a reactor-wide buffer, transforms in place and
+//! writes straight back; what the socket does not take is owed, and reading stops while a
+//! connection owes `--max-pending` (or anything at all, while the server as a whole owes
+//! `--max-pending-total`). Reading goes on until `WouldBlock`, the turn's budget (then the run
+//! queue) or a *short read*: a read that returned less than the buffer is taken to have emptied
+//! the receive queue, and the connection waits for the next edge without the confirming
+//! `WouldBlock` read (unless the event said a FIN or urgent data is in). That relies on Linux's
+//! edge-triggered epoll, which raises a new edge for data arriving after the read; it is not
+//! part of mio's portable contract (read until `WouldBlock`) → the peer's FIN: `ReadClosed`,
+//! flush what is owed → closed. A reset or a local error closes it at once; the idle timeout
+//! and the drain deadline close it from outside.
 //!
 //! # Where a change goes
 //!
 //! - A new flag: its `cli/` module, then the library `Config` field it sets.
-//! - A new counter: [`serve::Stats`], where it happens (usually `conns.rs` or `udp.rs`), and the
-//!   README's operating section.
+//! - A new counter: [`serve::Stats`], where it happens (usually `conns.rs` or `udp.rs`), and
+//!   `docs/serving.md` (and the metrics list in `docs/operating.md`).
 //! - Byte handling on TCP: `serve/conn.rs`, with a property test beside it.
 //! - Who runs when: `serve/reactor.rs`; a new kind of event source also gets a token range in
 //!   `serve/token.rs`.
@@ -76,8 +83,10 @@ pub mod addr;
 pub mod client;
 pub mod io_outcome;
 pub mod load;
+pub mod mmsg;
 pub mod net;
 pub mod serve;
+pub mod supervise;
 pub mod transform;
 pub mod units;
 

@@ -56,7 +56,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("`{s}` is not a size ({e}; e.g. 65536, 64KiB, 1M)"))
 }
 
-/// [`parse_size`], at least 1 byte.
+/// [`parse_size()`], at least 1 byte.
 pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
     match parse_size(s)? {
         0 => Err(format!("`{s}`: the size must be at least 1 byte")),

@@ -16,7 +16,9 @@
 //! `listening` lines as upecho.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::IntoRawFd;
+use std::os::fd::{BorrowedFd, IntoRawFd};
+
+use upecho::mmsg::Datagrams;
 
 const BUF: usize = 32 * 1024;
 const UDP_BATCH: usize = 16;
@@ -79,15 +81,10 @@ pub fn serve(listen: SocketAddr) {
         // Output a connection owes, indexed by descriptor; empty (no heap) while idle.
         let mut pending: Vec<Vec<u8>> = Vec::new();
 
-        let mut slots = vec![0u8; UDP_BATCH * UDP_SLOT];
-        let mut names: Vec<libc::sockaddr_storage> = vec![std::mem::zeroed(); UDP_BATCH];
-        let mut iovs: Vec<libc::iovec> = (0..UDP_BATCH)
-            .map(|i| libc::iovec {
-                iov_base: slots.as_mut_ptr().add(i * UDP_SLOT).cast(),
-                iov_len: UDP_SLOT,
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = vec![std::mem::zeroed(); UDP_BATCH];
+        let mut dgrams = Datagrams::<UDP_BATCH>::with_sources(UDP_SLOT);
+        let every: [usize; UDP_BATCH] = std::array::from_fn(|i| i);
+        // The descriptor stays open for the life of the process.
+        let udp_fd = BorrowedFd::borrow_raw(ufd);
 
         let close = |fd: i32, pending: &mut Vec<Vec<u8>>| {
             pending[fd as usize] = Vec::new();
@@ -131,32 +128,13 @@ pub fn serve(listen: SocketAddr) {
                         }
                     }
                 } else if fd == ufd {
-                    for i in 0..UDP_BATCH {
-                        iovs[i].iov_len = UDP_SLOT;
-                        msgs[i].msg_hdr = std::mem::zeroed();
-                        msgs[i].msg_hdr.msg_name =
-                            (&mut names[i] as *mut libc::sockaddr_storage).cast();
-                        msgs[i].msg_hdr.msg_namelen =
-                            std::mem::size_of::<libc::sockaddr_storage>() as u32;
-                        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-                        msgs[i].msg_hdr.msg_iovlen = 1;
-                    }
-                    let got = libc::recvmmsg(
-                        ufd,
-                        msgs.as_mut_ptr(),
-                        UDP_BATCH as u32,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null_mut(),
-                    );
-                    if got <= 0 {
+                    let Ok(got) = dgrams.recv(udp_fd) else {
                         continue;
+                    };
+                    for i in 0..got {
+                        dgrams.get_mut(i).make_ascii_uppercase();
                     }
-                    for i in 0..got as usize {
-                        let len = msgs[i].msg_len as usize;
-                        iovs[i].iov_len = len;
-                        slots[i * UDP_SLOT..i * UDP_SLOT + len].make_ascii_uppercase();
-                    }
-                    libc::sendmmsg(ufd, msgs.as_mut_ptr(), got as u32, 0);
+                    let _ = dgrams.send(udp_fd, &every[..got]);
                 } else if !pending[fd as usize].is_empty() {
                     // Registered for EPOLLOUT only: owed output goes first.
                     let p = &mut pending[fd as usize];

@@ -125,7 +125,7 @@ pub fn run() -> ExitCode {
     }
     logger.init();
     match cli.command {
-        Command::Serve(args) => serve::main(args),
+        Command::Serve(args) => run_serve(args),
         Command::Tcp(args) => client::run_tcp(args),
         Command::Udp(args) => client::run_udp(args),
         Command::Load(args) => load::run(args),
@@ -136,5 +136,24 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man => man::print_man(),
+    }
+}
+
+/// Runs `upecho serve` (one process, a supervisor, or one of its workers) and returns the exit
+/// code. Here rather than in `serve`, so that `workers` uses `serve` and not the other way too.
+fn run_serve(args: serve::ServeArgs) -> ExitCode {
+    let run = if args.worker_slot.is_some() {
+        workers::worker(args)
+    } else if let Some(n) = args.workers {
+        workers::supervise(args, n)
+    } else {
+        serve::serve(args)
+    };
+    match run {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("upecho: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

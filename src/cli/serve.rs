@@ -131,24 +131,6 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-/// Runs `upecho serve` and returns the process exit code.
-pub fn main(args: ServeArgs) -> ExitCode {
-    let run = if args.worker_slot.is_some() {
-        super::workers::worker(args)
-    } else if let Some(n) = args.workers {
-        super::workers::supervise(args, n)
-    } else {
-        serve(args)
-    };
-    match run {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("upecho: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// Every address the `--listen` values stand for, names resolved, each once.
 fn resolve_all(listen: &[HostPort]) -> Result<Vec<SocketAddr>, upecho::addr::AddrError> {
     let mut addrs: Vec<SocketAddr> = Vec::new();
@@ -286,7 +268,8 @@ pub(super) fn log_ignored_signals() {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// `upecho serve` without `--workers`: one process serves.
+pub(super) fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (nofile, max_connections) = limits(&args);
     let source = match systemd_sockets(&args)? {
         Some(passed) => passed,

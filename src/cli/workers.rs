@@ -1,7 +1,7 @@
 //! `upecho serve --workers N` on the command line: binding one set of sockets per worker, the
 //! supervisor's start line and exit code; and the worker's side, `upecho serve ...
 //! --worker-slot N` (hidden: the supervisor starts it), serving the descriptors it inherited.
-//! The supervising itself is the library's ([`upecho::serve::supervisor`]).
+//! The supervising itself is the library's ([`upecho::supervise`]).
 
 use std::error::Error;
 use std::io::{self, Write};
@@ -16,9 +16,9 @@ use super::serve::{
 };
 use upecho::net::{self, SocketOptions};
 use upecho::serve::control::{CONTROL_FD, Channel, WorkerLink};
-use upecho::serve::supervisor::{SlotSockets, Supervisor, SupervisorConfig, WorkerCommand};
 use upecho::serve::systemd::Notifier;
 use upecho::serve::{Server, SocketSource, Sockets, unblock_handled_signals};
+use upecho::supervise::{SlotSockets, Supervisor, SupervisorConfig, WorkerCommand};
 
 /// `upecho serve --workers N`: binds, supervises, exits 0 once every worker has drained.
 pub(super) fn supervise(args: ServeArgs, n: u32) -> Result<ExitCode, Box<dyn Error>> {

@@ -20,7 +20,7 @@ use crate::net::{FD_RESERVE, Proto, max_datagram};
 pub const MAX_TCP_MESSAGE: usize = 64 << 20;
 /// Bytes at the start of each UDP datagram that carry its sequence number (see `payload`).
 pub const UDP_HEADER: usize = 8;
-/// How often a worker looks at its timeouts and the main thread's phase when no event wakes it.
+/// How often a worker looks at its timeouts and the main thread's stage when no event wakes it.
 /// It is also the floor of the window and the timeouts: finer values could not be honoured.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest any duration of a run may be: a day.
@@ -374,7 +374,7 @@ impl LoadConfig {
     /// names nothing would only show up as figures of zero at the end. Reads `/proc`.
     pub fn check_server_pid(&self) -> Result<(), UsageError> {
         match self.server_pid {
-            Some(pid) if super::stats::proc_cpu(pid).is_none() => Err(UsageError(format!(
+            Some(pid) if super::cpu::proc_cpu(pid).is_none() => Err(UsageError(format!(
                 "--server-pid {pid}: no process {pid} (or /proc/{pid}/stat cannot be read)"
             ))),
             _ => Ok(()),

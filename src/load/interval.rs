@@ -5,7 +5,7 @@
 //! the hot path, as before) and, once the interval is over, adds it into its total and hands it
 //! to the main thread: at most once a second, plus once at each change of stage, so the
 //! measurement window's first interval starts with the window. Intervals are keyed by
-//! ([`Phase`] rank, index): the warm-up's count from the start of the run, the window's from the
+//! ([`Stage`] rank, index): the warm-up's count from the start of the run, the window's from the
 //! start of the window.
 //!
 //! [`Merger`] adds up the intervals of every source (the workers of a process, or the processes
@@ -23,62 +23,18 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::stats::{HIST_MAX_NS, Spot};
+use super::hist::Spot;
+use super::stage::Stage;
 
-/// Which part of the run an interval belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Phase {
-    /// Before the window (not counted).
-    Warmup,
-    /// hold: opening the connections.
-    Open,
-    /// The measurement window.
-    Run,
-    /// hold: the window, connections held open.
-    Hold,
-    /// hold: the one message on every connection after the hold (its latency is hold's).
-    Check,
-}
-
-impl Phase {
-    fn rank(self) -> u8 {
-        match self {
-            Phase::Warmup | Phase::Open => 0,
-            Phase::Run | Phase::Hold => 1,
-            Phase::Check => 2,
-        }
-    }
-
-    /// Whether the interval is part of what the run reports (its histogram is in the total).
-    pub(crate) fn measured(self) -> bool {
-        self.rank() > 0
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Phase::Warmup => "warmup",
-            Phase::Open => "open",
-            Phase::Run => "run",
-            Phase::Hold => "hold",
-            Phase::Check => "check",
-        }
-    }
-}
-
-/// Orders intervals: phase rank, then index within the phase.
+/// Orders intervals: stage rank, then index within the stage.
 pub(crate) type Key = (u8, u64);
-
-/// A new empty latency histogram (nanoseconds, 1 ns to a minute, 3 significant figures).
-pub(crate) fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
-}
 
 /// What one source measured in one interval. Counts are of that interval; `open` and
 /// `connecting` are as at its end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Interval {
-    pub phase: Phase,
+    /// Warmup, Measure or Check.
+    pub stage: Stage,
     pub index: u64,
     /// Start, in seconds from the start of the run (warm-up) or of the window (the rest).
     pub start: f64,
@@ -100,7 +56,7 @@ pub(crate) struct Interval {
 
 impl Interval {
     pub(crate) fn key(&self) -> Key {
-        (self.phase.rank(), self.index)
+        (self.stage.rank(), self.index)
     }
 
     /// Adds another source's interval of the same key.
@@ -132,7 +88,7 @@ pub(crate) struct Merged {
     pub parts: Vec<(usize, Interval)>,
 }
 
-struct Pending {
+struct Partial {
     total: Interval,
     parts: Vec<(usize, Interval)>,
     /// The sources that reported this key.
@@ -147,7 +103,7 @@ pub(crate) struct Merger {
     /// and its connections are still open then, so the merge counts them as they were last.
     gauges: Vec<BTreeMap<Key, (u64, u64)>>,
     ended: Vec<bool>,
-    pending: BTreeMap<Key, Pending>,
+    pending: BTreeMap<Key, Partial>,
     keep_parts: bool,
 }
 
@@ -179,7 +135,7 @@ impl Merger {
                 p.total.merge(&iv);
                 p
             }
-            std::collections::btree_map::Entry::Vacant(e) => e.insert(Pending {
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Partial {
                 total: iv,
                 parts: Vec::new(),
                 from: vec![false; n],
@@ -252,14 +208,15 @@ impl Merger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::hist::new_hist;
 
-    fn iv(phase: Phase, index: u64, msgs: u64, lat: &[u64]) -> Interval {
+    fn iv(stage: Stage, index: u64, msgs: u64, lat: &[u64]) -> Interval {
         let mut hist = new_hist();
         for &v in lat {
             hist.record(v).unwrap();
         }
         Interval {
-            phase,
+            stage,
             index,
             start: index as f64,
             secs: 1.0,
@@ -276,24 +233,24 @@ mod tests {
         }
     }
 
-    fn keys(ms: &[Merged]) -> Vec<(Phase, u64)> {
-        ms.iter().map(|m| (m.total.phase, m.total.index)).collect()
+    fn keys(ms: &[Merged]) -> Vec<(Stage, u64)> {
+        ms.iter().map(|m| (m.total.stage, m.total.index)).collect()
     }
 
     #[test]
     fn a_source_that_skips_a_second_still_counts_its_open_connections() {
         let mut m = Merger::new(2, false);
-        let mut a = iv(Phase::Open, 0, 0, &[]);
+        let mut a = iv(Stage::Warmup, 0, 0, &[]);
         a.open = 100;
         let mut b = a.clone();
         b.open = 50;
         m.add(0, a.clone());
         m.add(1, b);
         // Source 1 is busy: its next interval is of second 2; second 1 is source 0's alone.
-        let mut a1 = iv(Phase::Open, 1, 0, &[]);
+        let mut a1 = iv(Stage::Warmup, 1, 0, &[]);
         a1.open = 120;
         m.add(0, a1);
-        let mut b2 = iv(Phase::Open, 2, 0, &[]);
+        let mut b2 = iv(Stage::Warmup, 2, 0, &[]);
         b2.open = 90;
         m.add(1, b2);
         let opens: Vec<u64> = m.ready().iter().map(|x| x.total.open).collect();
@@ -310,36 +267,39 @@ mod tests {
     #[test]
     fn an_interval_waits_for_every_running_source() {
         let mut m = Merger::new(2, true);
-        m.add(0, iv(Phase::Warmup, 0, 1, &[100]));
+        m.add(0, iv(Stage::Warmup, 0, 1, &[100]));
         assert!(m.ready().is_empty());
-        m.add(1, iv(Phase::Warmup, 0, 2, &[200, 300]));
+        m.add(1, iv(Stage::Warmup, 0, 2, &[200, 300]));
         let r = m.ready();
-        assert_eq!(keys(&r), vec![(Phase::Warmup, 0)]);
+        assert_eq!(keys(&r), vec![(Stage::Warmup, 0)]);
         assert_eq!(r[0].total.msgs, 3);
         assert_eq!(r[0].total.open, 2);
         assert_eq!(r[0].total.hist.len(), 3);
         assert_eq!(r[0].parts.len(), 2);
         assert_eq!(r[0].parts[1].1.hist.len(), 2);
         // A source past a key no longer holds it back; an ended one holds nothing back.
-        m.add(0, iv(Phase::Warmup, 1, 1, &[]));
-        m.add(1, iv(Phase::Run, 0, 1, &[]));
-        assert_eq!(keys(&m.ready()), vec![(Phase::Warmup, 1)]);
+        m.add(0, iv(Stage::Warmup, 1, 1, &[]));
+        m.add(1, iv(Stage::Measure, 0, 1, &[]));
+        assert_eq!(keys(&m.ready()), vec![(Stage::Warmup, 1)]);
         m.end(0);
-        assert_eq!(keys(&m.ready()), vec![(Phase::Run, 0)]);
-        m.add(1, iv(Phase::Run, 1, 1, &[]));
-        m.add(1, iv(Phase::Check, 0, 1, &[]));
+        assert_eq!(keys(&m.ready()), vec![(Stage::Measure, 0)]);
+        m.add(1, iv(Stage::Measure, 1, 1, &[]));
+        m.add(1, iv(Stage::Check, 0, 1, &[]));
         m.end(1);
-        assert_eq!(keys(&m.finish()), vec![(Phase::Run, 1), (Phase::Check, 0)]);
+        assert_eq!(
+            keys(&m.finish()),
+            vec![(Stage::Measure, 1), (Stage::Check, 0)]
+        );
     }
 
     #[test]
     fn a_source_that_never_reported_holds_everything_until_it_ends() {
         let mut m = Merger::new(2, false);
-        m.add(0, iv(Phase::Run, 0, 1, &[]));
+        m.add(0, iv(Stage::Measure, 0, 1, &[]));
         assert!(m.ready().is_empty());
         m.end(1);
         let r = m.ready();
-        assert_eq!(keys(&r), vec![(Phase::Run, 0)]);
+        assert_eq!(keys(&r), vec![(Stage::Measure, 0)]);
         assert!(r[0].parts.is_empty());
     }
 
@@ -352,7 +312,7 @@ mod tests {
             for &v in &lat {
                 want.record(v).unwrap();
             }
-            m.add(src as usize, iv(Phase::Run, 0, 100, &lat));
+            m.add(src as usize, iv(Stage::Measure, 0, 100, &lat));
         }
         let r = m.ready();
         assert_eq!(r[0].total.hist, want);
@@ -361,11 +321,11 @@ mod tests {
 
     #[test]
     fn intervals_cross_the_wire_whole() {
-        let a = iv(Phase::Hold, 3, 7, &[5, 50_000]);
+        let a = iv(Stage::Measure, 3, 7, &[5, 50_000]);
         let text = serde_json::to_string(&a).unwrap();
-        assert!(text.contains("\"phase\":\"hold\""), "{text}");
+        assert!(text.contains("\"stage\":\"measure\""), "{text}");
         let b: Interval = serde_json::from_str(&text).unwrap();
-        assert_eq!((b.phase, b.index, b.msgs), (Phase::Hold, 3, 7));
+        assert_eq!((b.stage, b.index, b.msgs), (Stage::Measure, 3, 7));
         assert_eq!(b.hist, a.hist);
     }
 }

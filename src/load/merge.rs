@@ -22,9 +22,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::hist::{Latency, Spot, new_hist};
 use super::hlog::{self, HlogWriter};
-use super::interval::new_hist;
-use super::stats::{Latency, Spot};
 
 /// One log as the merge saw it.
 #[derive(Debug, Serialize)]

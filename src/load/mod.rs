@@ -8,15 +8,21 @@
 //! - `payload`: what is sent, and how every reply byte is checked.
 //! - `proxy`: the PROXY protocol header a connection may begin with (`--send-proxy`).
 //! - `schedule`: the open-loop (`--rate`) clock and the in-flight latency origins.
-//! - `worker`: the one event loop every worker thread runs (poll, phases, deadlines, the
+//! - `worker`: the one event loop every worker thread runs (poll, stages, deadlines, the
 //!   open-loop timer, its intervals), over a per-protocol `Flow`:
-//! - `tcp` / `udp`: the two flows, state machines over the worker's share of the connections.
+//! - `tcp` / `udp`: the two flows, state machines over the worker's share of the connections
+//!   (`tcp::exchange` the messages on an open connection, `tcp::socket` its socket;
+//!   `udp::lane` a socket's reply matching).
+//! - `stage`: the `Stage` the main thread sets and each interval is recorded in.
 //! - `interval`: the run second by second, and the merging of many sources' seconds.
 //! - `progress`: what a run shows while it goes: the progress line, the report's `series`, the
 //!   interval log.
 //! - `procs`: `--processes`: the parent that spreads a run over child processes, and the child.
 //! - `hlog` / `merge`: HdrHistogram's interval log, and `upecho load-merge` over such logs.
-//! - `stats`: counting, the report, `.hgrm` output.
+//! - `hist`: the latency histogram and its percentiles.
+//! - `stats`: what a worker counts, and the classes of errors.
+//! - `report`: the [`Report`] built from the counts, its text, `.hgrm` output.
+//! - `cpu`: CPU time and memory of this process and of the server.
 //!
 //! The main thread owns the clock: it starts the workers, lets them warm up, opens the
 //! measurement window by switching the shared `Stage`, samples CPU time (its own process and,
@@ -35,6 +41,8 @@
 //! see `worker`), also when Ctrl-C skipped the drain, so the server counts no resets.
 
 mod config;
+mod cpu;
+mod hist;
 mod hlog;
 mod interval;
 mod merge;
@@ -42,7 +50,9 @@ mod payload;
 mod procs;
 mod progress;
 mod proxy;
+mod report;
 mod schedule;
+mod stage;
 mod stats;
 mod tcp;
 mod timer;
@@ -61,33 +71,20 @@ pub use config::{
     MAX_RUN_DURATION, MAX_TCP_MESSAGE, MAX_THREADS, MIN_RATE, MachineLimits, Mode, ProxyVersion,
     UsageError,
 };
+pub use hist::{Latency, Spot};
 pub use hlog::HlogWriter;
 pub use merge::{MergeReport, merge_logs};
 pub use procs::{execute_child, execute_processes};
-pub use stats::{CpuUse, ErrorCounts, Latency, ProcessPart, Report, Second, ServerUse, Spot, hgrm};
+pub(crate) use report::build_report;
+pub use report::{CpuUse, ProcessPart, Report, Second, ServerUse, hgrm};
+pub use stats::ErrorCounts;
 
 use crate::net::Proto;
 use interval::{Interval, Merged, Merger};
 use payload::Pattern;
 use progress::Top;
+pub(crate) use stage::Stage;
 use stats::{Counts, ErrorClass, Live};
-
-/// What the workers are doing, set by the main thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Stage {
-    /// Connecting and running, not yet counting (hold: opening the connections).
-    Warmup = 0,
-    /// Counting (hold: holding the connections open).
-    Measure = 1,
-    /// hold only: one message on every connection, then each worker ends by itself.
-    Check = 2,
-    /// Every mode but hold: no new messages or connections; each worker ends by itself once
-    /// nothing is owed, counting what is still owed after the timeout as timed out (UDP: lost).
-    Drain = 3,
-    /// Close everything and return.
-    Stop = 4,
-}
 
 /// What a worker sends the main thread.
 pub(crate) enum WorkerMsg {
@@ -123,13 +120,7 @@ impl Shared {
     }
 
     pub(crate) fn stage(&self) -> Stage {
-        match self.stage.load(Ordering::Acquire) {
-            0 => Stage::Warmup,
-            1 => Stage::Measure,
-            2 => Stage::Check,
-            3 => Stage::Drain,
-            _ => Stage::Stop,
-        }
+        Stage::from_u8(self.stage.load(Ordering::Acquire))
     }
 
     pub(crate) fn set_stage(&self, p: Stage) {
@@ -157,7 +148,7 @@ impl WorkerCtx<'_> {
         &self.shared.live[self.thread]
     }
 
-    /// The longest a worker may run whatever the main thread does: every phase at its longest
+    /// The longest a worker may run whatever the main thread does: every stage at its longest
     /// (the hold's check or the drain each take up to the timeout), plus slack.
     pub(crate) fn hard_limit(&self) -> Duration {
         let c = self.cfg;
@@ -185,7 +176,7 @@ fn say(text: &str) -> bool {
 }
 
 /// What a run produced.
-pub struct Outcome {
+pub struct RunOutput {
     pub report: Report,
     /// The window's latencies (nanoseconds), merged over every worker and process.
     pub hist: hdrhistogram::Histogram<u64>,
@@ -318,7 +309,7 @@ pub(crate) fn warm_end(cfg: &LoadConfig, started: Instant) -> Instant {
 /// so ([`Report::interrupted`], [`Report::signal`]); a second one exits the process at once
 /// with status 128 + the signal's number, as a shell would. (`cfg.processes` is not looked at:
 /// see [`execute_processes`].)
-pub fn execute(cfg: &LoadConfig, hlog: Option<HlogWriter>) -> Outcome {
+pub fn execute(cfg: &LoadConfig, hlog: Option<HlogWriter>) -> RunOutput {
     let signals = Signals::register(true);
     let shared = Shared::new(cfg.threads);
     let clock = LocalClock {
@@ -332,7 +323,7 @@ pub fn execute(cfg: &LoadConfig, hlog: Option<HlogWriter>) -> Outcome {
     drop(signals);
     let report = build_report(cfg, &counts, &window, top.take_series(), Vec::new());
     let hlog_error = top.finish(&report);
-    Outcome {
+    RunOutput {
         report,
         hist: counts.hist,
         hlog_error,
@@ -473,17 +464,17 @@ fn drive(
     pump: &mut Pump<'_>,
 ) -> Window {
     let all_done = || handles.iter().all(|h| h.is_finished());
-    // Phase 1: warm-up, or for hold, until every worker has opened what it can.
+    // 1. The warm-up, or for hold, until every worker has opened what it can.
     while !conductor.interrupted() && !all_done() {
         if conductor.warmup_over(Instant::now(), shared.all_ready()) {
             break;
         }
         pump.run(SLICE);
     }
-    // Phase 2: the window.
+    // 2. The window.
     let t0 = Instant::now();
-    let cpu0 = stats::own_cpu();
-    let srv0 = cfg.server_pid.and_then(stats::tree_cpu);
+    let cpu0 = cpu::own_cpu();
+    let srv0 = cfg.server_pid.and_then(cpu::tree_cpu);
     let _ = shared.window_start.set(t0);
     pump.sink.window_opened(SystemTime::now());
     shared.set_stage(Stage::Measure);
@@ -492,10 +483,10 @@ fn drive(
         pump.run(end.saturating_duration_since(Instant::now()).min(SLICE));
     }
     let t1 = Instant::now();
-    let cpu1 = stats::own_cpu();
-    let srv1 = cfg.server_pid.and_then(stats::tree_cpu);
-    let rss = cfg.server_pid.and_then(stats::tree_rss);
-    // Phase 3: hold's check, or the drain; each worker ends itself within --timeout. An
+    let cpu1 = cpu::own_cpu();
+    let srv1 = cfg.server_pid.and_then(cpu::tree_cpu);
+    let rss = cfg.server_pid.and_then(cpu::tree_rss);
+    // 3. Hold's check, or the drain; each worker ends itself within --timeout. An
     // interrupted run skips it: whoever pressed Ctrl-C wants the figures now.
     if !conductor.interrupted() {
         shared.set_stage(if cfg.mode == Mode::Hold {
@@ -519,143 +510,4 @@ fn drive(
         server_rss: rss,
         signal: None,
     }
-}
-
-pub(crate) fn build_report(
-    cfg: &LoadConfig,
-    s: &Counts,
-    w: &Window,
-    series: Vec<Second>,
-    per_process: Vec<ProcessPart>,
-) -> Report {
-    let secs = w.secs.max(1e-9);
-    let per_msg = |d: Duration| (s.msgs > 0).then(|| d.as_secs_f64() * 1e6 / s.msgs as f64);
-    let hold = cfg.mode == Mode::Hold;
-    let mismatches = s.mismatch_events;
-    let failures = failures(cfg, s);
-    Report {
-        mode: cfg.mode.name(),
-        proto: match cfg.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        },
-        addr: cfg.addr.to_string(),
-        connections: cfg.conns,
-        size: cfg.size,
-        depth: cfg.depth,
-        threads: cfg.threads,
-        processes: cfg.processes,
-        rate: cfg.rate,
-        expect: cfg.expect.name(),
-        send_proxy: cfg.send_proxy.map(ProxyVersion::name),
-        window_s: w.secs,
-        messages: s.msgs,
-        msgs_per_s: s.msgs as f64 / secs,
-        bytes: s.bytes,
-        mb_per_s: s.bytes as f64 / secs / 1e6,
-        connects: s.connects,
-        connects_per_s: s.connects as f64 / secs,
-        latency_us: Latency::of(&s.hist),
-        errors: s.errors.clone(),
-        mismatches,
-        mismatched_bytes: s.mismatched_bytes,
-        first_mismatch: s.first_mismatch.clone(),
-        losses: s.losses,
-        late_replies: s.late,
-        held: hold.then_some(s.held),
-        answered: hold.then_some(s.answered),
-        client: CpuUse {
-            cpu_s: w.client_cpu.as_secs_f64(),
-            cpu_us_per_msg: per_msg(w.client_cpu),
-        },
-        duplicate_replies: s.duplicates,
-        tolerate_errors: cfg.tolerate_errors,
-        server: cfg.server_pid.map(|pid| ServerUse {
-            pid,
-            cpu_s: w.server_cpu.map(|d| d.as_secs_f64()),
-            cpu_us_per_msg: w.server_cpu.and_then(per_msg),
-            rss_bytes: w.server_rss,
-        }),
-        interrupted: w.signal.is_some(),
-        signal: w.signal,
-        ok: failures.is_empty() && w.signal.is_none(),
-        failures,
-        series,
-        per_process,
-    }
-}
-
-/// Why the run failed (empty: it passed). Wrong bytes always fail it; so do, unless
-/// `--tolerate-errors`, errors (the generator's own closes are never counted as errors: churn
-/// closes a connection only once it is answered, and the end of the run closes only drained
-/// ones), UDP losses and duplicate replies. hold has its own rule: every connection held, and
-/// every held connection answered.
-fn failures(cfg: &LoadConfig, s: &Counts) -> Vec<String> {
-    let mut why = Vec::new();
-    if s.mismatch_events > 0 {
-        // A server that does not read PROXY headers echoes them: the first reply bytes are the
-        // header's, and the stream is off by its length from then on.
-        let hint = if cfg.send_proxy.is_some() {
-            "; with --send-proxy the server must take the header off (upecho serve \
-             --proxy-protocol --proxy-from ...)"
-        } else {
-            ""
-        };
-        why.push(format!(
-            "{} wrong repl{} ({} wrong bytes){hint}",
-            s.mismatch_events,
-            if s.mismatch_events == 1 { "y" } else { "ies" },
-            s.mismatched_bytes
-        ));
-    }
-    if cfg.mode == Mode::Hold {
-        if s.held != cfg.conns as u64 {
-            why.push(format!(
-                "{} of {} connections held to the end",
-                s.held, cfg.conns
-            ));
-        }
-        if s.answered != s.held {
-            why.push(format!(
-                "{} of {} held connections answered",
-                s.answered, s.held
-            ));
-        }
-        return why;
-    }
-    if s.msgs == 0 {
-        why.push("no message was answered in the measurement window".into());
-    }
-    if cfg.tolerate_errors {
-        return why;
-    }
-    let e = &s.errors;
-    if e.total > 0 {
-        let classes: Vec<String> = [
-            ("refused", e.refused),
-            ("reset", e.reset),
-            ("timeout", e.timeout),
-            ("closed by the server", e.closed),
-            ("no ports", e.no_ports),
-            ("local", e.local),
-            ("other", e.other),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(what, n)| format!("{what} {n}"))
-        .collect();
-        why.push(format!(
-            "{} error{} ({})",
-            e.total,
-            if e.total == 1 { "" } else { "s" },
-            classes.join(", ")
-        ));
-    }
-    if s.losses > 0 {
-        why.push(format!("{} datagrams lost", s.losses));
-    }
-    if s.duplicates > 0 {
-        why.push(format!("{} duplicate replies", s.duplicates));
-    }
-    why
 }

@@ -40,13 +40,16 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::config::{LoadConfig, Mode};
+use super::cpu;
+use super::hist::Latency;
 use super::hlog::HlogWriter;
 use super::interval::{Interval, Merged, Merger};
 use super::progress::Top;
-use super::stats::{self, Counts, ErrorClass, Latency, ProcessPart};
+use super::report::ProcessPart;
+use super::stats::{Counts, ErrorClass};
 use super::worker::CLOSE_BOUND;
 use super::{
-    Conductor, Outcome, SLICE, Shared, Signals, Sink, Window, build_report, run_local, warm_end,
+    Conductor, RunOutput, SLICE, Shared, Signals, Sink, Window, build_report, run_local, warm_end,
 };
 
 /// What a child reports, one JSON object a line.
@@ -268,7 +271,7 @@ impl Parent<'_, '_> {
     fn cpu(&self) -> Duration {
         self.kids
             .iter()
-            .filter_map(|k| stats::proc_cpu(k.pid))
+            .filter_map(|k| cpu::proc_cpu(k.pid))
             .sum::<Duration>()
     }
 }
@@ -305,7 +308,7 @@ pub fn execute_processes(
     cfg: &LoadConfig,
     hlog: Option<HlogWriter>,
     child: &dyn Fn(usize) -> Command,
-) -> Outcome {
+) -> RunOutput {
     let signals = Signals::register(true);
     let n = cfg.processes;
     let started = Instant::now();
@@ -388,12 +391,12 @@ pub fn execute_processes(
     }
     // The window: every child opens it on the word.
     let t0 = Instant::now();
-    let own0 = stats::own_cpu();
+    let own0 = cpu::own_cpu();
     for k in &mut p.kids {
-        k.cpu0 = stats::proc_cpu(k.pid);
+        k.cpu0 = cpu::proc_cpu(k.pid);
     }
     let kids0 = p.cpu();
-    let srv0 = cfg.server_pid.and_then(stats::tree_cpu);
+    let srv0 = cfg.server_pid.and_then(cpu::tree_cpu);
     p.top.window_opened(SystemTime::now());
     p.tell_all("measure");
     let end = t0 + cfg.duration;
@@ -401,16 +404,16 @@ pub fn execute_processes(
         p.pump(end.saturating_duration_since(Instant::now()).min(SLICE));
     }
     let t1 = Instant::now();
-    let own1 = stats::own_cpu();
+    let own1 = cpu::own_cpu();
     let kids1 = p.cpu();
     for k in &mut p.kids {
-        k.cpu_s = match (k.cpu0, stats::proc_cpu(k.pid)) {
+        k.cpu_s = match (k.cpu0, cpu::proc_cpu(k.pid)) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
         };
     }
-    let srv1 = cfg.server_pid.and_then(stats::tree_cpu);
-    let rss = cfg.server_pid.and_then(stats::tree_rss);
+    let srv1 = cfg.server_pid.and_then(cpu::tree_cpu);
+    let rss = cfg.server_pid.and_then(cpu::tree_rss);
 
     // The end: drain or check (each child bounds its own by --timeout), or, interrupted, none.
     let mut stopped = signals.interrupted();
@@ -484,7 +487,7 @@ pub fn execute_processes(
     drop(signals);
     let report = build_report(cfg, &counts, &window, top.take_series(), parts);
     let hlog_error = top.finish(&report);
-    Outcome {
+    RunOutput {
         report,
         hist: counts.hist,
         hlog_error,

@@ -2,7 +2,7 @@
 //! line on stderr once a second, the report's `series` (one entry per second of the window),
 //! and the interval log (`--histogram-log`).
 //!
-//! The progress line says what the phase is doing:
+//! The progress line says what the stage is doing:
 //!
 //! ```text
 //! [   1.0s] warmup     41234 msg/s      2.64 MB/s  p50 23.1 µs  p99 61.2 µs  open     50  errors 0  mismatches 0
@@ -18,9 +18,11 @@
 use std::time::{Instant, SystemTime};
 
 use super::config::{LoadConfig, Mode};
+use super::hist::Spot;
 use super::hlog::HlogWriter;
-use super::interval::{Interval, Merged, Phase};
-use super::stats::{Report, Second, Spot};
+use super::interval::{Interval, Merged};
+use super::report::{Report, Second};
+use super::stage::Stage;
 use super::{Sink, say};
 
 /// Intervals shorter than this get no progress line of their own.
@@ -75,7 +77,7 @@ impl<'c> Top<'c> {
         self.mismatches += iv.mismatches;
         // A sliver of an interval (no warm-up, or a stage that ended right after a second) has
         // rates that mean nothing; its counts show on the next line. A check is one event.
-        if self.quiet || (iv.secs < MIN_LINE_SECS && iv.phase != Phase::Check) {
+        if self.quiet || (iv.secs < MIN_LINE_SECS && iv.stage != Stage::Check) {
             return;
         }
         let line = progress_line(
@@ -128,10 +130,11 @@ impl Sink for Top<'_> {
     fn interval(&mut self, m: Merged) {
         let iv = &m.total;
         self.line(iv);
-        if !iv.phase.measured() {
+        if !iv.stage.measured() {
             return;
         }
-        self.series.push(Second::of(iv));
+        self.series
+            .push(Second::of(iv, self.cfg.mode == Mode::Hold));
         if let Some(w) = &mut self.hlog {
             let at = |iv: &Interval| {
                 (
@@ -169,9 +172,10 @@ pub(crate) fn progress_line(
     mismatches: u64,
 ) -> String {
     let per_s = |n: u64| n as f64 / iv.secs.max(1e-3);
-    let what = iv.phase.name();
-    match iv.phase {
-        Phase::Warmup | Phase::Run => {
+    let hold = cfg.mode == Mode::Hold;
+    let what = iv.stage.name(hold);
+    match (iv.stage, hold) {
+        (Stage::Warmup | Stage::Measure, false) => {
             let churn = if cfg.mode == Mode::Churn {
                 format!(" {:>8.0} conn/s", per_s(iv.connects))
             } else {
@@ -185,17 +189,17 @@ pub(crate) fn progress_line(
                 iv.open,
             )
         }
-        Phase::Open => format!(
+        (Stage::Warmup, true) => format!(
             "[{at:6.1}s] {what:6} established {:>7} (+{:.0}/s)  connecting {:>6}  errors {errors}\n",
             iv.open,
             per_s(iv.connects),
             iv.connecting,
         ),
-        Phase::Hold => format!(
+        (Stage::Measure, true) => format!(
             "[{at:6.1}s] {what:6} established {:>7}  errors {errors}\n",
             iv.open
         ),
-        Phase::Check => format!(
+        (Stage::Check | Stage::Drain | Stage::Stop, _) => format!(
             "[{at:6.1}s] {what:6} answered {:>7} of {} held  {}  errors {errors}\n",
             iv.answered,
             iv.held,
@@ -207,15 +211,15 @@ pub(crate) fn progress_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::interval::new_hist;
+    use crate::load::hist::new_hist;
 
-    fn iv(phase: Phase) -> Interval {
+    fn iv(stage: Stage) -> Interval {
         let mut hist = new_hist();
         for us in 1..=100u64 {
             hist.record(us * 1000).unwrap();
         }
         Interval {
-            phase,
+            stage,
             index: 0,
             start: 0.0,
             secs: 0.5,
@@ -233,33 +237,33 @@ mod tests {
     }
 
     #[test]
-    fn each_phase_says_what_it_is_doing() {
+    fn each_stage_says_what_it_is_doing() {
         let cfg = LoadConfig::default();
-        let l = progress_line(&cfg, &iv(Phase::Run), 3.0, 1, 2);
+        let l = progress_line(&cfg, &iv(Stage::Measure), 3.0, 1, 2);
         assert!(l.starts_with("[   3.0s] run          1000 msg/s      0.06 MB/s  p50 50.0 µs  p99 99.0 µs  open     40  errors 1  mismatches 2\n"), "{l}");
         let churn = LoadConfig {
             mode: Mode::Churn,
             ..LoadConfig::default()
         };
-        assert!(progress_line(&churn, &iv(Phase::Warmup), 1.0, 0, 0).contains(" 20 conn/s"));
+        assert!(progress_line(&churn, &iv(Stage::Warmup), 1.0, 0, 0).contains(" 20 conn/s"));
         let hold = LoadConfig {
             mode: Mode::Hold,
             ..LoadConfig::default()
         };
-        let l = progress_line(&hold, &iv(Phase::Open), 2.0, 0, 0);
+        let l = progress_line(&hold, &iv(Stage::Warmup), 2.0, 0, 0);
         assert!(
             l.contains("open   established      40 (+20/s)  connecting      3"),
             "{l}"
         );
         assert!(!l.contains("msg/s"), "{l}");
-        let l = progress_line(&hold, &iv(Phase::Hold), 2.0, 0, 0);
+        let l = progress_line(&hold, &iv(Stage::Measure), 2.0, 0, 0);
         assert!(l.contains("hold   established      40  errors 0"), "{l}");
-        let l = progress_line(&hold, &iv(Phase::Check), 2.0, 0, 0);
+        let l = progress_line(&hold, &iv(Stage::Check), 2.0, 0, 0);
         assert!(
             l.contains("check  answered      39 of 40 held  p50 50.0 µs"),
             "{l}"
         );
-        let mut empty = iv(Phase::Run);
+        let mut empty = iv(Stage::Measure);
         empty.hist.reset();
         assert!(progress_line(&cfg, &empty, 1.0, 0, 0).contains("p50 - µs  p99 - µs"));
     }

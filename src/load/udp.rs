@@ -2,7 +2,7 @@
 //! it is `worker`'s).
 //!
 //! Each socket is connected to the server (so the kernel drops anything from elsewhere and
-//! `send`/`recv` need no address) and keeps `--depth` datagrams in flight. Slot `i` of a socket
+//! `send`/`recv` need no address) and keeps `--depth` datagrams in flight. DepthSlot `i` of a socket
 //! carries the sequence numbers `i, i + depth, i + 2 * depth, ...`, so a reply finds its slot by
 //! `seq % depth` with no search. A datagram with no reply within `--timeout` is counted lost and
 //! its slot moves on to the next sequence number; a reply that arrives after that is "late", not
@@ -18,9 +18,11 @@
 //! At the end (`Stage::Drain`) nothing more is sent; the worker ends once no datagram is in
 //! flight, and one still unanswered after `--timeout` is lost, as during the run.
 
+mod lane;
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use mio::net::UdpSocket;
@@ -28,11 +30,13 @@ use mio::{Interest, Token};
 
 use super::WorkerCtx;
 use super::config::UDP_HEADER;
-use super::payload::{decode_seq, encode_seq, udp_body_pos};
+use super::payload::{encode_seq, udp_body_pos};
 use super::stats::ErrorClass;
 use super::worker::{Env, Flow, Readiness};
 use crate::io_outcome::Outcome;
+use crate::mmsg::Datagrams;
 use crate::net::max_datagram;
+use lane::{DepthSlotState, Lane, on_datagram};
 
 /// Datagrams received from one socket per wake-up at most.
 const RECV_BUDGET: usize = 4096;
@@ -41,175 +45,8 @@ const RECV_BUDGET: usize = 4096;
 const RECV_BATCH: usize = 16;
 
 /// The buffers of one `recvmmsg`, each one byte longer than any datagram, so that a truncated
-/// one shows. Reserved at full size; only the pages that replies reach are ever touched.
-struct RecvBatch {
-    bufs: Box<[u8]>,
-    each: usize,
-    lens: [usize; RECV_BATCH],
-}
-
-impl RecvBatch {
-    fn new(each: usize) -> RecvBatch {
-        RecvBatch {
-            bufs: vec![0u8; RECV_BATCH * each].into_boxed_slice(),
-            each,
-            lens: [0; RECV_BATCH],
-        }
-    }
-
-    /// One `recvmmsg` on the connected socket `fd`: fills datagrams `0..n`, returns `n` (at
-    /// least 1).
-    fn recv(&mut self, fd: i32) -> io::Result<usize> {
-        // SAFETY: zeroed iovec/mmsghdr are valid (no name, no control data); every iovec points
-        // into `self.bufs`, which outlives the call, with the length of its part of it.
-        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        let base = self.bufs.as_mut_ptr();
-        for (i, (iov, h)) in iovs.iter_mut().zip(hdrs.iter_mut()).enumerate() {
-            *iov = libc::iovec {
-                // SAFETY: `i * each` is inside `bufs` (RECV_BATCH * each bytes).
-                iov_base: unsafe { base.add(i * self.each) }.cast(),
-                iov_len: self.each,
-            };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: see above; RECV_BATCH headers are initialised.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                RECV_BATCH as libc::c_uint,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        for (len, h) in self.lens.iter_mut().zip(&hdrs).take(n) {
-            *len = h.msg_len as usize;
-        }
-        Ok(n)
-    }
-
-    /// Datagram `i` of the last batch, and whether it filled its buffer (was truncated).
-    fn get(&self, i: usize) -> (&[u8], bool) {
-        let len = self.lens[i].min(self.each);
-        let at = i * self.each;
-        (&self.bufs[at..at + len], len == self.each)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    /// Nothing in flight (open loop: waiting for a due message).
-    Free,
-    /// Should be sent, but the socket's send buffer was full: resent when writable.
-    Pending,
-    InFlight,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    seq: u32,
-    state: SlotState,
-    /// When this datagram's latency counts from (send time, or open loop: due time).
-    origin: Instant,
-    sent: Instant,
-    /// Datagrams this slot has finished with (answered or lost), and of the last 64 of them
-    /// which were lost (bit `g - 1`: `g` datagrams ago).
-    finished: u64,
-    lost: u64,
-}
-
-/// What a reply with a valid sequence header is, for the slot its number names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
-    /// The answer to the datagram in flight.
-    Answer,
-    /// To a datagram already counted lost: it came, but too late.
-    Late,
-    /// To a datagram already answered.
-    Duplicate,
-    /// To a datagram this slot never sent.
-    Unsent,
-}
-
-impl Slot {
-    fn classify(&self, seq: u32, depth: u32) -> Reply {
-        if self.seq == seq {
-            return if self.state == SlotState::InFlight {
-                Reply::Answer
-            } else {
-                // The slot's current number is only sent when the slot is in flight.
-                Reply::Unsent
-            };
-        }
-        let g = generations_behind(self.seq, seq, depth);
-        if g == 0 || g > self.finished {
-            Reply::Unsent
-        } else if g > 64 {
-            // Too old to know whether it was answered: the kinder reading.
-            Reply::Late
-        } else if self.lost & (1 << (g - 1)) != 0 {
-            Reply::Late
-        } else {
-            Reply::Duplicate
-        }
-    }
-}
-
-/// One socket's bookkeeping, apart from the socket: what the reply matching works on.
-struct Lane {
-    /// Index within the worker: the mio token and the open-loop schedule lane.
-    index: u64,
-    /// Global socket number, for messages.
-    id: usize,
-    /// Pattern position the bodies of this socket's datagrams are taken from.
-    start: u64,
-    slots: Box<[Slot]>,
-    due: u64,
-    taken: u64,
-}
-
-impl Lane {
-    fn new(index: usize, id: usize, depth: usize, now: Instant) -> Lane {
-        let slots = (0..depth)
-            .map(|d| Slot {
-                seq: d as u32,
-                state: SlotState::Free,
-                origin: now,
-                sent: now,
-                finished: 0,
-                lost: 0,
-            })
-            .collect();
-        Lane {
-            index: index as u64,
-            id,
-            start: (id as u64).wrapping_mul(7_919),
-            slots,
-            due: 0,
-            taken: 0,
-        }
-    }
-
-    /// Moves slot `d` on to its next sequence number, free; `lost` says how the last one ended.
-    fn advance(&mut self, d: usize, lost: bool) {
-        let depth = self.slots.len() as u32;
-        let slot = &mut self.slots[d];
-        slot.seq = next_seq(slot.seq, depth);
-        slot.state = SlotState::Free;
-        slot.finished += 1;
-        slot.lost = (slot.lost << 1) | u64::from(lost);
-    }
-
-    fn in_flight(&self) -> bool {
-        self.slots.iter().any(|x| x.state == SlotState::InFlight)
-    }
-}
+/// one shows (it fills its slot).
+type RecvBatch = Datagrams<RECV_BATCH>;
 
 struct Sock {
     sock: UdpSocket,
@@ -231,7 +68,7 @@ impl UdpFlow {
         UdpFlow {
             socks: Vec::with_capacity(ctx.nconns),
             out: vec![0u8; cfg.size].into_boxed_slice(),
-            batch: RecvBatch::new(max_datagram(&cfg.addr) + 1),
+            batch: RecvBatch::connected(max_datagram(&cfg.addr) + 1),
         }
     }
 }
@@ -270,7 +107,7 @@ impl Flow for UdpFlow {
         env.open = self.socks.len() as u64;
         if cfg.rate.is_none() {
             // Closed loop: every slot is in flight from the start.
-            let mut cx = Cx {
+            let mut cx = UdpOps {
                 env,
                 out: &mut self.out,
             };
@@ -288,7 +125,7 @@ impl Flow for UdpFlow {
     }
 
     fn on_due(&mut self, env: &mut Env, lane: usize, _now: Instant) {
-        let mut cx = Cx {
+        let mut cx = UdpOps {
             env,
             out: &mut self.out,
         };
@@ -300,8 +137,8 @@ impl Flow for UdpFlow {
             for s in self.socks.iter_mut() {
                 for slot in s.lane.slots.iter_mut() {
                     // Never sent, so owed nothing.
-                    if slot.state == SlotState::Pending {
-                        slot.state = SlotState::Free;
+                    if slot.state == DepthSlotState::Pending {
+                        slot.state = DepthSlotState::Free;
                     }
                 }
             }
@@ -309,7 +146,7 @@ impl Flow for UdpFlow {
     }
 
     fn on_tick(&mut self, env: &mut Env, now: Instant) {
-        let mut cx = Cx {
+        let mut cx = UdpOps {
             env,
             out: &mut self.out,
         };
@@ -324,7 +161,7 @@ impl Flow for UdpFlow {
         let Some(s) = self.socks.get_mut(token) else {
             return;
         };
-        let mut cx = Cx {
+        let mut cx = UdpOps {
             env,
             out: &mut self.out,
         };
@@ -350,7 +187,7 @@ impl Flow for UdpFlow {
 /// The drain's time is up: every datagram still in flight is lost.
 fn lose_in_flight(env: &mut Env, lane: &mut Lane) {
     for d in 0..lane.slots.len() {
-        if lane.slots[d].state == SlotState::InFlight {
+        if lane.slots[d].state == DepthSlotState::InFlight {
             env.counts.losses += 1;
             lane.advance(d, true);
         }
@@ -358,12 +195,12 @@ fn lose_in_flight(env: &mut Env, lane: &mut Lane) {
 }
 
 /// The worker's shared state and the flow's send buffer, borrowed together for one call.
-struct Cx<'x, 'a> {
+struct UdpOps<'x, 'a> {
     env: &'x mut Env<'a>,
     out: &'x mut [u8],
 }
 
-impl Cx<'_, '_> {
+impl UdpOps<'_, '_> {
     /// Sends the current datagram of slot `d`, counting from `origin`.
     fn send(&mut self, s: &mut Sock, d: usize, origin: Instant) {
         let size = self.env.ctx.cfg.size;
@@ -379,7 +216,7 @@ impl Cx<'_, '_> {
         loop {
             let err = match s.sock.send(self.out) {
                 Ok(_) => {
-                    slot.state = SlotState::InFlight;
+                    slot.state = DepthSlotState::InFlight;
                     slot.sent = Instant::now();
                     return;
                 }
@@ -388,13 +225,13 @@ impl Cx<'_, '_> {
             match err {
                 Outcome::Interrupted => {}
                 Outcome::WouldBlock => {
-                    slot.state = SlotState::Pending;
+                    slot.state = DepthSlotState::Pending;
                     return;
                 }
                 Outcome::PeerReset(e) | Outcome::Local(e) => {
                     // E.g. ECONNREFUSED from an earlier ICMP port unreachable: count it and try
                     // this slot again on the next tick.
-                    slot.state = SlotState::Pending;
+                    slot.state = DepthSlotState::Pending;
                     let addr = self.env.ctx.cfg.addr;
                     self.env
                         .counts
@@ -404,7 +241,7 @@ impl Cx<'_, '_> {
                 }
                 // Not from a send (`Ok(_)` is taken above); were it one, retry on the tick.
                 Outcome::Moved(_) | Outcome::PeerClosed => {
-                    slot.state = SlotState::Pending;
+                    slot.state = DepthSlotState::Pending;
                     return;
                 }
             }
@@ -413,10 +250,10 @@ impl Cx<'_, '_> {
 
     fn resend_pending(&mut self, s: &mut Sock) {
         for d in 0..s.lane.slots.len() {
-            if s.lane.slots[d].state == SlotState::Pending {
+            if s.lane.slots[d].state == DepthSlotState::Pending {
                 let origin = s.lane.slots[d].origin;
                 self.send(s, d, origin);
-                if s.lane.slots[d].state == SlotState::Pending {
+                if s.lane.slots[d].state == DepthSlotState::Pending {
                     return;
                 }
             }
@@ -430,7 +267,7 @@ impl Cx<'_, '_> {
         let mut budget = RECV_BUDGET;
         while budget > 0 {
             // An empty datagram is a datagram: `recv` is not `read`, and 0 is no end.
-            let n = match batch.recv(s.sock.as_raw_fd()) {
+            let n = match batch.recv(s.sock.as_fd()) {
                 Ok(n) => n,
                 Err(e) => match Outcome::of_error(e) {
                     Outcome::WouldBlock => return,
@@ -454,7 +291,8 @@ impl Cx<'_, '_> {
             };
             let now = Instant::now();
             for i in 0..n {
-                let (dgram, truncated) = batch.get(i);
+                let dgram = batch.get(i);
+                let truncated = dgram.len() == batch.each();
                 if let Some(d) = on_datagram(self.env, &mut s.lane, dgram, truncated, now) {
                     self.refill(s, d, now);
                 }
@@ -466,7 +304,7 @@ impl Cx<'_, '_> {
         }
     }
 
-    /// Slot `d` is free again: send its next datagram (closed loop) or leave it to the schedule.
+    /// DepthSlot `d` is free again: send its next datagram (closed loop) or leave it to the schedule.
     fn refill(&mut self, s: &mut Sock, d: usize, now: Instant) {
         if self.env.draining() {
             return;
@@ -486,7 +324,12 @@ impl Cx<'_, '_> {
         };
         let n = self.env.lanes as u64;
         while s.lane.taken < s.lane.due {
-            let Some(d) = s.lane.slots.iter().position(|x| x.state == SlotState::Free) else {
+            let Some(d) = s
+                .lane
+                .slots
+                .iter()
+                .position(|x| x.state == DepthSlotState::Free)
+            else {
                 return;
             };
             let origin = sched.due_time(s.lane.index + s.lane.taken * n);
@@ -500,130 +343,19 @@ impl Cx<'_, '_> {
         let timeout = self.env.ctx.cfg.timeout;
         for d in 0..s.lane.slots.len() {
             match s.lane.slots[d].state {
-                SlotState::InFlight if now.duration_since(s.lane.slots[d].sent) > timeout => {
+                DepthSlotState::InFlight if now.duration_since(s.lane.slots[d].sent) > timeout => {
                     self.env.counts.losses += 1;
                     s.lane.advance(d, true);
                     self.refill(s, d, now);
                 }
-                SlotState::Pending => {
+                DepthSlotState::Pending => {
                     let origin = s.lane.slots[d].origin;
                     self.send(s, d, origin);
                 }
-                SlotState::InFlight | SlotState::Free => {}
+                DepthSlotState::InFlight | DepthSlotState::Free => {}
             }
         }
     }
-}
-
-/// Matches one received datagram to its slot and checks it, counting what it is (answer, late,
-/// duplicate, wrong). Returns the slot it answered, which has moved on to its next sequence
-/// number and is free. `truncated`: the datagram filled the receive buffer. No socket is
-/// involved, so tests drive it directly.
-fn on_datagram(
-    env: &mut Env,
-    lane: &mut Lane,
-    dgram: &[u8],
-    truncated: bool,
-    now: Instant,
-) -> Option<usize> {
-    let size = env.ctx.cfg.size;
-    let depth = lane.slots.len() as u32;
-    let n = dgram.len();
-    let id = lane.id;
-    let Some(seq) = decode_seq(dgram) else {
-        let head = &dgram[..n.min(UDP_HEADER)];
-        env.counts.wrong_reply(n.clamp(1, UDP_HEADER) as u64, || {
-            if n < UDP_HEADER {
-                format!(
-                    "udp socket {id}: reply is {n} bytes, shorter than the \
-                     {UDP_HEADER}-byte sequence header of every datagram sent"
-                )
-            } else {
-                format!(
-                    "udp socket {id}: reply of {n} bytes has no valid sequence \
-                     header (it starts {:?}, expected 8 letters A-P)",
-                    String::from_utf8_lossy(head)
-                )
-            }
-        });
-        return None;
-    };
-    let d = (seq % depth) as usize;
-    let slot = lane.slots[d];
-    let kind = if u64::from(seq) >= seq_wrap(depth) {
-        Reply::Unsent
-    } else {
-        slot.classify(seq, depth)
-    };
-    if kind == Reply::Unsent {
-        env.counts.wrong_reply(n as u64, || {
-            format!("udp socket {id}: reply to datagram {seq}, which was never sent")
-        });
-        return None;
-    }
-    if n != size {
-        let at_least = if truncated { "at least " } else { "" };
-        env.counts.wrong_reply(n.abs_diff(size) as u64, || {
-            format!(
-                "udp socket {id}, datagram {seq}: reply is {at_least}{n} bytes, expected {size}"
-            )
-        });
-    } else if let Err(m) = env.ctx.pattern.check(
-        udp_body_pos(seq, lane.start),
-        &dgram[UDP_HEADER..],
-        UDP_HEADER as u64,
-    ) {
-        env.counts
-            .mismatch(m, || format!("udp socket {id}, datagram {seq}"));
-    }
-    match kind {
-        Reply::Answer => {}
-        Reply::Late => {
-            env.counts.late += 1;
-            // A second late copy is a duplicate.
-            let g = generations_behind(slot.seq, seq, depth);
-            if (1..=64).contains(&g) {
-                lane.slots[d].lost &= !(1 << (g - 1));
-            }
-            return None;
-        }
-        Reply::Duplicate => {
-            env.counts.duplicates += 1;
-            return None;
-        }
-        // Counted as a mismatch above.
-        Reply::Unsent => return None,
-    }
-    env.live_msgs += 1;
-    env.live_bytes += n as u64;
-    if env.measuring() {
-        env.counts.msgs += 1;
-        env.counts.bytes += n as u64;
-    }
-    env.latency(now.saturating_duration_since(slot.origin));
-    lane.advance(d, false);
-    Some(d)
-}
-
-/// The sequence number after `seq` in its slot. Sequence numbers wrap at the largest multiple
-/// of `depth` that fits in a u32, not at 2^32, so that `seq % depth` keeps naming the same slot
-/// across the wrap (a day at full speed on one socket can get there).
-fn next_seq(seq: u32, depth: u32) -> u32 {
-    ((u64::from(seq) + u64::from(depth.max(1))) % seq_wrap(depth)) as u32
-}
-
-/// Where sequence numbers wrap: the largest multiple of `depth` that fits in a u32 (as a u64,
-/// since for depth 1 it is 2^32).
-fn seq_wrap(depth: u32) -> u64 {
-    let depth = u64::from(depth.max(1));
-    (1u64 << 32) / depth * depth
-}
-
-/// How many datagrams of the same slot ago `seq` was sent, seen from the slot's current `cur`
-/// (both name the same slot: they are equal modulo `depth`).
-fn generations_behind(cur: u32, seq: u32, depth: u32) -> u64 {
-    let wrap = seq_wrap(depth);
-    (u64::from(cur) + wrap - u64::from(seq) % wrap) % wrap / u64::from(depth.max(1))
 }
 
 /// A non-blocking UDP socket bound to `source` (or any local address) and connected to `addr`.
@@ -640,6 +372,7 @@ fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket
 
 #[cfg(test)]
 mod tests {
+    use super::lane::{DepthSlot, Reply, next_seq};
     use super::*;
     use crate::Transform;
     use crate::load::payload::Pattern;
@@ -679,30 +412,9 @@ mod tests {
         let now = Instant::now();
         let mut lane = Lane::new(0, 3, 2, now);
         for s in lane.slots.iter_mut() {
-            s.state = SlotState::InFlight;
+            s.state = DepthSlotState::InFlight;
         }
         f(&mut env, &mut lane, &pattern);
-    }
-
-    #[test]
-    fn a_batch_returns_what_is_queued_in_order_and_shows_a_datagram_too_long() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        tx.connect(rx.local_addr().expect("addr")).expect("connect");
-        rx.connect(tx.local_addr().expect("addr")).expect("connect");
-        rx.set_nonblocking(true).expect("nonblocking");
-        let mut batch = RecvBatch::new(10);
-        for d in [&b"one"[..], b"", b"three", b"0123456789abc"] {
-            tx.send(d).expect("send");
-        }
-        // Loopback delivers within the send; all four are queued.
-        assert_eq!(batch.recv(rx.as_raw_fd()).expect("recvmmsg"), 4);
-        assert_eq!(batch.get(0), (&b"one"[..], false));
-        assert_eq!(batch.get(1), (&b""[..], false));
-        assert_eq!(batch.get(2), (&b"three"[..], false));
-        assert_eq!(batch.get(3), (&b"0123456789"[..], true));
-        let e = batch.recv(rx.as_raw_fd()).expect_err("nothing left");
-        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]
@@ -712,7 +424,7 @@ mod tests {
             assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), Some(0));
             assert_eq!((env.counts.msgs, env.counts.bytes), (1, 64));
             assert_eq!(lane.slots[0].seq, 2);
-            assert_eq!(lane.slots[0].state, SlotState::Free);
+            assert_eq!(lane.slots[0].state, DepthSlotState::Free);
             assert_eq!(on_datagram(env, lane, &r, false, Instant::now()), None);
             assert_eq!(env.counts.duplicates, 1);
             assert_eq!(env.counts.mismatch_events, 0);
@@ -769,10 +481,10 @@ mod tests {
     fn replies_are_told_apart_as_answer_late_duplicate_or_unsent() {
         let now = Instant::now();
         let depth = 4;
-        // Slot 1 after five datagrams (1, 5, 9, 13, 17), of which 9 was lost; 21 is in flight.
-        let slot = Slot {
+        // DepthSlot 1 after five datagrams (1, 5, 9, 13, 17), of which 9 was lost; 21 is in flight.
+        let slot = DepthSlot {
             seq: 21,
-            state: SlotState::InFlight,
+            state: DepthSlotState::InFlight,
             origin: now,
             sent: now,
             finished: 5,
@@ -784,12 +496,12 @@ mod tests {
         assert_eq!(slot.classify(1, depth), Reply::Duplicate);
         // Before the first, or after the current: never sent.
         assert_eq!(slot.classify(25, depth), Reply::Unsent);
-        let free = Slot {
-            state: SlotState::Free,
+        let free = DepthSlot {
+            state: DepthSlotState::Free,
             ..slot
         };
         assert_eq!(free.classify(21, depth), Reply::Unsent);
-        let fresh = Slot {
+        let fresh = DepthSlot {
             seq: 1,
             finished: 0,
             lost: 0,

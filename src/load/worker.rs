@@ -33,12 +33,12 @@ use hdrhistogram::Histogram;
 use mio::{Events, Poll, Token};
 
 use super::config::{CHECK_INTERVAL, Mode};
-use super::interval::{Interval, Phase, new_hist};
+use super::hist::{new_hist, record};
+use super::interval::Interval;
 use super::schedule::{RateSchedule, lane_share};
-use super::stats::{Counts, ErrorClass, record};
+use super::stats::{Counts, ErrorClass};
 use super::timer::Timer;
 use super::{Stage, WorkerCtx, WorkerMsg};
-use crate::io_outcome::{Class, classify};
 
 /// How often timeouts, stage changes and the progress counters are looked at when idle.
 pub(crate) const TICK: Duration = CHECK_INTERVAL;
@@ -117,8 +117,9 @@ pub(crate) struct Env<'a> {
 
 /// The interval a worker is recording (see `interval`).
 pub(crate) struct Rec {
-    /// `None` while draining or closing: nothing recorded then is reported.
-    phase: Option<Phase>,
+    /// The stage recorded in; `None` while draining or closing: nothing recorded then is
+    /// reported.
+    stage: Option<Stage>,
     index: u64,
     began: Instant,
     /// What `index` and the interval's start count from: the run's start, or the window's.
@@ -138,10 +139,6 @@ impl<'a> Env<'a> {
     pub(crate) fn new(ctx: &'a WorkerCtx<'a>, poll: Poll) -> Env<'a> {
         let started = ctx.shared.started;
         let now = Instant::now().max(started);
-        let phase = match ctx.cfg.mode {
-            Mode::Hold => Phase::Open,
-            _ => Phase::Warmup,
-        };
         let mut env = Env {
             ctx,
             poll,
@@ -154,7 +151,7 @@ impl<'a> Env<'a> {
             live_connects: 0,
             open: 0,
             iv: Rec {
-                phase: Some(phase),
+                stage: Some(Stage::Warmup),
                 index: 0,
                 began: now,
                 origin: started,
@@ -167,14 +164,14 @@ impl<'a> Env<'a> {
         if ctx.cfg.mode != Mode::Hold {
             env.iv.limit = Some(started + ctx.cfg.warmup);
         }
-        env.begin_interval(Some(phase), started, now, true);
+        env.begin_interval(Some(Stage::Warmup), started, now, true);
         env
     }
 
     /// Records one latency into the current interval (nothing while draining or closing).
     #[inline]
     pub(crate) fn latency(&mut self, d: Duration) {
-        if self.iv.phase.is_some() {
+        if self.iv.stage.is_some() {
             record(&mut self.iv.hist, d);
         }
     }
@@ -192,11 +189,11 @@ impl<'a> Env<'a> {
         ]
     }
 
-    /// Starts a new interval at `now` in `phase`, counted from `origin`; `cut`: it ends at the
+    /// Starts a new interval at `now` in `stage`, counted from `origin`; `cut`: it ends at the
     /// next whole second after `origin` by itself.
-    fn begin_interval(&mut self, phase: Option<Phase>, origin: Instant, now: Instant, cut: bool) {
+    fn begin_interval(&mut self, stage: Option<Stage>, origin: Instant, now: Instant, cut: bool) {
         let index = now.saturating_duration_since(origin).as_secs();
-        self.iv.phase = phase;
+        self.iv.stage = stage;
         self.iv.index = if cut { index } else { 0 };
         self.iv.began = now;
         self.iv.origin = origin;
@@ -210,16 +207,16 @@ impl<'a> Env<'a> {
     /// Ends the current interval at `now`: adds it into the total if it is part of the window,
     /// and sends it to the main thread.
     fn ship(&mut self, now: Instant, connecting: u64) {
-        let Some(phase) = self.iv.phase else { return };
+        let Some(stage) = self.iv.stage else { return };
         let b = self.bases();
         let d = |i: usize| b[i].saturating_sub(self.iv.base[i]);
         let hist = std::mem::replace(&mut self.iv.hist, new_hist());
-        if phase.measured() {
+        if stage.measured() {
             // Same bounds on both sides, so adding cannot fail.
             let _ = self.counts.hist.add(&hist);
         }
         let iv = Interval {
-            phase,
+            stage,
             index: self.iv.index,
             start: self
                 .iv
@@ -250,8 +247,8 @@ impl<'a> Env<'a> {
     fn cut_due(&mut self, now: Instant, connecting: u64) {
         if self.iv.next_cut.is_some_and(|at| now >= at) {
             self.ship(now, connecting);
-            let (phase, origin) = (self.iv.phase, self.iv.origin);
-            self.begin_interval(phase, origin, now, true);
+            let (stage, origin) = (self.iv.stage, self.iv.origin);
+            self.begin_interval(stage, origin, now, true);
         }
     }
 
@@ -259,16 +256,14 @@ impl<'a> Env<'a> {
     /// begins (the window's first starts with the window, whatever the second).
     fn enter(&mut self, stage: Stage, now: Instant, connecting: u64) {
         self.ship(now, connecting);
-        let hold = self.ctx.cfg.mode == Mode::Hold;
         let window = self.ctx.shared.window_start.get().copied().unwrap_or(now);
         match stage {
             Stage::Warmup => {}
             Stage::Measure => {
-                let phase = if hold { Phase::Hold } else { Phase::Run };
                 self.iv.limit = Some(window + self.ctx.cfg.duration);
-                self.begin_interval(Some(phase), window, now, true);
+                self.begin_interval(Some(Stage::Measure), window, now, true);
             }
-            Stage::Check => self.begin_interval(Some(Phase::Check), window, now, false),
+            Stage::Check => self.begin_interval(Some(Stage::Check), window, now, false),
             Stage::Drain | Stage::Stop => self.begin_interval(None, window, now, false),
         }
     }
@@ -524,10 +519,8 @@ fn deal<F: Flow>(flow: &mut F, env: &mut Env, due: Range<u64>, lanes: usize, now
 /// signal is a turn with no events; any other failure is counted and means the worker must stop
 /// (`false`).
 fn wait(env: &mut Env, events: &mut Events, timeout: Option<Duration>) -> bool {
-    match env.poll.poll(events, timeout) {
+    match crate::io_outcome::poll(&mut env.poll, events, timeout) {
         Ok(()) => true,
-        // mio clears `events` before waiting, so none are left over from an earlier wait.
-        Err(e) if classify(&e) == Class::Interrupted => true,
         Err(e) => {
             env.counts
                 .errors

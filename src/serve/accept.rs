@@ -23,6 +23,7 @@ use log::{info, trace, warn};
 
 use super::logs::Count;
 use super::stats::Stats;
+use crate::io_outcome::{is_exhausted, is_would_block, retrying};
 
 /// Connections accepted per listener per turn before the others get theirs (a connect flood must
 /// not starve established clients).
@@ -157,7 +158,7 @@ impl<L: Listen> Acceptor<L> {
                 self.taken = 0;
                 continue;
             }
-            match self.listeners[self.cursor].accept() {
+            match retrying(|| self.listeners[self.cursor].accept()) {
                 Ok(accepted) => {
                     trace!("listener {}: accepted {}", self.cursor, accepted.1);
                     self.taken += 1;
@@ -173,12 +174,11 @@ impl<L: Listen> Acceptor<L> {
                     }
                     return Some(accepted);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if is_would_block(&e) => {
                     self.cursor += 1;
                     self.taken = 0;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if is_resource_exhaustion(&e) => {
+                Err(e) if is_exhausted(&e) => {
                     if !self.starved {
                         self.starved = true;
                         self.starved_since = Some(now);
@@ -245,14 +245,6 @@ impl<L: Listen> Acceptor<L> {
         self.paused_until = None;
         std::mem::take(&mut self.listeners)
     }
-}
-
-/// Accept failures that mean "no resources right now": back off rather than spin.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 /// Accept failures that concern only the one connection that was being accepted.

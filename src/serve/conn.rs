@@ -7,17 +7,30 @@
 //! produce.
 //!
 //! ```text
-//!   Header ── PROXY header consumed ──▶ Open  (only for connections from --proxy-from sources)
+//!             PROXY header consumed
+//!   Header ───────────────────────────▶ Open      (only for connections from --proxy-from sources)
+//!     │ │ └─ not a header, cut short by EOF, too long ─▶ (Rejected: the reactor closes, unanswered)
+//!     │ └─── EOF before any byte (a balancer's health check) ─▶ ReadClosed
+//!     └───── drain requested, no byte waiting ─▶ (Done)
 //!            read 0 (peer EOF)              owed output sent
 //!   Open ───────────────────────▶ ReadClosed ───────────────▶ (Done: the reactor closes)
 //!     │                                                     ▲
 //!     └──── drain requested, nothing owed, nothing unread ──┘
-//!   any I/O error other than WouldBlock/Interrupted ─▶ (Failed: the reactor closes)
+//!   any I/O error but WouldBlock (Interrupted is retried) ─▶ (Failed: the reactor closes)
 //! ```
+//!
+//! From outside, the reactor also closes a connection whose header is late, one idle too long,
+//! and any left at the drain deadline.
+//!
+//! Reads: a turn reads until `WouldBlock`, the budget, or a *short read* (fewer bytes than the
+//! buffer holds), which ends the turn without the `WouldBlock` read that would confirm the
+//! socket empty. That relies on Linux's edge-triggered epoll, where data arriving after a read
+//! raises a new edge, not on mio's portable contract (read until `WouldBlock`); a FIN or urgent
+//! data already seen makes short reads keep going (see `Flags`).
 //!
 //! Memory: the transform runs in place in a reactor-wide scratch buffer and the result is written
 //! straight back; only what the socket does not take is copied into the connection's own
-//! [`Pending`] buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
+//! `Owed` buffer, which is freed as soon as it is empty, so an idle connection owns no heap.
 //! A connection waiting for its PROXY header owns none either: it peeks at what has arrived and
 //! consumes the header only once it is whole.
 
@@ -25,6 +38,7 @@ use std::io::{self, ErrorKind, Read, Write};
 
 use super::proxy::{self, HeaderError, Parsed};
 use crate::Transform;
+use crate::io_outcome::{is_would_block, retrying};
 
 /// What the state machine needs of a socket besides reading and writing: a look at the bytes
 /// that have arrived without taking them (`MSG_PEEK`), for the PROXY header.
@@ -40,7 +54,7 @@ impl Peek for mio::net::TcpStream {
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub enum StreamState {
     /// From a trusted source with `--proxy-protocol`: waiting for the PROXY header, which must
     /// come before anything is echoed.
     Header,
@@ -110,7 +124,7 @@ pub struct Moved {
 
 /// Output owed to the peer: `buf[off..]` has not been written yet.
 #[derive(Debug)]
-struct Pending {
+struct Owed {
     buf: Vec<u8>,
     off: usize,
 }
@@ -155,9 +169,9 @@ impl Flags {
 /// One connection: its socket, its state and what it owes.
 #[derive(Debug)]
 pub struct Conn<S> {
-    pending: Option<Box<Pending>>,
+    pending: Option<Box<Owed>>,
     sock: S,
-    state: State,
+    state: StreamState,
     flags: Flags,
 }
 
@@ -182,7 +196,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         Conn {
             pending: None,
             sock,
-            state: State::Open,
+            state: StreamState::Open,
             flags: Flags(Flags::WRITABLE),
         }
     }
@@ -190,7 +204,7 @@ impl<S: Read + Write + Peek> Conn<S> {
     /// A fresh connection that must start with a PROXY header.
     pub fn expecting_header(sock: S) -> Conn<S> {
         Conn {
-            state: State::Header,
+            state: StreamState::Header,
             ..Conn::new(sock)
         }
     }
@@ -210,7 +224,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         was
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> StreamState {
         self.state
     }
 
@@ -250,7 +264,7 @@ impl<S: Read + Write + Peek> Conn<S> {
     /// to its debt while the server as a whole is at its ceiling.
     fn may_read(&self, ctx: &Ctx<'_>) -> bool {
         let owed = self.owed();
-        self.state == State::Open
+        self.state == StreamState::Open
             && owed < ctx.max_pending
             && (owed == 0 || ctx.owed_total < ctx.max_pending_total)
     }
@@ -275,22 +289,19 @@ impl<S: Read + Write + Peek> Conn<S> {
                         ctx.owed_total = ctx.owed_total.saturating_sub(n);
                         continue;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        self.flags.set(Flags::WRITABLE, false)
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if is_would_block(&e) => self.flags.set(Flags::WRITABLE, false),
                     Err(e) => return Err(e),
                 }
             }
-            if self.state == State::Header && self.flags.has(Flags::READABLE) {
+            if self.state == StreamState::Header && self.flags.has(Flags::READABLE) {
                 match self.take_header(ctx)? {
                     HeaderStep::Wait => break,
                     HeaderStep::Taken(h) => {
                         ctx.header = Some(h);
-                        self.state = State::Open;
+                        self.state = StreamState::Open;
                     }
                     HeaderStep::Closed => {
-                        self.state = State::ReadClosed;
+                        self.state = StreamState::ReadClosed;
                         self.flags.set(Flags::READABLE, false);
                     }
                     HeaderStep::Bad(e) => return Ok(Progress::Rejected(e)),
@@ -302,9 +313,9 @@ impl<S: Read + Write + Peek> Conn<S> {
             if budget == 0 {
                 return Ok(Progress::Yield);
             }
-            match self.sock.read(ctx.scratch) {
+            match retrying(|| self.sock.read(ctx.scratch)) {
                 Ok(0) => {
-                    self.state = State::ReadClosed;
+                    self.state = StreamState::ReadClosed;
                     self.flags.set(Flags::READABLE, false);
                 }
                 Ok(n) => {
@@ -324,17 +335,14 @@ impl<S: Read + Write + Peek> Conn<S> {
                     moved.written += sent;
                     ctx.owed_total += n - sent;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.flags.set(Flags::READABLE, false)
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if is_would_block(&e) => self.flags.set(Flags::READABLE, false),
                 Err(e) => return Err(e),
             }
         }
         let idle = self.pending.is_none();
         Ok(match self.state {
-            State::ReadClosed if idle => Progress::Done,
-            State::Open | State::Header
+            StreamState::ReadClosed if idle => Progress::Done,
+            StreamState::Open | StreamState::Header
                 if idle && ctx.draining && !self.flags.has(Flags::READABLE) =>
             {
                 Progress::Done
@@ -348,16 +356,13 @@ impl<S: Read + Write + Peek> Conn<S> {
     fn take_header(&mut self, ctx: &mut Ctx<'_>) -> io::Result<HeaderStep> {
         let cap = ctx.scratch.len().min(proxy::MAX_HEADER);
         let buf = &mut ctx.scratch[..cap];
-        let n = loop {
-            match self.sock.peek(buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.flags.set(Flags::READABLE, false);
-                    return Ok(HeaderStep::Wait);
-                }
-                Err(e) => return Err(e),
+        let n = match retrying(|| self.sock.peek(buf)) {
+            Ok(n) => n,
+            Err(e) if is_would_block(&e) => {
+                self.flags.set(Flags::READABLE, false);
+                return Ok(HeaderStep::Wait);
             }
+            Err(e) => return Err(e),
         };
         if n == 0 {
             return Ok(HeaderStep::Closed);
@@ -378,12 +383,10 @@ impl<S: Read + Write + Peek> Conn<S> {
         };
         let mut taken = 0;
         while taken < h.len {
-            match self.sock.read(&mut ctx.scratch[..h.len - taken]) {
-                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(k) => taken += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // Peeked bytes are in the socket until read: this is not the peer's doing.
-                Err(e) => return Err(e),
+            // Peeked bytes are in the socket until read: an error here is not the peer's doing.
+            match retrying(|| self.sock.read(&mut ctx.scratch[..h.len - taken]))? {
+                0 => return Err(ErrorKind::UnexpectedEof.into()),
+                k => taken += k,
             }
         }
         Ok(HeaderStep::Taken(h))
@@ -395,7 +398,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         let mut done = 0;
         if self.pending.is_none() && self.flags.has(Flags::WRITABLE) {
             loop {
-                match self.sock.write(&out[done..]) {
+                match retrying(|| self.sock.write(&out[done..])) {
                     Ok(0) => return Err(ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         done += n;
@@ -403,17 +406,16 @@ impl<S: Read + Write + Peek> Conn<S> {
                             return Ok(done);
                         }
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    Err(e) if is_would_block(&e) => {
                         self.flags.set(Flags::WRITABLE, false);
                         break;
                     }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
         }
         let p = self.pending.get_or_insert_with(|| {
-            Box::new(Pending {
+            Box::new(Owed {
                 buf: Vec::new(),
                 off: 0,
             })
@@ -427,7 +429,7 @@ impl<S: Read + Write + Peek> Conn<S> {
         let Some(p) = self.pending.as_mut() else {
             return Ok(0);
         };
-        let n = self.sock.write(&p.buf[p.off..])?;
+        let n = retrying(|| self.sock.write(&p.buf[p.off..]))?;
         if n == 0 {
             return Err(ErrorKind::WriteZero.into());
         }
@@ -699,7 +701,7 @@ mod tests {
         let mut c = registered(Conn::expecting_header(s));
         let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Done), "{p:?}");
-        assert_eq!(c.state(), State::ReadClosed);
+        assert_eq!(c.state(), StreamState::ReadClosed);
     }
 
     #[test]
@@ -903,12 +905,30 @@ mod tests {
         c.on_ready(false, false, true);
         let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Wait));
-        assert_eq!(c.state(), State::ReadClosed);
+        assert_eq!(c.state(), StreamState::ReadClosed);
         c.sock.write_room = 10;
         c.on_ready(false, true, false);
         let (p, _) = c.drive(&mut ctx(&mut scratch));
         assert!(matches!(p, Progress::Done));
         assert_eq!(c.sock.written, b"HELLO");
+    }
+
+    #[test]
+    fn interrupted_calls_are_retried_and_lose_nothing() {
+        // Every call interrupted once before it goes through: read, write, read (the EOF).
+        let mut s = sock(b"hello", 100);
+        s.eof_arrived = true;
+        s.interrupts = [true, false, true, false, true, false]
+            .into_iter()
+            .collect();
+        let mut scratch = [0u8; 64];
+        let mut c = registered(Conn::new(s));
+        c.on_ready(true, true, true);
+        let (p, m) = c.drive(&mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Done), "{p:?}");
+        assert_eq!((m.read, m.written), (5, 5));
+        assert_eq!(c.sock.written, b"HELLO");
+        assert!(c.sock.interrupts.is_empty(), "every interruption was met");
     }
 
     #[test]

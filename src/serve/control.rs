@@ -16,6 +16,8 @@
 //! single server does.
 
 use std::io::{self, ErrorKind};
+
+use crate::io_outcome::{is_would_block, retrying};
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -120,7 +122,7 @@ impl Channel {
     pub fn recv<T: for<'de> Deserialize<'de>>(&self) -> io::Result<Received<T>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            return match recv_packet(self.raw(), &mut buf) {
+            return match retrying(|| recv_packet(self.raw(), &mut buf)) {
                 Ok(None) => Ok(Received::Closed),
                 Ok(Some((n, fd))) => match serde_json::from_slice(&buf[..n]) {
                     Ok(msg) => Ok(Received::Message(msg, fd)),
@@ -130,8 +132,7 @@ impl Channel {
                         continue;
                     }
                 },
-                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Received::WouldBlock),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if is_would_block(&e) => Ok(Received::WouldBlock),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(Received::Closed),
                 Err(e) => Err(e),
             };
@@ -164,17 +165,13 @@ fn send_packet(fd: RawFd, bytes: &[u8], pass: Option<RawFd>) -> io::Result<()> {
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
         }
     }
-    loop {
+    retrying(|| {
         // SAFETY: see above. MSG_NOSIGNAL: a worker gone is an error here, not a SIGPIPE.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
+        match unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) } {
+            n if n >= 0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    })
 }
 
 /// One packet into `buf`: its length and the descriptor it carried, or `None` at end of stream.

@@ -383,7 +383,7 @@ struct Scrape {
     peer: SocketAddr,
     request: Vec<u8>,
     response: Option<(Vec<u8>, usize)>,
-    /// A complete `GET /metrics` waiting for its exposition (deferred endpoints only): whether
+    /// A complete `GET /metrics` waiting for its exposition (the counters were not at hand): whether
     /// it was a HEAD.
     waiting: Option<bool>,
     deadline: Instant,
@@ -396,9 +396,6 @@ pub(crate) struct MetricsEndpoint {
     /// Requests answered so far. Kept here rather than in the reactor's counters, since one
     /// accept turn may answer several scrapes from one snapshot.
     answered: u64,
-    /// The exposition is not at hand when a request completes (a supervisor asks its workers
-    /// first): requests wait for [`MetricsEndpoint::answer_waiting`].
-    deferred: bool,
 }
 
 impl MetricsEndpoint {
@@ -408,14 +405,25 @@ impl MetricsEndpoint {
             listener,
             scrapes: Slab::with_capacity(MAX_SCRAPERS),
             answered: 0,
-            deferred: false,
         })
     }
 
-    /// An endpoint whose `GET /metrics` requests wait for [`MetricsEndpoint::answer_waiting`].
-    pub(crate) fn deferred(mut self) -> Self {
-        self.deferred = true;
-        self
+    /// Handles an event on one of this endpoint's own tokens (its listener's, a scrape's) and
+    /// says whether it was one: for a poll that does not decode the reactor's token map (the
+    /// supervisor's).
+    pub(crate) fn on_event(
+        &mut self,
+        registry: &Registry,
+        t: mio::Token,
+        now: Instant,
+        snap: Option<&Snapshot>,
+    ) -> bool {
+        match token::Source::of(t, 0, 0) {
+            token::Source::Metrics => self.accept(registry, now, snap),
+            token::Source::Scrape(key) => self.drive(key, snap),
+            _ => return false,
+        }
+        true
     }
 
     /// Whether a request waits for the exposition.
@@ -442,12 +450,7 @@ impl MetricsEndpoint {
 
     /// Writes what `key` has to write (it was just given a response).
     fn write_out(&mut self, key: usize) {
-        let empty = Snapshot {
-            stats: Stats::default(),
-            limits: Limits::default(),
-            start_time: 0.0,
-        };
-        self.drive(key, &empty);
+        self.drive(key, None);
     }
 
     /// Requests answered so far.
@@ -461,8 +464,8 @@ impl MetricsEndpoint {
     }
 
     /// Accepts every waiting scraper (the listener is edge-triggered); past [`MAX_SCRAPERS`] a
-    /// connection is closed at once.
-    pub(crate) fn accept(&mut self, registry: &Registry, now: Instant, snap: &Snapshot) {
+    /// connection is closed at once. `snap`: as for [`MetricsEndpoint::drive`].
+    pub(crate) fn accept(&mut self, registry: &Registry, now: Instant, snap: Option<&Snapshot>) {
         loop {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
@@ -504,7 +507,10 @@ impl MetricsEndpoint {
     }
 
     /// Moves scrape `key` along: reads the request, answers it, writes the answer, closes.
-    pub(crate) fn drive(&mut self, key: usize, snap: &Snapshot) {
+    /// `snap`: the counters to answer `GET /metrics` from, or `None` when they are not at hand
+    /// (a supervisor asks its workers first): the request then waits for
+    /// [`MetricsEndpoint::answer_waiting`].
+    pub(crate) fn drive(&mut self, key: usize, snap: Option<&Snapshot>) {
         let Some(s) = self.scrapes.get_mut(key) else {
             return;
         };
@@ -533,15 +539,17 @@ impl MetricsEndpoint {
                     let resp = match ask(&s.request) {
                         Asked::Incomplete => None,
                         Asked::Other(resp) => Some(resp),
-                        Asked::Metrics { head } if self.deferred => {
-                            s.waiting = Some(head);
-                            None
-                        }
-                        Asked::Metrics { head } => {
-                            let mut snap = snap.clone();
-                            snap.stats.scrapes = self.answered;
-                            Some(metrics_response(&render(&snap), head))
-                        }
+                        Asked::Metrics { head } => match snap {
+                            None => {
+                                s.waiting = Some(head);
+                                None
+                            }
+                            Some(snap) => {
+                                let mut snap = snap.clone();
+                                snap.stats.scrapes = self.answered;
+                                Some(metrics_response(&render(&snap), head))
+                            }
+                        },
                     };
                     if let Some(resp) = resp {
                         s.response = Some((resp, 0));

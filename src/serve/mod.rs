@@ -2,16 +2,15 @@
 //!
 //! - `source`: where sockets come from (bound from addresses, or inherited descriptors).
 //! - `reactor`: the single-threaded mio loop and the [`Server`] that wires its parts:
-//!   `accept` (the acceptor), `conns` (the connections), `timer` (the idle timeout), `udp`
+//!   `accept` (the acceptor), `table` (the connection table), `timer` (the idle timeout), `udp`
 //!   (the UDP side), `lifecycle` (signals and drain), `stats` (the counters).
 //! - `conn`: one TCP connection's buffer state machine, the pure core.
 //! - `limit`: the per-source UDP reply budget.
 //! - [`proxy`]: the PROXY protocol: trusted sources, and where a header ends.
 //! - `metrics`: the `--metrics` endpoint (Prometheus text format).
 //! - [`systemd`]: sockets from socket activation, and `sd_notify` state reports.
-//! - [`supervisor`]: `--workers N`, the parent that binds, starts, restarts, reloads and
-//!   steers worker processes; [`control`], the channel between it and each worker; `steer`,
-//!   the reuse-port steering program.
+//! - [`control`]: the channel between a supervisor ([`crate::supervise`], which uses this
+//!   module and is not used by it) and each worker, and the worker's end of it.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
 //!   only when debug logging is on; the rate limit on "not answering" lines).
 //!
@@ -21,24 +20,22 @@ mod accept;
 // Public only so that benches/conn.rs can drive the state machine; not part of the API.
 #[doc(hidden)]
 pub mod conn;
-mod conns;
 pub mod control;
 mod lifecycle;
 mod limit;
-mod logs;
-mod metrics;
+pub(crate) mod logs;
+pub(crate) mod metrics;
 pub mod proxy;
 mod reactor;
 mod source;
 mod stats;
-mod steer;
-pub mod supervisor;
 pub mod systemd;
-mod timer;
+mod table;
+pub(crate) mod timer;
 mod token;
 mod udp;
 
-pub use conns::{FAIR_BUDGET, READ_CHUNK};
+pub(crate) use lifecycle::signals_to_handle;
 pub use lifecycle::{
     Action, HANDLED_SIGNALS, Policy, block_handled_signals, inherited_ignored_signals, signal_name,
     unblock_handled_signals,
@@ -47,6 +44,8 @@ pub use reactor::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Server, ShutdownHandle, Summary,
 };
 pub use source::{Protocols, SocketSource, Sockets, SourceError};
+pub(crate) use stats::Rates;
 pub use stats::Stats;
 pub use systemd::Notifier;
+pub use table::{FAIR_BUDGET, READ_CHUNK};
 pub use token::{MAX_LISTENERS, MAX_UDP_SOCKETS};

@@ -6,14 +6,14 @@
 //! | part | module | owns |
 //! |---|---|---|
 //! | acceptor | [`super::accept`] | listeners, accept budget, EMFILE pause and back-off, refusals |
-//! | connections | [`super::conns`] | the slab, the run queue, the read buffer, the pending total |
+//! | connections | [`super::table`] | the slab, the run queue, the read buffer, the pending total |
 //! | idle tracker | [`super::timer`] | the idle wheel and each connection's last activity |
 //! | UDP side | [`super::udp`] | the UDP endpoints, their batch buffers, the answering policy |
 //! | lifecycle | [`super::lifecycle`] | signals, the shutdown handle, the drain and its deadline |
 //! | counters | [`super::stats`] | [`Stats`] and the periodic counters line |
 //!
 //! Tokens are decoded in one place ([`super::token`]). One turn of the loop:
-//! 1. `poll` (retried on `Interrupted`), with a timeout of zero while work is queued, else the
+//! 1. `poll` (an interrupted wait is a wake-up with no events), with a timeout of zero while work is queued, else the
 //!    nearest deadline of any part;
 //! 2. dispatch each event: connections and UDP sockets record readiness (connections run at
 //!    once), listeners and signals only set flags;
@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use super::accept::Acceptor;
-use super::conns::{Close, Connections, Limits};
 use super::control::{Adopt, WorkerLink};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
@@ -42,10 +41,11 @@ use super::metrics::{self, MetricsEndpoint, Snapshot};
 use super::proxy::{HeaderError, ProxyConfig};
 use super::stats::{Stats, StatsLog};
 use super::systemd::Notifier;
+use super::table::{Close, Connections, Limits};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
-use crate::Transform;
+use crate::{Transform, io_outcome};
 
 /// Default ceiling on output owed by all connections together. A reader that does not read costs
 /// the server at most `--max-pending` (1 MiB), but 20,000 of them would cost 20 GB; 256 MiB keeps
@@ -53,13 +53,14 @@ use crate::Transform;
 /// it (replies usually leave in the turn they are made).
 pub const DEFAULT_MAX_PENDING_TOTAL: usize = 256 << 20;
 /// Default replies per second per UDP source, sustained, after a burst of ten seconds' worth (see
-/// [`super::limit`]). One ping-pong socket on loopback does about 20,000 round trips a second
+/// `serve/limit.rs`). One ping-pong socket on loopback does about 20,000 round trips a second
 /// with `upecho load` on a 2-core VM, so a benchmark from one socket does not meet the limit; an
 /// echo loop between two servers pays a hundred times as much per bounce, so it is held to 1,000
 /// bounces a second and, at the speed of one machine, ends within ~20,000.
 pub const DEFAULT_UDP_SOURCE_RATE: u32 = 100_000;
 
-/// How the reactor behaves; every field has a command-line flag in [`super::ServeArgs`].
+/// How the reactor behaves; every field has a command-line flag of `upecho serve`
+/// (the binary's `ServeArgs`, in `src/cli/serve.rs`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub transform: Transform,
@@ -236,12 +237,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            io_outcome::poll(&mut self.poll, &mut events, timeout)?;
             let now = Instant::now();
             if let Some(idle) = &mut self.idle {
                 idle.tick(now);
@@ -326,13 +322,13 @@ impl Server {
             Source::Metrics => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
-                    m.accept(self.poll.registry(), now, &snap);
+                    m.accept(self.poll.registry(), now, Some(&snap));
                 }
             }
             Source::Scrape(key) => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
-                    m.drive(key, &snap);
+                    m.drive(key, Some(&snap));
                 }
             }
             Source::Unknown(t) => {

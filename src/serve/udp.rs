@@ -12,11 +12,9 @@
 //! and broadcast, multicast or unspecified addresses.
 
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind};
-use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
-
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use log::{debug, info, trace, warn};
@@ -26,7 +24,8 @@ use super::limit::{SourceLimiter, fingerprint};
 use super::logs::{Count, Peer, SourceLog};
 use super::stats::Stats;
 use crate::Transform;
-use crate::io_outcome::{Class, classify};
+use crate::io_outcome::{Class, classify, is_would_block, retrying};
+use crate::mmsg::Datagrams;
 
 /// Datagrams handled per wake-up before other sources get a turn.
 pub const UDP_BUDGET: usize = 64;
@@ -41,129 +40,7 @@ const MAX_DATAGRAM: usize = crate::net::MAX_DATAGRAM_V6;
 pub const BATCH: usize = 16;
 
 /// Reactor-wide buffers for one batch of datagrams, shared by every UDP endpoint.
-pub struct Batch {
-    bufs: Box<[u8]>,
-    addrs: Box<[libc::sockaddr_storage]>,
-    addr_lens: [libc::socklen_t; BATCH],
-    lens: [usize; BATCH],
-    srcs: [Option<SocketAddr>; BATCH],
-}
-
-impl Default for Batch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Batch {
-    pub fn new() -> Batch {
-        Batch {
-            bufs: vec![0u8; BATCH * MAX_DATAGRAM].into_boxed_slice(),
-            // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid (empty) value.
-            addrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
-            addr_lens: [0; BATCH],
-            lens: [0; BATCH],
-            srcs: [None; BATCH],
-        }
-    }
-
-    fn buf(&mut self, i: usize) -> &mut [u8] {
-        &mut self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + self.lens[i]]
-    }
-
-    /// One `recvmmsg`: fills slots `0..n` and returns `n` (at least 1).
-    fn recv(&mut self, fd: i32) -> io::Result<usize> {
-        // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below points into `self`,
-        // which outlives the call, with the lengths of the buffers it points to.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
-                iov_len: MAX_DATAGRAM,
-            };
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &raw mut iovs[i];
-            h.msg_iovlen = 1;
-        }
-        // SAFETY: see above; BATCH headers are initialised.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        for (i, h) in hdrs.iter().enumerate().take(n) {
-            self.lens[i] = h.msg_len as usize;
-            self.addr_lens[i] = h.msg_hdr.msg_namelen;
-            self.srcs[i] = to_socket_addr(&self.addrs[i]);
-        }
-        Ok(n)
-    }
-
-    /// One `sendmmsg` of the slots in `which`, each to its source; returns how many were sent.
-    fn send(&mut self, fd: i32, which: &[usize]) -> io::Result<usize> {
-        // SAFETY: as in `recv`; only the first `which.len()` headers are passed.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        let base = self.bufs.as_mut_ptr();
-        for (j, &i) in which.iter().enumerate() {
-            iovs[j] = libc::iovec {
-                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
-                iov_len: self.lens[i],
-            };
-            let h = &mut hdrs[j].msg_hdr;
-            h.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_namelen = self.addr_lens[i];
-            h.msg_iov = &raw mut iovs[j];
-            h.msg_iovlen = 1;
-        }
-        // SAFETY: see above.
-        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), which.len() as libc::c_uint, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-}
-
-/// The address the kernel wrote into `ss`, if it is IPv4 or IPv6.
-fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
-            // enough and aligned for.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
+pub type Batch = Datagrams<BATCH>;
 
 /// Whether the guard lets the server answer `src`.
 pub fn reply_allowed(src: SocketAddr) -> bool {
@@ -290,19 +167,17 @@ impl UdpEndpoint {
         stats: &mut Stats,
     ) -> UdpProgress {
         self.flush(stats);
-        let fd = self.socket.as_raw_fd();
         let mut handled = 0;
         while handled < UDP_BUDGET {
             if !self.readable {
                 return UdpProgress::Wait;
             }
-            let n = match batch.recv(fd) {
+            let n = match batch.recv(self.socket.as_fd()) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if is_would_block(&e) => {
                     self.readable = false;
                     return UdpProgress::Wait;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they concern no one now.
                     match classify(&e) {
@@ -324,8 +199,9 @@ impl UdpEndpoint {
             let now_ns = policy.now_ns();
             let mut now = None;
             for i in 0..n {
-                let verdict = match batch.srcs[i] {
-                    Some(src) => policy.answer(src, batch.buf(i), transform, now_ns),
+                let src = batch.source(i);
+                let verdict = match src {
+                    Some(src) => policy.answer(src, batch.get_mut(i), transform, now_ns),
                     None => Err("not an IP source"),
                 };
                 match verdict {
@@ -335,7 +211,7 @@ impl UdpEndpoint {
                     }
                     Err(why) => {
                         stats.datagrams_ignored += 1;
-                        policy.ignored(batch.srcs[i], why, &mut now);
+                        policy.ignored(src, why, &mut now);
                     }
                 }
             }
@@ -351,33 +227,31 @@ impl UdpEndpoint {
     /// Answers the batch slots in `which`, in order: straight to the kernel when nothing is
     /// queued, else (and for whatever the kernel does not take) into the bounded queue.
     fn reply(&mut self, batch: &mut Batch, mut which: &[usize], stats: &mut Stats) {
-        let fd = self.socket.as_raw_fd();
         while !which.is_empty() && self.queue.is_empty() && self.writable {
-            match batch.send(fd, which) {
+            match batch.send(self.socket.as_fd(), which) {
                 Ok(k) => {
                     stats.datagrams_out += k as u64;
                     which = &which[k..];
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if is_would_block(&e) => self.writable = false,
                 Err(e) => {
                     // The first datagram failed alone (sendmmsg reports an error only then).
                     stats.datagrams_dropped += 1;
-                    log_send_error(batch.srcs[which[0]], &e);
+                    log_send_error(batch.source(which[0]), &e);
                     which = &which[1..];
                 }
             }
         }
         for &i in which {
-            let Some(dst) = batch.srcs[i] else { continue };
-            let len = batch.lens[i];
+            let Some(dst) = batch.source(i) else { continue };
+            let len = batch.get(i).len();
             if self.queue.len() >= QUEUE_MAX_DATAGRAMS || self.queued_bytes + len > QUEUE_MAX_BYTES
             {
                 stats.datagrams_dropped += 1;
                 continue;
             }
             self.queued_bytes += len;
-            self.queue.push_back((dst, batch.buf(i).into()));
+            self.queue.push_back((dst, batch.get(i).into()));
         }
     }
 
@@ -386,9 +260,10 @@ impl UdpEndpoint {
             let Some((dst, data)) = self.queue.front() else {
                 return;
             };
-            match send(&self.socket, data, *dst) {
-                Ok(()) => stats.datagrams_out += 1,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            // A datagram is sent whole or not at all.
+            match retrying(|| self.socket.send_to(data, *dst)) {
+                Ok(_) => stats.datagrams_out += 1,
+                Err(e) if is_would_block(&e) => {
                     self.writable = false;
                     return;
                 }
@@ -419,7 +294,7 @@ impl UdpSide {
         UdpSide {
             endpoints,
             owed: true,
-            batch: Batch::new(),
+            batch: Batch::with_sources(MAX_DATAGRAM),
             policy,
         }
     }
@@ -461,17 +336,6 @@ fn log_send_error(dst: Option<SocketAddr>, e: &io::Error) {
     match classify(e) {
         Class::Local => warn!("udp send to {}: {e}", Peer(dst)),
         _ => debug!("udp send to {}: {e}", Peer(dst)),
-    }
-}
-
-/// `send_to`, retried on `Interrupted`. A datagram is sent whole or not at all.
-fn send(socket: &UdpSocket, data: &[u8], dst: SocketAddr) -> io::Result<()> {
-    loop {
-        match socket.send_to(data, dst) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 

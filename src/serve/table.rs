@@ -1,4 +1,4 @@
-//! The open connections: the slab (token = key + offset), the run queue of connections that spent
+//! The connection table: the slab (token = key + offset), the run queue of connections that spent
 //! their turn's budget, the reactor-wide read buffer, and the server-wide pending-output total and
 //! its ceiling. Each connection's bytes are moved by its own state machine ([`super::conn`]); this
 //! module decides which connection runs and keeps the totals.
@@ -13,7 +13,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
 
-use super::conn::{Conn, Ctx, Moved, Progress, State};
+use super::conn::{Conn, Ctx, Moved, Progress, StreamState};
 use super::logs::{CloseLine, ConnLog, Count, Peer, Reason, Via};
 use super::proxy::{HeaderError, TrustedSources};
 use super::stats::Stats;
@@ -110,7 +110,7 @@ impl Connections {
     pub(crate) fn awaiting_header(&self, key: usize) -> bool {
         self.slab
             .get(key)
-            .is_some_and(|c| c.state() == State::Header)
+            .is_some_and(|c| c.state() == StreamState::Header)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -286,8 +286,8 @@ impl Connections {
             Progress::Done => {
                 // Done in `Open` is only ever a drain finding the connection quiet.
                 let why = match c.state() {
-                    State::ReadClosed => Close::PeerClosed,
-                    State::Open | State::Header => Close::Drained,
+                    StreamState::ReadClosed => Close::PeerClosed,
+                    StreamState::Open | StreamState::Header => Close::Drained,
                 };
                 self.close(key, why, stats)
             }
