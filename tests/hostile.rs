@@ -57,15 +57,7 @@ fn sighup_and_sigquit_drain_like_sigterm_so_a_non_reader_gets_all_it_is_owed() {
         let data = random_bytes(9 << 20, 11);
         c.write_all(&data).unwrap();
         // The server has taken all of it and owes it, far more than the socket buffers hold.
-        let got = s.wait_metric("upecho_received_bytes_total", |n| n >= data.len() as f64);
-        assert_eq!(got, data.len() as f64, "{}", s.stderr());
-        s.signal(sig);
-        assert!(s.logged("stopped listening; draining"), "{}", s.stderr());
-        assert!(
-            s.child.try_wait().unwrap().is_none(),
-            "signal {sig} ended the server while it owed output: {}",
-            s.stderr()
-        );
+        s.signal_once_owed(data.len(), sig);
         let got = read_n(&mut c, data.len());
         assert!(got == upper(&data), "signal {sig}: reply differs");
         assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());

@@ -752,15 +752,7 @@ fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
 /// Spawns `upecho load ARGS...` with stdout and/or stderr connected to a pipe whose reading end
 /// is closed at once, and returns its exit code and (when open) its stderr.
 fn load_with_closed(stdout: bool, stderr: bool, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(bin())
-        .arg("load")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn upecho load");
+    let mut child = util::spawn_load(args);
     if stdout {
         drop(child.stdout.take());
     }
@@ -891,15 +883,7 @@ struct LoadProc {
 impl LoadProc {
     fn start(args: &[&str]) -> LoadProc {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(bin())
-            .arg("load")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn upecho load");
+        let mut child = util::spawn_load(args);
         let pipe = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
         let stderr = thread::spawn(move || {

@@ -433,15 +433,7 @@ fn sigterm_lets_a_connection_collect_what_it_is_owed() {
     let mut c = s.connect();
     let data = random_bytes(32 << 20, 6);
     c.write_all(&data).unwrap();
-    let got = s.wait_metric("upecho_received_bytes_total", |n| n >= data.len() as f64);
-    assert_eq!(got, data.len() as f64, "{}", s.stderr());
-    s.signal(libc::SIGTERM);
-    assert!(s.logged("stopped listening; draining"), "{}", s.stderr());
-    assert!(
-        s.child.try_wait().unwrap().is_none(),
-        "exited while owing output: {}",
-        s.stderr()
-    );
+    s.signal_once_owed(data.len(), libc::SIGTERM);
     let got = read_n(&mut c, data.len());
     assert!(got == upper(&data));
     assert!(closed_within(&mut c, WAIT), "not closed after catching up");

@@ -214,6 +214,16 @@ fn a_killed_worker_is_restarted_and_the_port_keeps_answering() {
     assert!(counter_in(line, "accepted").unwrap() > 0, "{line}");
 }
 
+/// Flags for a server that may owe clients a lot for a long drain, and tells how much it took.
+const OWING: &[&str] = &[
+    "--drain-timeout",
+    "30",
+    "--max-pending",
+    "64MiB",
+    "--metrics",
+    "127.0.0.1:0",
+];
+
 /// `n` clients that have each sent 2 MiB (of `seed`'s bytes) and not read the reply yet, so the
 /// server owes them a lot; and those bytes. Returns once the workers have taken all of it (their
 /// `/metrics`: `s` runs with `--metrics`).
@@ -246,17 +256,7 @@ fn collect_owed(clients: &mut [TcpStream], data: &[u8]) {
 
 #[test]
 fn sigterm_drains_every_worker_and_exits_zero() {
-    let mut s = start(
-        "2",
-        &[
-            "--drain-timeout",
-            "30",
-            "--max-pending",
-            "64MiB",
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-    );
+    let mut s = start("2", OWING);
     // Clients that are owed a lot when the signal comes, spread over both workers.
     let (mut clients, data) = owed_clients(&s, 8, 5);
     s.signal(libc::SIGTERM);
@@ -321,17 +321,7 @@ fn stop_signals_inherited_ignored_stay_ignored_by_supervisor_and_workers() {
 /// their clients get every byte they are owed, and the server exits 0.
 #[test]
 fn a_stop_during_a_reloads_drain_lets_the_old_workers_finish() {
-    let mut s = start(
-        "2",
-        &[
-            "--drain-timeout",
-            "30",
-            "--max-pending",
-            "64MiB",
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-    );
+    let mut s = start("2", OWING);
     let (mut clients, data) = owed_clients(&s, 4, 9);
     s.signal(libc::SIGHUP);
     assert!(s.logged("reload complete: generation 1"), "{}", s.stderr());

@@ -206,6 +206,25 @@ impl ServerProc {
         });
         last
     }
+
+    /// Waits (bounded) until the server has taken `bytes` in all (its `/metrics`), so that it
+    /// owes them to a client that has not read them back yet; then sends `sig` and waits until the
+    /// server says it is draining, and checks that it still runs.
+    pub fn signal_once_owed(&mut self, bytes: usize, sig: i32) {
+        let got = self.wait_metric("upecho_received_bytes_total", |n| n >= bytes as f64);
+        assert_eq!(got, bytes as f64, "{}", self.stderr());
+        self.signal(sig);
+        assert!(
+            self.logged("stopped listening; draining"),
+            "{}",
+            self.stderr()
+        );
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "signal {sig} ended the server while it owed output: {}",
+            self.stderr()
+        );
+    }
 }
 
 impl Drop for ServerProc {
