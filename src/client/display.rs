@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::session::Arrival;
+use super::Id;
 
 /// `bytes` as one line of readable text: lossy UTF-8, control characters escaped (`\n`, `\u{1b}`),
 /// and an empty reply shown as `(empty)` so that it is visible at all.
@@ -96,6 +96,33 @@ pub fn describe(addr: &str, a: &Arrival) -> String {
 /// An ICMP "port unreachable" from the UDP server at `addr`.
 pub fn refused(addr: &str) -> String {
     format!("{addr} refused the datagram (ICMP port unreachable): nothing is listening there")
+}
+
+/// What the protocol's bookkeeping made of what arrived. Each protocol produces the kinds it can
+/// tell apart; all are shown to the user the same way ([`describe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// The whole reply to line `id`, which was still waited for.
+    Answer {
+        id: Id,
+        reply: Vec<u8>,
+        rtt: Duration,
+    },
+    /// The whole reply to a line already given up on (its timeout passed).
+    Late {
+        line: Vec<u8>,
+        reply: Vec<u8>,
+        rtt: Duration,
+    },
+    /// UDP: one more reply to a line already answered.
+    Duplicate { line: Vec<u8>, reply: Vec<u8> },
+    /// TCP: bytes beyond every reply owed.
+    Unasked(Vec<u8>),
+    /// UDP: a datagram that matches no line sent.
+    Unexpected(Vec<u8>),
+    /// UDP: an ICMP "port unreachable" for an earlier datagram; the line in flight, if any, will
+    /// not be answered.
+    Refused,
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 
 use super::console::{Console, Input, Messenger, PromptWaker};
+pub(crate) use super::display::Arrival;
 use super::display::{describe, secs};
 use super::{Failure, Id, InteractiveOptions};
 use crate::addr::DEFAULT_ADDR;
@@ -50,33 +51,6 @@ const ACCOUNT_WAIT: Duration = Duration::from_millis(500);
 /// A failure to set up part of the session (a socket, a poll, the signal handler).
 pub(crate) fn setup_error(what: &str, e: &dyn fmt::Display) -> Failure {
     Failure::Error(format!("cannot set up the {what}: {e}"))
-}
-
-/// What the protocol's bookkeeping made of what arrived. Each protocol produces the kinds it can
-/// tell apart; all are shown to the user the same way ([`describe`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Arrival {
-    /// The whole reply to line `id`, which was still waited for.
-    Answer {
-        id: Id,
-        reply: Vec<u8>,
-        rtt: Duration,
-    },
-    /// The whole reply to a line already given up on (its timeout passed).
-    Late {
-        line: Vec<u8>,
-        reply: Vec<u8>,
-        rtt: Duration,
-    },
-    /// UDP: one more reply to a line already answered.
-    Duplicate { line: Vec<u8>, reply: Vec<u8> },
-    /// TCP: bytes beyond every reply owed.
-    Unasked(Vec<u8>),
-    /// UDP: a datagram that matches no line sent.
-    Unexpected(Vec<u8>),
-    /// UDP: an ICMP "port unreachable" for an earlier datagram; the line in flight, if any, will
-    /// not be answered.
-    Refused,
 }
 
 /// What one receive on the reader thread's socket came to.
