@@ -40,7 +40,7 @@ pub const MAX_REQUEST: usize = 8 << 10;
 /// From accept to the last byte of the response.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) use super::reactor::Limits;
+pub(crate) use super::config::Limits;
 
 /// What a scrape reports: the counters at that moment and what does not change.
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@
 
 mod accept;
 // Public only so that benches/conn.rs can drive the state machine; not part of the API.
+mod config;
 #[doc(hidden)]
 pub mod conn;
 pub mod control;
@@ -37,14 +38,13 @@ pub(crate) mod timer;
 mod token;
 mod udp;
 
+pub use config::{Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE};
 pub(crate) use lifecycle::signals_to_handle;
 pub use lifecycle::{
     Action, HANDLED_SIGNALS, Policy, block_handled_signals, inherited_ignored_signals, signal_name,
     unblock_handled_signals,
 };
-pub use reactor::{
-    Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Server, ShutdownHandle, Summary,
-};
+pub use reactor::{Server, ShutdownHandle, Summary};
 pub use source::{Protocols, SocketSource, Sockets, SourceError};
 pub(crate) use stats::Rates;
 pub use stats::Stats;

@@ -13,10 +13,10 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
 
+use super::config::Limits;
 use super::conn::{Conn, Ctx, Moved, Progress, StreamState};
 use super::logs::{CloseLine, ConnLog, Count, Peer, Reason, Via};
 use super::proxy::{HeaderError, TrustedSources};
-use super::reactor::Limits;
 use super::stats::Stats;
 use super::throttle::{Episode, Throttle};
 use super::token;
