@@ -33,80 +33,19 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use super::accept::Acceptor;
+use super::config::{Config, Limits};
 use super::control::{Adopt, WorkerLink};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
 use super::metrics::{self, MetricsEndpoint, Snapshot};
-use super::proxy::{HeaderError, ProxyConfig};
+use super::proxy::HeaderError;
 use super::stats::{Stats, StatsLog};
-use super::systemd::Notifier;
-use super::table::{Close, Connections, Limits};
+use super::table::{Close, Connections};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
 use crate::{Transform, io_outcome};
-
-/// Default ceiling on output owed by all connections together. A reader that does not read costs
-/// the server at most `--max-pending` (1 MiB), but 20,000 of them would cost 20 GB; 256 MiB keeps
-/// the worst case well inside a small machine, and a server that is merely busy never comes near
-/// it (replies usually leave in the turn they are made).
-pub const DEFAULT_MAX_PENDING_TOTAL: usize = 256 << 20;
-/// Default replies per second per UDP source, sustained, after a burst of ten seconds' worth (see
-/// `serve/limit.rs`). One ping-pong socket on loopback does about 20,000 round trips a second
-/// with `upecho load` on a 2-core VM, so a benchmark from one socket does not meet the limit; an
-/// echo loop between two servers pays a hundred times as much per bounce, so it is held to 1,000
-/// bounces a second and, at the speed of one machine, ends within ~20,000.
-pub const DEFAULT_UDP_SOURCE_RATE: u32 = 100_000;
-
-/// How the reactor behaves; every field has a command-line flag of `upecho serve`
-/// (the binary's `ServeArgs`, in `src/cli/serve.rs`).
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub transform: Transform,
-    pub max_connections: usize,
-    pub max_pending: usize,
-    /// Output owed by all connections together before debtors stop being read.
-    pub max_pending_total: usize,
-    pub idle_timeout: Option<Duration>,
-    pub drain_timeout: Duration,
-    pub stats_interval: Option<Duration>,
-    /// Refuse to answer UDP from privileged ports and broadcast/multicast/unspecified sources.
-    pub udp_guard: bool,
-    /// Replies per second one UDP source (address and port) may get; `None` for no limit.
-    pub udp_source_rate: Option<u32>,
-    /// Handle SIGTERM, SIGINT, SIGHUP and SIGQUIT (graceful stop, then a second one forces) and
-    /// SIGUSR1 (log the counters). Off for embedders that use [`ShutdownHandle`] instead.
-    pub handle_signals: bool,
-    /// Where to report READY/STOPPING/WATCHDOG (systemd's `sd_notify`); does nothing by default.
-    pub notifier: Notifier,
-    /// Read a PROXY protocol header first on connections from these sources.
-    pub proxy: Option<ProxyConfig>,
-    /// `--busy-poll`: for this long after the last turn that brought events, poll with a zero
-    /// timeout instead of sleeping, so the next event is found without a wake-up (CPU for
-    /// latency; `None`: always sleep).
-    pub busy_poll: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            transform: Transform::Upper,
-            max_connections: 1024,
-            max_pending: 1 << 20,
-            max_pending_total: DEFAULT_MAX_PENDING_TOTAL,
-            idle_timeout: None,
-            drain_timeout: Duration::from_secs(5),
-            stats_interval: None,
-            udp_guard: true,
-            udp_source_rate: Some(DEFAULT_UDP_SOURCE_RATE),
-            handle_signals: false,
-            notifier: Notifier::default(),
-            proxy: None,
-            busy_poll: None,
-        }
-    }
-}
 
 /// How a run ended.
 #[derive(Debug)]
@@ -134,7 +73,7 @@ pub struct Server {
     /// The channel to the supervisor, when this reactor is one of `--workers`.
     control: Option<WorkerLink>,
     /// What the metrics report besides the counters.
-    limits: metrics::Limits,
+    limits: Limits,
     start_time: f64,
     busy_poll: Option<Duration>,
     /// When a poll last returned events (the start of the busy-poll window).
@@ -171,6 +110,7 @@ impl Server {
             )?;
             endpoints.push(UdpEndpoint::new(s));
         }
+        let limits = Limits::of(&config);
         let life = Lifecycle::new(
             registry,
             config.handle_signals,
@@ -182,12 +122,8 @@ impl Server {
             transform: config.transform,
             acceptor: Acceptor::new(listeners),
             conns: Connections::new(
-                Limits {
-                    transform: config.transform,
-                    max_connections: config.max_connections,
-                    max_pending: config.max_pending,
-                    max_pending_total: config.max_pending_total,
-                },
+                limits,
+                config.transform,
                 config.proxy.as_ref().map(|p| p.from.clone()),
             ),
             idle: config.idle_timeout.map(|t| IdleTracker::new(t, now)),
@@ -204,12 +140,7 @@ impl Server {
             stats_log: StatsLog::new(config.stats_interval, now),
             metrics: None,
             control: None,
-            limits: metrics::Limits {
-                max_connections: config.max_connections as u64,
-                max_pending: config.max_pending as u64,
-                max_pending_total: config.max_pending_total as u64,
-                udp_source_rate: config.udp_source_rate.map_or(0, u64::from),
-            },
+            limits,
             start_time: metrics::unix_now(),
             busy_poll: config.busy_poll.filter(|d| !d.is_zero()),
             last_events: now,
