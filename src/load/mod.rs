@@ -77,7 +77,7 @@ pub use merge::{MergeReport, merge_logs};
 pub use procs::{execute_child, execute_processes};
 pub(crate) use report::build_report;
 pub use report::{CpuUse, ProcessPart, Report, Second, ServerUse, hgrm};
-pub use stats::ErrorCounts;
+pub use stats::{ErrorCounts, ErrorKinds};
 
 use crate::net::Proto;
 use interval::{Interval, Merged, Merger};
@@ -89,7 +89,7 @@ use stats::{Counts, ErrorClass, Live};
 /// What a worker sends the main thread.
 pub(crate) enum WorkerMsg {
     /// An interval is over.
-    Interval(Interval),
+    Interval(Box<Interval>),
     /// The worker has ended: it sends nothing more.
     End,
 }
@@ -414,7 +414,7 @@ struct Pump<'a> {
 impl Pump<'_> {
     fn take(&mut self, (src, msg): (usize, WorkerMsg)) {
         match msg {
-            WorkerMsg::Interval(iv) => self.merger.add(src, iv),
+            WorkerMsg::Interval(iv) => self.merger.add(src, *iv),
             WorkerMsg::End => self.merger.end(src),
         }
     }
