@@ -447,8 +447,12 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         text.push_str(&s.text());
     }
     if let Some(r) = report {
-        if search.is_some() {
-            text.push_str("the confirmation run:\n");
+        if let Some(s) = &search {
+            text.push_str(if s.answer.is_some() {
+                "the confirmation run:\n"
+            } else {
+                "the last step's run:\n"
+            });
         }
         text.push_str(&r.text());
     }
