@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::report::{Report, Second};
@@ -76,15 +77,13 @@ fn x_end(series: &[Second]) -> f64 {
     series.iter().map(|s| s.t + s.secs).fold(1.0, f64::max)
 }
 
-fn throughput(root: &Area, r: &Report) -> Drawn {
-    let churn = r.mode == "churn";
-    let per_s = |n: u64, s: &Second| n as f64 / s.secs.max(1e-3);
-    let msgs = points(&r.series, |s| Some(per_s(s.messages, s)));
-    let conns = points(&r.series, |s| Some(per_s(s.connects, s)));
-    if msgs.is_empty() {
-        return nothing(root, "seconds");
-    }
-    let top = msgs.iter().chain(&conns).map(|p| p.1).fold(1.0, f64::max) * 1.15;
+/// A chart over the window's seconds (x) of a linear `0..top` (y), its mesh drawn.
+fn over_time<'a, 'b>(
+    root: &'a Area<'b>,
+    r: &Report,
+    top: f64,
+    y_desc: &str,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
     let mut chart = ChartBuilder::on(root)
         .margin(12)
         .x_label_area_size(36)
@@ -94,10 +93,23 @@ fn throughput(root: &Area, r: &Report) -> Drawn {
     chart
         .configure_mesh()
         .x_desc("seconds into the window")
-        .y_desc("per second")
+        .y_desc(y_desc)
         .y_label_formatter(&|v| short(*v))
         .draw()
         .map_err(fail)?;
+    Ok(chart)
+}
+
+fn throughput(root: &Area, r: &Report) -> Drawn {
+    let churn = r.mode == "churn";
+    let per_s = |n: u64, s: &Second| n as f64 / s.secs.max(1e-3);
+    let msgs = points(&r.series, |s| Some(per_s(s.messages, s)));
+    let conns = points(&r.series, |s| Some(per_s(s.connects, s)));
+    if msgs.is_empty() {
+        return nothing(root, "seconds");
+    }
+    let top = msgs.iter().chain(&conns).map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let mut chart = over_time(root, r, top, "per second")?;
     chart
         .draw_series(LineSeries::new(msgs, BLUE.stroke_width(2)))
         .map_err(fail)?
@@ -113,7 +125,9 @@ fn throughput(root: &Area, r: &Report) -> Drawn {
     legend(&mut chart)
 }
 
-fn legend<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>) -> Drawn
+fn legend<'a, 'b: 'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+) -> Drawn
 where
     X: Ranged,
     Y: Ranged,
@@ -236,19 +250,7 @@ fn errors(root: &Area, r: &Report) -> Drawn {
         return nothing(root, "seconds");
     }
     let top = r.series.iter().map(|s| s.errors).max().unwrap_or(0).max(1) as f64 * 1.2;
-    let mut chart = ChartBuilder::on(root)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..x_end(&r.series), 0.0..top)
-        .map_err(fail)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the window")
-        .y_desc("errors in the second")
-        .y_label_formatter(&|v| short(*v))
-        .draw()
-        .map_err(fail)?;
+    let mut chart = over_time(root, r, top, "errors in the second")?;
     for (name, f, color) in kinds {
         let pts = points(&r.series, |s| Some(f(s) as f64));
         chart
@@ -504,12 +506,7 @@ pub fn page(
              <th>p50</th><th>p99</th><th>p99.9</th><th>errors</th><th>result</th></tr>\n",
         );
         for (i, st) in s.steps.iter().enumerate() {
-            let l = |f: fn(&super::hist::Latency) -> f64| {
-                st.latency_us
-                    .as_ref()
-                    .map(|l| super::expr::show_us(f(l)))
-                    .unwrap_or("-".into())
-            };
+            let l = |f| st.shown(f);
             let (class, res) = if st.pass {
                 ("pass", "pass".to_string())
             } else {

@@ -165,14 +165,19 @@ pub fn search(
     let mut rate = spec.start.clamp(floor.min(spec.max), spec.max);
     let mut last: Option<RunOutput> = None;
     // Grow (or shrink) until the two sides are known.
+    // One step: whether it passed, or `None` when a signal ended it (and so the search).
+    let mut step =
+        |kind: StepKind, rate: f64, steps: &mut Vec<Step>, last: &mut Option<RunOutput>| {
+            let (pass, out) = take(kind, rate, steps);
+            let stopped = out.report.interrupted;
+            *last = Some(out);
+            (!stopped).then_some(pass)
+        };
     while steps.len() < MAX_STEPS {
-        let (pass, out) = take(StepKind::Grow, rate, &mut steps);
-        let stop = out.report.interrupted;
-        last = Some(out);
-        if stop {
+        let Some(pass) = step(StepKind::Grow, rate, &mut steps, &mut last) else {
             interrupted = true;
             break;
-        }
+        };
         if pass {
             lo = Some(rate);
             if hi.is_some() || rate >= spec.max {
@@ -197,13 +202,10 @@ pub fn search(
             break;
         }
         let mid = (l * h).sqrt();
-        let (pass, out) = take(StepKind::Bisect, mid, &mut steps);
-        let stop = out.report.interrupted;
-        last = Some(out);
-        if stop {
+        let Some(pass) = step(StepKind::Bisect, mid, &mut steps, &mut last) else {
             interrupted = true;
             break;
-        }
+        };
         if pass {
             lo = Some(mid);
         } else {
@@ -217,12 +219,16 @@ pub fn search(
             if interrupted || steps.len() >= MAX_STEPS {
                 break;
             }
-            let (pass, out) = take(StepKind::Confirm, l, &mut steps);
-            interrupted = out.report.interrupted;
-            last = Some(out);
-            if pass && !interrupted {
-                answer = Some(l);
-                break;
+            match step(StepKind::Confirm, l, &mut steps, &mut last) {
+                None => {
+                    interrupted = true;
+                    break;
+                }
+                Some(true) => {
+                    answer = Some(l);
+                    break;
+                }
+                Some(false) => {}
             }
             hi = Some(hi.map_or(l, |h| h.min(l)));
             l /= 1.0 + spec.precision.max(0.01);
@@ -314,6 +320,16 @@ fn judge(
     }
 }
 
+impl Step {
+    /// One of the step's percentiles (`|l| l.p99`) as written (`1.2ms`), or `-`.
+    pub fn shown(&self, f: fn(&Latency) -> f64) -> String {
+        self.latency_us
+            .as_ref()
+            .map(|l| super::expr::show_us(f(l)))
+            .unwrap_or("-".into())
+    }
+}
+
 impl SearchReport {
     /// The knee table and the answer, for a person.
     pub fn text(&self) -> String {
@@ -336,12 +352,7 @@ impl SearchReport {
             "#", "step", "offered", "achieved", "p50", "p99", "p99.9", "errors", "µs/msg"
         );
         for (i, st) in self.steps.iter().enumerate() {
-            let lat = |f: fn(&Latency) -> f64| {
-                st.latency_us
-                    .as_ref()
-                    .map(|l| super::expr::show_us(f(l)))
-                    .unwrap_or("-".into())
-            };
+            let lat = |f| st.shown(f);
             let res = if st.pass {
                 "pass".to_string()
             } else {
