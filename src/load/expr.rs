@@ -229,17 +229,22 @@ impl FromStr for Cond {
     }
 }
 
-/// Conditions joined with `and` (at least one).
+/// Conditions joined with `and` (or `&&`), at least one.
 pub fn parse_all(s: &str) -> Result<Vec<Cond>, String> {
-    let parts: Vec<&str> = s
-        .split(" and ")
-        .flat_map(|p| p.split("&&"))
-        .map(str::trim)
-        .collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("`{s}` has an empty condition"));
+    let mut parts = vec![String::new()];
+    for w in s.replace("&&", " && ").split_whitespace() {
+        if w.eq_ignore_ascii_case("and") || w == "&&" {
+            parts.push(String::new());
+        } else if let Some(p) = parts.last_mut() {
+            p.push_str(w);
+        }
     }
-    parts.into_iter().map(str::parse).collect()
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "`{s}` has an empty condition (before or after `and`)"
+        ));
+    }
+    parts.iter().map(|p| p.parse()).collect()
 }
 
 /// `2ms`, `500us`, `1.5 s`: a latency in microseconds, positive and finite.
@@ -321,9 +326,11 @@ mod tests {
         assert_eq!((c.metric, c.value), (Metric::MsgsPerS, 100_000.0));
         let c: Cond = "errors>0".parse().unwrap();
         assert_eq!((c.metric, c.cmp, c.value), (Metric::Errors, Cmp::Gt, 0.0));
-        let all = parse_all("p50<1ms and p99<2ms").unwrap();
+        let all = parse_all("p50 < 1ms and p99<2ms").unwrap();
         assert_eq!(all.len(), 2);
+        assert_eq!(all[0].text, "p50<1ms");
         assert_eq!(all[1].text, "p99<2ms");
+        assert_eq!(parse_all("p50<1ms&&errors>0").unwrap().len(), 2);
     }
 
     #[test]
