@@ -625,10 +625,11 @@ mod tests {
         );
         assert!(parse(&["--proto", "udp", "-s", "70000"]).is_err());
         assert!(
-            parse(&["--mode", "churn", "--rate", "10"])
+            parse(&["--mode", "bulk", "--rate", "10"])
                 .unwrap_err()
                 .contains("--rate")
         );
+        assert!(parse(&["--mode", "churn", "--rate", "10"]).is_ok());
         assert!(
             parse(&["[::1]:9", "--source", "127.0.0.2"])
                 .unwrap_err()
