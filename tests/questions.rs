@@ -210,7 +210,7 @@ fn search_converges_on_the_knee_of_a_server_of_known_capacity() {
             "--precision",
             "10%",
             "--step-time",
-            "2s",
+            "3s",
             "--settle",
             "0.5s",
             "--confirm-time",
@@ -224,7 +224,7 @@ fn search_converges_on_the_knee_of_a_server_of_known_capacity() {
     let v = json(&out);
     let s = &v["search"];
     let answer = s["answer"].as_f64().unwrap_or_else(|| panic!("{stderr}"));
-    // Below the capacity nothing queues; above it a 2.5 s step at +2% builds a median wait of
+    // Below the capacity nothing queues; above it a 3.5 s step at +2% builds a median wait of
     // over 20 ms.
     // The bisection ends within 10% below the knee, and a failed confirmation steps down 10%.
     assert!(

@@ -27,7 +27,7 @@ use super::hist::Latency;
 /// How much the rate grows from one step to the next until a step fails.
 pub const GROWTH: f64 = 2.0;
 /// The least share of the offered rate a step must achieve to pass.
-pub const MIN_ACHIEVED: f64 = 0.95;
+pub const MIN_ACHIEVED: f64 = 0.9;
 /// Confirmations tried, each a precision lower, before the search gives up.
 const CONFIRM_TRIES: usize = 3;
 /// Steps in all, at most: a bound whatever the settings (grow from 1/s to 10^9/s is 30).
