@@ -7,25 +7,26 @@
 //! unit-tested there without a command line. The run itself is [`upecho::load::execute`].
 
 use std::io::{self, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use super::TransformArg;
+use super::load_questions::{
+    NO_ANSWER_EXIT, QuestionArgs, THRESHOLD_EXIT, json_out, step_line, thresholds_text, write_page,
+};
+use super::load_values::{
+    Sources, parse_msg_size, parse_rate, parse_timeout, parse_warmup, parse_window,
+};
 use upecho::addr::{AddrError, DEFAULT_ADDR, HostPort};
 use upecho::load::{
-    CHECK_INTERVAL, CloseHow, HlogWriter, LoadConfig, MAX_RATE, MAX_RUN_DURATION, MAX_TCP_MESSAGE,
-    MIN_RATE, MachineLimits, Mode, ProxyVersion,
+    CloseHow, HlogWriter, LoadConfig, MachineLimits, Mode, ProxyVersion, RunOutput, StepKind,
 };
 use upecho::net::Proto;
-use upecho::units::{parse_duration, parse_size};
 
-/// Source addresses a `--source` list may name; far more than 127.0.0.0/8 needs for any `-c`.
-const MAX_SOURCES: u128 = 1 << 16;
 /// Longest wait for each address tried when a name resolves to several (see [`resolve`]).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -105,57 +106,6 @@ impl From<ProxyArg> for ProxyVersion {
             ProxyArg::V2 => ProxyVersion::V2,
         }
     }
-}
-
-/// One or more source addresses to bind before connecting, from `--source`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Sources(pub Vec<IpAddr>);
-
-impl FromStr for Sources {
-    type Err = String;
-
-    /// Parses `A`, `A-B` (inclusive) and comma-separated lists of both, IPv4 or IPv6.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut out = Vec::new();
-        for item in s.split(',') {
-            let item = item.trim();
-            let (lo, hi) = match item.split_once('-') {
-                Some((a, b)) => (parse_ip(a)?, parse_ip(b)?),
-                None => {
-                    let a = parse_ip(item)?;
-                    (a, a)
-                }
-            };
-            let (lo, hi, v6) = match (lo, hi) {
-                (IpAddr::V4(a), IpAddr::V4(b)) => {
-                    (u128::from(u32::from(a)), u128::from(u32::from(b)), false)
-                }
-                (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), true),
-                _ => return Err(format!("range {item:?} mixes IPv4 and IPv6")),
-            };
-            if lo > hi {
-                return Err(format!("range {item:?} runs backwards"));
-            }
-            if out.len() as u128 + (hi - lo + 1) > MAX_SOURCES {
-                return Err(format!("more than {MAX_SOURCES} source addresses"));
-            }
-            for v in lo..=hi {
-                out.push(if v6 {
-                    IpAddr::V6(Ipv6Addr::from(v))
-                } else {
-                    // In range: both ends were IPv4.
-                    IpAddr::V4(Ipv4Addr::from(v as u32))
-                });
-            }
-        }
-        Ok(Sources(out))
-    }
-}
-
-fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{:?} is not an IP address", s.trim()))
 }
 
 /// Options of `upecho load`.
@@ -251,69 +201,8 @@ pub(crate) struct LoadArgs {
     /// No progress line each second.
     #[arg(short, long)]
     pub quiet: bool,
-}
-
-/// A duration (as [`upecho::units::parse_duration`] reads it) from `floor` to a day; `why` says
-/// what the floor is for. Zero is not "never" here (unlike `parse_duration_floor`): a window or
-/// a timeout that never ends would let a stalled server pass.
-fn parse_bounded(s: &str, floor: Duration, why: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if (floor..=MAX_RUN_DURATION).contains(&d) {
-        Ok(d)
-    } else {
-        Err(format!(
-            "`{s}` is not between {} s and {} s (a day){why}",
-            floor.as_secs_f64(),
-            MAX_RUN_DURATION.as_secs()
-        ))
-    }
-}
-
-fn parse_warmup(s: &str) -> Result<Duration, String> {
-    parse_bounded(s, Duration::ZERO, "")
-}
-
-fn parse_window(s: &str) -> Result<Duration, String> {
-    let floor = CHECK_INTERVAL.as_secs_f64();
-    parse_bounded(
-        s,
-        CHECK_INTERVAL,
-        &format!(
-            " (at least {floor} s: idle workers look at the clock every {floor} s, so a shorter \
-             window may count nothing)"
-        ),
-    )
-}
-
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let floor = CHECK_INTERVAL.as_secs_f64();
-    parse_bounded(
-        s,
-        CHECK_INTERVAL,
-        &format!(" (at least {floor} s: timeouts are checked every {floor} s)"),
-    )
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (MIN_RATE..=MAX_RATE).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a rate between {MIN_RATE} and {MAX_RATE:e} messages/s (at least \
-             {MIN_RATE}: a slower rate would hardly send a message in a day)"
-        )),
-    }
-}
-
-/// A message size (as [`upecho::units::parse_size`] reads it), 1 byte to 64 MiB.
-fn parse_msg_size(s: &str) -> Result<u64, String> {
-    let n = parse_size(s)?;
-    if (1..=MAX_TCP_MESSAGE as u64).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!(
-            "`{s}` is not a message size from 1 byte to {MAX_TCP_MESSAGE} (64 MiB)"
-        ))
-    }
+    #[command(flatten)]
+    pub q: QuestionArgs,
 }
 
 /// The configuration the arguments describe, towards `addr` (already resolved).
@@ -341,6 +230,30 @@ fn config(a: &LoadArgs, addr: SocketAddr) -> LoadConfig {
         tolerate_errors: a.tolerate_errors,
         server_pid: a.server_pid,
         quiet: a.quiet,
+    }
+    .with_step(&a.q)
+}
+
+/// A step of `--search` in a child of `--processes`: the parent's rate, window and warm-up for
+/// it, over what the command line says.
+trait WithStep {
+    fn with_step(self, q: &QuestionArgs) -> Self;
+}
+
+impl WithStep for LoadConfig {
+    fn with_step(mut self, q: &QuestionArgs) -> LoadConfig {
+        if let Some(r) = q.step_rate {
+            self.rate = Some(r);
+            // The search judges errors itself, step by step.
+            self.tolerate_errors = true;
+        }
+        if let Some(d) = q.step_duration {
+            self.duration = Duration::from_secs_f64(d.clamp(0.1, 86_400.0));
+        }
+        if let Some(w) = q.step_warmup {
+            self.warmup = Duration::from_secs_f64(w.clamp(0.0, 86_400.0));
+        }
+        self
     }
 }
 
@@ -380,8 +293,9 @@ fn resolve(hp: &HostPort, proto: Proto, sources: &[IpAddr]) -> Result<SocketAddr
 }
 
 /// Runs `upecho load`: exit 0 when every byte was right and work got done, 1 when not (or the
-/// address does not resolve, or the report cannot be written), 2 on a usage error, 130 (143)
-/// when SIGINT (SIGTERM) cut the run short.
+/// address does not resolve, or the report cannot be written), 2 on a usage error, 3 when a
+/// search found no rate meeting its target, 99 when a `--fail-if` threshold was crossed, 130
+/// (143) when SIGINT (SIGTERM) cut the run short (see `load_questions`).
 pub(crate) fn run(args: LoadArgs) -> ExitCode {
     let sources = args.source.clone().map(|s| s.0).unwrap_or_default();
     // A name that does not resolve is a failure of the run, not of its usage, as for the
@@ -419,39 +333,93 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         Ok(w) => w,
         Err(code) => return code,
     };
-    let outcome = if cfg.processes > 1 {
-        let exe = match std::env::current_exe() {
-            Ok(p) => p,
+    let spec = args.q.spec();
+    if spec.is_some() && !matches!(cfg.mode, Mode::Pingpong | Mode::Churn) {
+        return usage(&format!(
+            "--search needs --mode pingpong or churn (an open-loop rate), not {}",
+            cfg.mode.name()
+        ));
+    }
+    let exe = if cfg.processes > 1 {
+        match std::env::current_exe() {
+            Ok(p) => Some(p),
             Err(e) => {
                 say(&format!(
                     "upecho load: cannot find this program to start its processes: {e}\n"
                 ));
                 return ExitCode::FAILURE;
             }
-        };
-        // The same command line again (it is "load ..."), told which share is whose and where
-        // the parent resolved the address to.
-        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let child = |i: usize| {
-            let mut c = std::process::Command::new(&exe);
-            c.args(&argv)
-                .arg("--process-index")
-                .arg(i.to_string())
-                .arg("--resolved-addr")
-                .arg(addr.to_string());
-            c
-        };
-        upecho::load::execute_processes(&cfg, hlog, &child)
+        }
     } else {
-        upecho::load::execute(&cfg, hlog)
+        None
     };
-    let report = &outcome.report;
-    if let Some(e) = &outcome.hlog_error {
+    // The same command line again (it is "load ..."), told which share is whose and where the
+    // parent resolved the address to (and, in a search, the step's rate and times).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let one_run = |cfg: &LoadConfig, hlog: Option<HlogWriter>, step: bool| -> RunOutput {
+        match &exe {
+            Some(exe) => {
+                let child = |i: usize| {
+                    let mut c = std::process::Command::new(exe);
+                    c.args(&argv)
+                        .arg("--process-index")
+                        .arg(i.to_string())
+                        .arg("--resolved-addr")
+                        .arg(addr.to_string());
+                    if step {
+                        c.arg("--step-rate")
+                            .arg(cfg.rate.unwrap_or(1.0).to_string())
+                            .arg("--step-duration")
+                            .arg(cfg.duration.as_secs_f64().to_string())
+                            .arg("--step-warmup")
+                            .arg(cfg.warmup.as_secs_f64().to_string());
+                    }
+                    c
+                };
+                upecho::load::execute_processes(cfg, hlog, &child)
+            }
+            None => upecho::load::execute(cfg, hlog),
+        }
+    };
+    let (outcome, search) = match &spec {
+        None => (Some(one_run(&cfg, hlog, false)), None),
+        Some(spec) => {
+            // Each step is a run of its own; the search judges errors itself. The interval log
+            // is the confirmation's (the last one written).
+            let base = LoadConfig {
+                quiet: true,
+                tolerate_errors: true,
+                ..cfg.clone()
+            };
+            let log_path = hlog.map(|w| w.path().to_path_buf());
+            let quiet = args.quiet;
+            let mut n = 0;
+            let mut step_run = |c: &LoadConfig, kind: StepKind| {
+                let log = match (&log_path, kind) {
+                    (Some(p), StepKind::Confirm) => HlogWriter::create(p).ok(),
+                    _ => None,
+                };
+                one_run(c, log, true)
+            };
+            let mut seen = |s: &upecho::load::Step| {
+                n += 1;
+                if !quiet {
+                    say(&step_line(n, s));
+                }
+            };
+            let (found, last) = upecho::load::search(&base, spec, &mut step_run, &mut seen);
+            (last, Some(found))
+        }
+    };
+    if let Some(o) = &outcome
+        && let Some(e) = &o.hlog_error
+    {
         say(&format!("upecho load: {e}\n"));
         return ExitCode::FAILURE;
     }
-    if let Some(path) = &args.histogram
-        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&outcome.hist))
+    if let Some(o) = &outcome
+        && let Some(path) = &args.histogram
+        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&o.hist))
     {
         say(&format!(
             "upecho load: cannot write {}: {e}\n",
@@ -459,14 +427,44 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         ));
         return ExitCode::FAILURE;
     }
-    let text = report.text();
+    if let Some(path) = &args.q.report {
+        let written = match &outcome {
+            Some(o) => write_page(path, o, search.as_ref()),
+            None => Err("no run to chart: the search was interrupted before any step".into()),
+        };
+        if let Err(e) = written {
+            say(&format!("upecho load: {e}\n"));
+            return ExitCode::FAILURE;
+        }
+    }
+    let report = outcome.as_ref().map(|o| &o.report);
+    let fail_if = &args.q.fail_if;
+    let crossed = report
+        .map(|r| upecho::load::crossed(fail_if, r))
+        .unwrap_or_default();
+    let mut text = String::new();
+    if let Some(s) = &search {
+        text.push_str(&s.text());
+    }
+    if let Some(r) = report {
+        if let Some(s) = &search {
+            text.push_str(if s.answer.is_some() {
+                "the confirmation run:\n"
+            } else {
+                "the last step's run:\n"
+            });
+        }
+        text.push_str(&r.text());
+    }
+    text.push_str(&thresholds_text(fail_if, &crossed));
     // The report is the product: if it cannot be written (a closed pipe, a full disk), the
     // run did not deliver, whatever it measured.
     let written = if args.json {
         say(&text);
-        let json =
-            serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        write_stdout(&format!("{json}\n"))
+        write_stdout(&format!(
+            "{}\n",
+            json_out(report, search.as_ref(), fail_if, &crossed)
+        ))
     } else {
         write_stdout(&text)
     };
@@ -474,12 +472,22 @@ pub(crate) fn run(args: LoadArgs) -> ExitCode {
         say(&format!("upecho load: cannot write the report: {e}\n"));
         return ExitCode::FAILURE;
     }
-    match report.signal {
+    let signal = report.and_then(|r| r.signal);
+    let wrong_bytes = search
+        .as_ref()
+        .is_some_and(|s| s.steps.iter().any(|st| st.mismatches > 0));
+    match signal {
         // As a shell reports a command killed by the signal, though this one finished in order
         // and printed its summary: scripts can tell an interrupted run from a failed one.
         Some(sig) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)),
-        None if report.ok => ExitCode::SUCCESS,
-        None => ExitCode::FAILURE,
+        None if wrong_bytes => ExitCode::FAILURE,
+        None if search.as_ref().is_some_and(|s| s.interrupted) => ExitCode::from(130),
+        None if search.as_ref().is_some_and(|s| s.answer.is_none()) => {
+            ExitCode::from(NO_ANSWER_EXIT)
+        }
+        None if search.is_none() && !report.is_some_and(|r| r.ok) => ExitCode::FAILURE,
+        None if !crossed.is_empty() => ExitCode::from(THRESHOLD_EXIT),
+        None => ExitCode::SUCCESS,
     }
 }
 
@@ -491,27 +499,12 @@ fn usage(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Options of `upecho load-merge`.
-#[derive(Debug, Args)]
-pub(crate) struct MergeArgs {
-    /// Interval logs written by `upecho load --histogram-log` (or any HdrHistogram writer),
-    /// from runs made at the same time, e.g. on several machines.
-    #[arg(required = true, value_name = "FILE.hlog")]
-    pub logs: Vec<PathBuf>,
-    /// Print one JSON object on stdout (the human summary then goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Write the merged latency distribution to FILE in HdrHistogram's .hgrm text form.
-    #[arg(long, value_name = "FILE")]
-    pub histogram: Option<PathBuf>,
-    /// Write the merged seconds to FILE as an interval log.
-    #[arg(long, value_name = "FILE")]
-    pub histogram_log: Option<PathBuf>,
-}
-
 /// The `--histogram-log` file, created now so that a path that cannot be written fails before
 /// any work; on failure the one line is said and the exit code returned.
-fn create_hlog(path: Option<&std::path::Path>, who: &str) -> Result<Option<HlogWriter>, ExitCode> {
+pub(super) fn create_hlog(
+    path: Option<&std::path::Path>,
+    who: &str,
+) -> Result<Option<HlogWriter>, ExitCode> {
     match path.map(|p| (p, HlogWriter::create(p))) {
         None => Ok(None),
         Some((_, Ok(w))) => Ok(Some(w)),
@@ -522,58 +515,9 @@ fn create_hlog(path: Option<&std::path::Path>, who: &str) -> Result<Option<HlogW
     }
 }
 
-/// Runs `upecho load-merge`: exit 0 when every log was read and every run in them passed, 1
-/// when a log cannot be read or a run failed, 2 on a usage error.
-pub(crate) fn run_merge(args: MergeArgs) -> ExitCode {
-    let mut out = match create_hlog(args.histogram_log.as_deref(), "upecho load-merge") {
-        Ok(w) => w,
-        Err(code) => return code,
-    };
-    let (report, hist) = match upecho::load::merge_logs(&args.logs, out.as_mut()) {
-        Ok(r) => r,
-        Err(e) => {
-            say(&format!("upecho load-merge: {e}\n"));
-            return ExitCode::FAILURE;
-        }
-    };
-    let json = serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    if let Some(w) = out
-        && let Err(e) = w.finish(&json)
-    {
-        say(&format!("upecho load-merge: {e}\n"));
-        return ExitCode::FAILURE;
-    }
-    if let Some(path) = &args.histogram
-        && let Err(e) = std::fs::write(path, upecho::load::hgrm(&hist))
-    {
-        say(&format!(
-            "upecho load-merge: cannot write {}: {e}\n",
-            path.display()
-        ));
-        return ExitCode::FAILURE;
-    }
-    let written = if args.json {
-        say(&report.text());
-        write_stdout(&format!("{json}\n"))
-    } else {
-        write_stdout(&report.text())
-    };
-    if let Err(e) = written {
-        say(&format!(
-            "upecho load-merge: cannot write the report: {e}\n"
-        ));
-        return ExitCode::FAILURE;
-    }
-    if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 /// Writes `text` to stdout and flushes it. Explicit, because `print!` panics on a write error
 /// (and Rust ignores SIGPIPE, so a closed pipe is such an error, EPIPE).
-fn write_stdout(text: &str) -> io::Result<()> {
+pub(super) fn write_stdout(text: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()
@@ -581,7 +525,7 @@ fn write_stdout(text: &str) -> io::Result<()> {
 
 /// Writes `text` to stderr, returning whether it could: `eprint!` would panic on a closed
 /// stderr, and there is nowhere left to report that failure.
-fn say(text: &str) -> bool {
+pub(super) fn say(text: &str) -> bool {
     let mut err = io::stderr().lock();
     err.write_all(text.as_bytes())
         .and_then(|()| err.flush())
@@ -592,6 +536,7 @@ fn say(text: &str) -> bool {
 mod tests {
     use super::*;
     use clap::Parser;
+    use upecho::load::CHECK_INTERVAL;
 
     #[derive(Parser)]
     struct Cli {
@@ -680,10 +625,11 @@ mod tests {
         );
         assert!(parse(&["--proto", "udp", "-s", "70000"]).is_err());
         assert!(
-            parse(&["--mode", "churn", "--rate", "10"])
+            parse(&["--mode", "bulk", "--rate", "10"])
                 .unwrap_err()
                 .contains("--rate")
         );
+        assert!(parse(&["--mode", "churn", "--rate", "10"]).is_ok());
         assert!(
             parse(&["[::1]:9", "--source", "127.0.0.2"])
                 .unwrap_err()

@@ -10,6 +10,10 @@
 
 mod client;
 mod load;
+mod load_compare;
+mod load_merge;
+mod load_questions;
+mod load_values;
 mod man;
 mod serve;
 mod workers;
@@ -50,10 +54,13 @@ enum Command {
     Udp(client::UdpArgs),
     /// Load generator: throughput, latency percentiles, every byte verified.
     #[command(after_help = LOG_HELP)]
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     /// Merge the interval logs (--histogram-log) of runs made together, e.g. on several
     /// machines, into one summary.
-    LoadMerge(load::MergeArgs),
+    LoadMerge(load_merge::MergeArgs),
+    /// Compare two runs (--json reports or interval logs) metric by metric, and say whether B
+    /// is worse than A beyond noise.
+    LoadCompare(load_compare::CompareArgs),
     /// Print a shell completion script, e.g. `upecho completions bash > ~/.local/share/bash-completion/completions/upecho`.
     Completions {
         /// The shell to complete for.
@@ -97,6 +104,7 @@ pub fn run() -> ExitCode {
         Command::Tcp(_)
         | Command::Udp(_)
         | Command::LoadMerge(_)
+        | Command::LoadCompare(_)
         | Command::Completions { .. }
         | Command::Man => "warn",
     };
@@ -128,8 +136,9 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Tcp(args) => client::run_tcp(args),
         Command::Udp(args) => client::run_udp(args),
-        Command::Load(args) => load::run(args),
-        Command::LoadMerge(args) => load::run_merge(args),
+        Command::Load(args) => load::run(*args),
+        Command::LoadMerge(args) => load_merge::run_merge(args),
+        Command::LoadCompare(args) => load_compare::run(args),
         Command::Completions { shell } => {
             // Generated from the same clap definitions as the parser, so they cannot drift apart.
             clap_complete::generate(shell, &mut Cli::command(), "upecho", &mut io::stdout());

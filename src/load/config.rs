@@ -283,9 +283,9 @@ impl LoadConfig {
                 self.addr
             ));
         }
-        if self.rate.is_some() && self.mode != Mode::Pingpong {
+        if self.rate.is_some() && !matches!(self.mode, Mode::Pingpong | Mode::Churn) {
             return err(format!(
-                "--rate applies to --mode pingpong only, not {}",
+                "--rate applies to --mode pingpong and churn only, not {}",
                 self.mode.name()
             ));
         }
@@ -453,12 +453,18 @@ mod tests {
         assert!(check(bulk).unwrap_err().contains("pingpong only"));
         let tiny = LoadConfig { size: 4, ..udp() };
         assert!(check(tiny).unwrap_err().contains("-s between"));
+        let bulk_rate = LoadConfig {
+            mode: Mode::Bulk,
+            rate: Some(10.0),
+            ..LoadConfig::default()
+        };
+        assert!(check(bulk_rate).unwrap_err().contains("--rate"));
         let churn_rate = LoadConfig {
             mode: Mode::Churn,
             rate: Some(10.0),
             ..LoadConfig::default()
         };
-        assert!(check(churn_rate).unwrap_err().contains("--rate"));
+        assert!(check(churn_rate).is_ok());
         let mixed = LoadConfig {
             addr: "[::1]:9".parse().unwrap(),
             sources: vec!["127.0.0.2".parse().unwrap()],

@@ -59,6 +59,7 @@ pub struct Spot {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    pub p999: f64,
     pub max: f64,
 }
 
@@ -70,6 +71,7 @@ impl Spot {
             p50: l.p50,
             p90: l.p90,
             p99: l.p99,
+            p999: l.p999,
             max: l.max,
         })
     }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hist::Spot;
 use super::stage::Stage;
+use super::stats::ErrorKinds;
 
 /// Orders intervals: stage rank, then index within the stage.
 pub(crate) type Key = (u8, u64);
@@ -43,6 +44,9 @@ pub(crate) struct Interval {
     pub msgs: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// The same errors by kind.
+    #[serde(default)]
+    pub error_kinds: ErrorKinds,
     pub mismatches: u64,
     pub connects: u64,
     /// hold: connections held when the check began, and how many answered it.
@@ -66,6 +70,7 @@ impl Interval {
         self.msgs += o.msgs;
         self.bytes += o.bytes;
         self.errors += o.errors;
+        self.error_kinds.add(&o.error_kinds);
         self.mismatches += o.mismatches;
         self.connects += o.connects;
         self.held += o.held;
@@ -223,6 +228,7 @@ mod tests {
             msgs,
             bytes: msgs * 64,
             errors: 0,
+            error_kinds: ErrorKinds::default(),
             mismatches: 0,
             connects: 0,
             held: 0,

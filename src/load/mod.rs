@@ -19,6 +19,10 @@
 //!   interval log.
 //! - `procs`: `--processes`: the parent that spreads a run over child processes, and the child.
 //! - `hlog` / `merge`: HdrHistogram's interval log, and `upecho load-merge` over such logs.
+//! - `expr`: conditions on a run's figures (`p99<2ms`), for `--search` and `--fail-if`.
+//! - `search`: `--search`, the highest rate meeting a target, step by step.
+//! - `html`: `--report`, the page of charts.
+//! - `compare`: `upecho load-compare`, two runs compared beyond noise.
 //! - `hist`: the latency histogram and its percentiles.
 //! - `stats`: what a worker counts, and the classes of errors.
 //! - `report`: the [`Report`] built from the counts, its text, `.hgrm` output.
@@ -40,10 +44,13 @@
 //! server's doing. That closing is orderly too (FIN, then read to the server's end of stream;
 //! see `worker`), also when Ctrl-C skipped the drain, so the server counts no resets.
 
+mod compare;
 mod config;
 mod cpu;
+mod expr;
 mod hist;
 mod hlog;
+mod html;
 mod interval;
 mod merge;
 mod payload;
@@ -52,6 +59,7 @@ mod progress;
 mod proxy;
 mod report;
 mod schedule;
+mod search;
 mod stage;
 mod stats;
 mod tcp;
@@ -66,18 +74,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use compare::{Comparison, MetricDiff, Sample, Verdict, compare, read_samples};
 pub use config::{
     CHECK_INTERVAL, CloseHow, LoadConfig, MAX_CONNS, MAX_DEPTH, MAX_PROCESSES, MAX_RATE,
     MAX_RUN_DURATION, MAX_TCP_MESSAGE, MAX_THREADS, MIN_RATE, MachineLimits, Mode, ProxyVersion,
     UsageError,
 };
+pub use expr::{Cmp, Cond, Crossed, Metric, crossed, parse_all, show_us};
 pub use hist::{Latency, Spot};
 pub use hlog::HlogWriter;
+pub use html::{KNEE_TITLE, TITLES, page};
 pub use merge::{MergeReport, merge_logs};
 pub use procs::{execute_child, execute_processes};
 pub(crate) use report::build_report;
 pub use report::{CpuUse, ProcessPart, Report, Second, ServerUse, hgrm};
-pub use stats::ErrorCounts;
+pub use search::{GROWTH, MIN_ACHIEVED, RunStep, SearchReport, SearchSpec, Step, StepKind, search};
+pub use stats::{ErrorCounts, ErrorKinds};
 
 use crate::net::Proto;
 use interval::{Interval, Merged, Merger};
@@ -89,7 +101,7 @@ use stats::{Counts, ErrorClass, Live};
 /// What a worker sends the main thread.
 pub(crate) enum WorkerMsg {
     /// An interval is over.
-    Interval(Interval),
+    Interval(Box<Interval>),
     /// The worker has ended: it sends nothing more.
     End,
 }
@@ -414,7 +426,7 @@ struct Pump<'a> {
 impl Pump<'_> {
     fn take(&mut self, (src, msg): (usize, WorkerMsg)) {
         match msg {
-            WorkerMsg::Interval(iv) => self.merger.add(src, iv),
+            WorkerMsg::Interval(iv) => self.merger.add(src, *iv),
             WorkerMsg::End => self.merger.end(src),
         }
     }

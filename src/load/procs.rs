@@ -58,7 +58,7 @@ use super::{
 enum ChildMsg {
     /// Every connection it will open is open (or failed): hold's warm-up may end.
     Ready,
-    Interval(Interval),
+    Interval(Box<Interval>),
     /// The run is over: everything it counted. Nothing follows.
     Done(Box<Counts>),
 }
@@ -130,7 +130,7 @@ struct WireSink<'a>(&'a Wire);
 
 impl Sink for WireSink<'_> {
     fn interval(&mut self, m: Merged) {
-        self.0.send(&ChildMsg::Interval(m.total));
+        self.0.send(&ChildMsg::Interval(Box::new(m.total)));
     }
 }
 
@@ -221,7 +221,7 @@ impl Parent<'_, '_> {
         let kid = &mut self.kids[i];
         match ev {
             Event::Msg(ChildMsg::Ready) => kid.ready = true,
-            Event::Msg(ChildMsg::Interval(iv)) => self.merger.add(i, iv),
+            Event::Msg(ChildMsg::Interval(iv)) => self.merger.add(i, *iv),
             Event::Msg(ChildMsg::Done(c)) => {
                 kid.done = Some(c);
                 self.merger.end(i);

@@ -172,11 +172,20 @@ pub(crate) fn progress_line(
     mismatches: u64,
 ) -> String {
     let per_s = |n: u64| n as f64 / iv.secs.max(1e-3);
+    // This second's errors by kind, beside the run's count: a reload or restart of the server
+    // shows as the second it disturbed, and how (refused, reset, closed, timed out).
+    let errors = if iv.errors > 0 {
+        format!("{errors} (+{}: {})", iv.errors, iv.error_kinds.text())
+    } else {
+        errors.to_string()
+    };
     let hold = cfg.mode == Mode::Hold;
     let what = iv.stage.name(hold);
     match (iv.stage, hold) {
         (Stage::Warmup | Stage::Measure, false) => {
-            let churn = if cfg.mode == Mode::Churn {
+            // Connects: churn's unit of work, and in the other modes the reconnects that follow
+            // a disturbance.
+            let churn = if cfg.mode == Mode::Churn || iv.connects > 0 {
                 format!(" {:>8.0} conn/s", per_s(iv.connects))
             } else {
                 String::new()
@@ -226,6 +235,7 @@ mod tests {
             msgs: 500,
             bytes: 32_000,
             errors: 0,
+            error_kinds: Default::default(),
             mismatches: 0,
             connects: 10,
             held: 40,
@@ -239,8 +249,21 @@ mod tests {
     #[test]
     fn each_stage_says_what_it_is_doing() {
         let cfg = LoadConfig::default();
-        let l = progress_line(&cfg, &iv(Stage::Measure), 3.0, 1, 2);
+        let mut quiet = iv(Stage::Measure);
+        quiet.connects = 0;
+        let l = progress_line(&cfg, &quiet, 3.0, 1, 2);
         assert!(l.starts_with("[   3.0s] run          1000 msg/s      0.06 MB/s  p50 50.0 µs  p99 99.0 µs  open     40  errors 1  mismatches 2\n"), "{l}");
+        // A disturbed second: reconnects, and its errors by kind.
+        let mut hit = iv(Stage::Measure);
+        hit.errors = 3;
+        hit.error_kinds.refused = 2;
+        hit.error_kinds.reset = 1;
+        let l = progress_line(&cfg, &hit, 3.0, 7, 0);
+        assert!(l.contains("       20 conn/s"), "{l}");
+        assert!(
+            l.contains("errors 7 (+3: refused 2, reset 1)  mismatches 0"),
+            "{l}"
+        );
         let churn = LoadConfig {
             mode: Mode::Churn,
             ..LoadConfig::default()

@@ -12,7 +12,7 @@ use super::Window;
 use super::config::{LoadConfig, Mode, ProxyVersion};
 use super::hist::{Latency, Spot};
 use super::interval::Interval;
-use super::stats::{Counts, ErrorCounts};
+use super::stats::{Counts, ErrorCounts, ErrorKinds};
 use crate::net::Proto;
 
 /// entry for its check, the only one with latency).
@@ -27,6 +27,8 @@ pub struct Second {
     pub bytes: u64,
     /// Errors and wrong replies counted in this second.
     pub errors: u64,
+    /// The same errors by kind: which second a server's restart or reload disturbed, and how.
+    pub error_kinds: ErrorKinds,
     pub mismatches: u64,
     /// Connections completed in this second.
     pub connects: u64,
@@ -47,6 +49,7 @@ impl Second {
             messages: iv.msgs,
             bytes: iv.bytes,
             errors: iv.errors,
+            error_kinds: iv.error_kinds,
             mismatches: iv.mismatches,
             connects: iv.connects,
             open: iv.open,

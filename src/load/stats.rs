@@ -109,6 +109,72 @@ impl ErrorCounts {
     }
 }
 
+/// Errors by kind in one interval: the kinds a disturbance shows as (a server going away
+/// refuses, a killed one resets, a draining one closes, a stalled one times out), and the rest.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorKinds {
+    pub refused: u64,
+    pub reset: u64,
+    pub closed: u64,
+    pub timeout: u64,
+    /// No ports, local failures, protocol breaches.
+    pub other: u64,
+}
+
+impl ErrorKinds {
+    /// The kinds counted in `now` since `then` (two readings of one worker's counts).
+    pub(crate) fn since(now: &ErrorCounts, then: &ErrorKinds, then_total: u64) -> ErrorKinds {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let refused = d(now.refused, then.refused);
+        let reset = d(now.reset, then.reset);
+        let closed = d(now.closed, then.closed);
+        let timeout = d(now.timeout, then.timeout);
+        let total = d(now.total, then_total);
+        ErrorKinds {
+            refused,
+            reset,
+            closed,
+            timeout,
+            other: total.saturating_sub(refused + reset + closed + timeout),
+        }
+    }
+
+    /// The four named kinds as they stand in `e` (`other` is left out: it is derived).
+    pub(crate) fn reading(e: &ErrorCounts) -> ErrorKinds {
+        ErrorKinds {
+            refused: e.refused,
+            reset: e.reset,
+            closed: e.closed,
+            timeout: e.timeout,
+            other: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, o: &ErrorKinds) {
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.closed += o.closed;
+        self.timeout += o.timeout;
+        self.other += o.other;
+    }
+
+    /// `refused 2, reset 1`: the kinds that are not zero.
+    pub(crate) fn text(&self) -> String {
+        [
+            ("refused", self.refused),
+            ("reset", self.reset),
+            ("closed", self.closed),
+            ("timeout", self.timeout),
+            ("other", self.other),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
 /// What one worker measured inside the measurement window (errors and mismatches: always, since
 /// a wrong byte during warm-up is just as wrong).
 #[derive(Debug, Serialize, Deserialize)]

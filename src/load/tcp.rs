@@ -115,8 +115,12 @@ struct TcpConn {
     /// registered under the slot's token, for the next connect to reuse (see the module doc).
     spare: Option<TcpStream>,
     inflight: InFlight,
-    /// When the connect began (churn's latency origin; connect timeout).
+    /// When the connect began (connect timeout), and the time churn's latency counts from: the
+    /// connect's start, or with `--rate` the connection's due time.
     began: Instant,
+    origin: Instant,
+    /// In the ready or retry queue.
+    queued: bool,
     /// Last time this connection made progress (timeouts).
     last: Instant,
 }
@@ -132,6 +136,8 @@ struct Queues {
     next_start: u64,
     /// bulk: bytes a connection may have written but not yet seen answered.
     bulk_window: u64,
+    /// churn with `--rate`: a slot connects only when a connection of the schedule is due.
+    paced: bool,
 }
 
 /// The TCP side of a worker (see the module doc).
@@ -151,6 +157,7 @@ impl TcpFlow {
             Mode::Pingpong => cfg.depth,
             Mode::Bulk | Mode::Hold | Mode::Churn => 1,
         };
+        let paced = cfg.mode == Mode::Churn && cfg.rate.is_some();
         let conns = (0..n)
             .map(|slot| TcpConn {
                 slot,
@@ -167,17 +174,24 @@ impl TcpFlow {
                 spare: None,
                 inflight: InFlight::new(depth, now),
                 began: now,
+                origin: now,
+                queued: !paced,
                 last: now,
             })
             .collect();
         TcpFlow {
             conns,
             q: Queues {
-                ready: (0..n).collect(),
+                ready: if paced {
+                    VecDeque::new()
+                } else {
+                    (0..n).collect()
+                },
                 retry: VecDeque::new(),
                 connecting: 0,
                 next_start: (ctx.first_conn as u64).wrapping_mul(7_919),
                 bulk_window: cfg.depth.max(2) as u64 * cfg.size as u64,
+                paced,
             },
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
         }
@@ -196,6 +210,14 @@ impl Flow for TcpFlow {
 
     fn on_due(&mut self, env: &mut Env, lane: usize, now: Instant) {
         let c = &mut self.conns[lane];
+        if self.q.paced {
+            // Open-loop churn: an idle slot with a connection due connects next turn.
+            if c.state == ConnState::Idle && !c.queued && c.taken < c.due {
+                c.queued = true;
+                self.q.ready.push_back(lane);
+            }
+            return;
+        }
         if c.state == ConnState::Open && !c.inflight.is_full() {
             let mut cx = TcpOps {
                 env,
@@ -359,6 +381,7 @@ impl TcpOps<'_, '_> {
             let Some(i) = self.q.ready.pop_front() else {
                 break;
             };
+            conns[i].queued = false;
             self.connect(&mut conns[i], i, now);
         }
     }
@@ -367,7 +390,17 @@ impl TcpOps<'_, '_> {
         let cfg = self.env.ctx.cfg;
         let source = cfg.source_of(self.env.ctx.first_conn + i);
         c.began = now;
+        c.origin = now;
         c.last = now;
+        if self.q.paced
+            && let Some(s) = &self.env.sched
+        {
+            // The connection counts from when it was due, however late it starts (coordinated
+            // omission): slot j's m-th connection is the worker's j + m * n.
+            let n = self.env.lanes as u64;
+            c.origin = s.due_time(c.slot as u64 + c.taken * n);
+            c.taken += 1;
+        }
         let stream = match c.spare.take() {
             // Bound to the same source (the slot's) and registered already.
             Some(s) => redial(s, cfg.addr),
@@ -422,7 +455,20 @@ impl TcpOps<'_, '_> {
         if self.env.ctx.cfg.mode == Mode::Hold {
             c.state = ConnState::Done;
         } else {
-            self.q.retry.push_back((Instant::now() + RETRY_BACKOFF, i));
+            self.requeue(c, i, Some(Instant::now() + RETRY_BACKOFF));
+        }
+    }
+
+    /// Queues an idle slot to connect again (after `at`, if given), unless it is paced and has no
+    /// connection due: then `on_due` queues it when one is.
+    fn requeue(&mut self, c: &mut TcpConn, i: usize, at: Option<Instant>) {
+        if self.q.paced && c.taken >= c.due {
+            return;
+        }
+        c.queued = true;
+        match at {
+            Some(at) => self.q.retry.push_back((at, i)),
+            None => self.q.ready.push_back(i),
         }
     }
 

@@ -36,7 +36,7 @@ use super::config::{CHECK_INTERVAL, Mode};
 use super::hist::{new_hist, record};
 use super::interval::Interval;
 use super::schedule::{RateSchedule, lane_share};
-use super::stats::{Counts, ErrorClass};
+use super::stats::{Counts, ErrorClass, ErrorKinds};
 use super::timer::Timer;
 use super::{Stage, WorkerCtx, WorkerMsg};
 
@@ -133,6 +133,8 @@ pub(crate) struct Rec {
     pub hist: Histogram<u64>,
     /// The all-time counters as they were when the interval began.
     base: [u64; 7],
+    /// The errors by kind as they were then.
+    base_kinds: ErrorKinds,
 }
 
 impl<'a> Env<'a> {
@@ -159,6 +161,7 @@ impl<'a> Env<'a> {
                 limit: None,
                 hist: new_hist(),
                 base: [0; 7],
+                base_kinds: ErrorKinds::default(),
             },
         };
         if ctx.cfg.mode != Mode::Hold {
@@ -202,6 +205,7 @@ impl<'a> Env<'a> {
             .then(|| origin + Duration::from_secs(index + 1))
             .filter(|&at| limit.is_none_or(|l| at + SLIVER < l));
         self.iv.base = self.bases();
+        self.iv.base_kinds = ErrorKinds::reading(&self.counts.errors);
     }
 
     /// Ends the current interval at `now`: adds it into the total if it is part of the window,
@@ -227,6 +231,11 @@ impl<'a> Env<'a> {
             msgs: d(0),
             bytes: d(1),
             errors: d(2),
+            error_kinds: ErrorKinds::since(
+                &self.counts.errors,
+                &self.iv.base_kinds,
+                self.iv.base[2],
+            ),
             mismatches: d(3),
             connects: d(4),
             held: d(5),
@@ -240,7 +249,7 @@ impl<'a> Env<'a> {
             .ctx
             .shared
             .tx
-            .send((self.ctx.thread, WorkerMsg::Interval(iv)));
+            .send((self.ctx.thread, WorkerMsg::Interval(Box::new(iv))));
     }
 
     /// The second is over: the next interval begins.

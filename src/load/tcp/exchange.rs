@@ -94,8 +94,9 @@ impl TcpOps<'_, '_> {
             Mode::Pingpong => self.refill(c, now),
             Mode::Bulk | Mode::Hold => {}
             Mode::Churn => {
-                // Churn's latency is the whole cycle, from the start of the connect.
-                c.inflight.push(c.began);
+                // Churn's latency is the whole cycle, from the start of the connect (with
+                // --rate: from when the connection was due).
+                c.inflight.push(c.origin);
                 c.issued = 1;
             }
         }
@@ -295,7 +296,7 @@ impl TcpOps<'_, '_> {
                     } else {
                         self.close(c);
                     }
-                    self.q.ready.push_back(i);
+                    self.requeue(c, i, None);
                     return false;
                 }
                 Mode::Hold => {
