@@ -21,6 +21,7 @@ mod accept;
 #[doc(hidden)]
 pub mod conn;
 pub mod control;
+pub mod handover;
 mod lifecycle;
 mod limit;
 pub(crate) mod logs;

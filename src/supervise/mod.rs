@@ -10,7 +10,8 @@
 //! - `pool`: the workers, their one state-transition function, slots and restart back-off,
 //!   reaping.
 //! - `inbox`: what the workers say over their channels.
-//! - `reload`: SIGHUP, a new generation.
+//! - `reload`: SIGHUP, a new generation; `handover`, moving the old generation's connections
+//!   to it.
 //! - `route`: the steering of new connections and the routing of handed-off ones; `steer`,
 //!   the reuse-port steering program.
 //! - `counters`: rounds of counters from the workers, the exposition, the stats line.
@@ -65,6 +66,7 @@ macro_rules! warn { ($($t:tt)*) => { log::warn!(target: $crate::supervise::LOG_T
 macro_rules! error { ($($t:tt)*) => { log::error!(target: $crate::supervise::LOG_TARGET, $($t)*) } }
 
 mod counters;
+mod handover;
 mod inbox;
 mod pool;
 mod reload;
@@ -214,6 +216,7 @@ impl Supervisor {
             for event in events.iter() {
                 self.dispatch(event.token(), now)?;
             }
+            self.after_turn(now);
             self.on_timers(now)?;
             if self.phase == SupervisorPhase::Starting
                 && self.pool.slots.iter().all(|s| s.current.is_some())
@@ -228,6 +231,11 @@ impl Supervisor {
                     .notifier
                     .ready(&format!("serving with {workers}"));
                 self.update_steering();
+            }
+            let ready = self.phase == SupervisorPhase::Serving
+                && !self.pool.workers.values().any(|w| w.hand.since.is_some());
+            if let Some(m) = &mut self.metrics {
+                m.set_ready(ready);
             }
             if self.metrics.as_ref().is_some_and(MetricsEndpoint::waiting) {
                 self.ask_counters(

@@ -1,5 +1,6 @@
 //! SIGHUP: a new generation of workers from the binary on disk, on the same sockets; once every
-//! one of them is ready, each takes its slot and the worker it replaces drains. A new worker
+//! one of them is ready, each takes its slot and the worker it replaces hands its connections
+//! over ([`super::handover`]) or drains. A new worker
 //! that fails (exits, speaks another control protocol, is not ready in time) abandons the
 //! reload, and the old workers go on.
 
@@ -103,13 +104,13 @@ impl Supervisor {
             let s = &mut self.pool.slots[slot as usize];
             let old = s.current.replace(id);
             s.forgive();
-            if let Some(w) = old.and_then(|old| self.pool.workers.get_mut(&old)) {
-                w.change(Change::Drain, now);
+            if let Some(old) = old {
+                self.replace(old, r.generation, now);
             }
         }
         self.reloads.completed += 1;
         info!(
-            "reload complete: generation {} serving; the previous workers drain",
+            "reload complete: generation {} serving; the previous workers hand over or drain",
             r.generation
         );
         self.update_steering();
