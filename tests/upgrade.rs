@@ -396,3 +396,41 @@ fn probes_say_ready_while_serving_and_503_while_draining() {
         assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     }
 }
+
+/// Reloads as fast as signals come (one during another's hand-over is refused or starts the
+/// next generation while the last one still moves in): once they settle, every held connection
+/// answers and every owed byte arrives.
+#[test]
+fn reloads_in_quick_succession_lose_nothing() {
+    let mut s = start(&[]);
+    let addr = s.tcp();
+    let mut held = hold(addr, 300);
+    let owed = owed(addr, 10, 2 << 20, 13);
+    thread::sleep(Duration::from_millis(300));
+    for i in 0..12u64 {
+        s.signal(libc::SIGHUP);
+        thread::sleep(Duration::from_millis(i * 7 % 40));
+    }
+    // Settled: each reload started has completed, and each of its old workers is gone.
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let log = s.stderr();
+        let started = log.matches("SIGHUP: reloading").count();
+        let done = log.matches("reload complete: generation").count();
+        let gone = log.matches("drained, exited with status 0").count();
+        if started > 0 && done == started && gone == 2 * done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    all_answer(&mut held, "after quick reloads");
+    let owed = collect(owed);
+    drop((held, owed));
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let total = total_line(&s.stderr());
+    for zero in ["reset", "errors", "refused"] {
+        assert_eq!(counter_in(&total, zero), Some(0), "{zero}: {total}");
+    }
+}

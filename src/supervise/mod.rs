@@ -217,6 +217,10 @@ impl Supervisor {
                 self.dispatch(event.token(), now)?;
             }
             self.after_turn(now);
+            if self.reloads.deferred && !self.pool.workers.values().any(|w| w.hand.since.is_some())
+            {
+                self.begin_reload(now);
+            }
             self.on_timers(now)?;
             if self.phase == SupervisorPhase::Starting
                 && self.pool.slots.iter().all(|s| s.current.is_some())
@@ -348,6 +352,7 @@ impl Supervisor {
         };
         self.manager.notifier.stopping();
         self.reloads.current = None;
+        self.reloads.deferred = false;
         for s in &mut self.pool.slots {
             s.restart_at = None;
         }

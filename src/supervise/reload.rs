@@ -23,6 +23,10 @@ pub(super) struct Reloads {
     pub(super) generation: u32,
     /// Reloads completed.
     pub(super) completed: u64,
+    /// A SIGHUP came while the last reload's old workers still moved their connections: the
+    /// reload starts once they are gone (a generation asked to hand over while connections
+    /// still move in to it would drain those).
+    pub(super) deferred: bool,
 }
 
 impl Reloads {
@@ -36,7 +40,17 @@ impl Reloads {
 
 impl Supervisor {
     pub(super) fn begin_reload(&mut self, now: Instant) {
+        let moving = self.pool.workers.values().any(|w| w.hand.since.is_some());
         match self.phase {
+            SupervisorPhase::Serving if self.reloads.current.is_none() && moving => {
+                if !self.reloads.deferred {
+                    info!(
+                        "SIGHUP: the last reload's hand-over is under way: reloading once it is done"
+                    );
+                    self.reloads.deferred = true;
+                }
+                return;
+            }
             SupervisorPhase::Serving if self.reloads.current.is_none() => {}
             SupervisorPhase::Serving => {
                 warn!("SIGHUP: a reload is already under way");
@@ -47,6 +61,7 @@ impl Supervisor {
                 return;
             }
         }
+        self.reloads.deferred = false;
         self.reloads.generation += 1;
         let generation = self.reloads.generation;
         info!(
