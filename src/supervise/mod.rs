@@ -31,7 +31,7 @@
 //! # Life of a worker
 //!
 //! ```text
-//!   spawned ──Ready──▶ serving ──SIGTERM (drain, reload)──▶ draining ──exit──▶ gone
+//!   spawned ──Ready──▶ serving ──SIGTERM (drain), HandOver (reload)──▶ draining ──exit──▶ gone
 //!      │                  └──dies──▶ gone; its slot restarts after a back-off
 //!      └──dies before Ready──▶ first start: the server fails; reload: the reload is abandoned
 //! ```
@@ -50,9 +50,10 @@
 //! # Reload (SIGHUP)
 //!
 //! A new generation of workers is started from the binary on disk, on the same sockets; once
-//! every one of them is ready, each old worker is sent SIGTERM and drains. A new worker that
+//! every one of them is ready, each old worker moves its connections to them (`handover`) and
+//! exits, or drains if the new binary cannot read its hand-over format. A new worker that
 //! fails (exits, another control protocol, not ready in time) abandons the reload and the old
-//! workers go on.
+//! workers go on. A SIGHUP while the last reload's connections still move waits for them.
 
 /// Every supervisor line keeps the log target it had when the supervisor lived in `serve`:
 /// `RUST_LOG=upecho::serve::supervisor=debug` filters and log readers key on it.
