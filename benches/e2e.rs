@@ -16,9 +16,18 @@
 //! per message relative to that best baseline, and a chart of upecho's latency percentiles over
 //! the seconds of one run, into `--out` (default `target/e2e`).
 //!
+//! Bulk is driven three ways, since a bulk figure that holds with one generator may not with
+//! another: `upecho load --mode bulk` (at most 128 KiB ahead of the replies), a minimal C client
+//! with no window (`bulk_client.c`, built with the system `cc`; scenario `bulkc`) and `socat`
+//! fed from `/dev/zero` (`bulks`; skipped with a message where socat is not installed). For the
+//! last two the server's CPU is taken over the bytes echoed in the window, per 64 KiB.
+//!
 //! Usage: `cargo bench --bench e2e -- [--duration S] [--warmup S] [--only a,b] [--rounds N]
-//! [--servers upecho,tokio,epoll] [--hold-conns N] [--latency SCENARIO|none] [--out DIR]`.
-//! Defaults (5 s windows, 1 s warm-up, 3 rounds, 15,000 held connections) take about 13 minutes.
+//! [--servers upecho,upecho-busy,base,tokio,epoll] [--busy-poll DURATION] [--base PATH]
+//! [--hold-conns N] [--latency SCENARIO|none] [--out DIR]`. `upecho-busy` is upecho with
+//! `--busy-poll` (default 100us); `base` is another upecho binary (e.g. main's build), for a
+//! before/after in one run. Defaults (5 s windows, 1 s warm-up, 3 rounds, upecho, tokio, epoll,
+//! 15,000 held connections) take about 16 minutes.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -47,6 +56,22 @@ struct Opts {
     hold_conns: u32,
     latency: Option<String>,
     out: String,
+    /// `--busy-poll`: the window of the `upecho-busy` server.
+    busy_poll: String,
+    /// `--base`: another upecho binary, run as the `base` server (before/after in one run).
+    base: Option<String>,
+}
+
+/// What drives a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gen {
+    /// `upecho load`, with the scenario's arguments.
+    Load,
+    /// `benches/e2e/bulk_client.c`: one connection, a thread writing 64 KiB blocks with
+    /// blocking writes (no window) and one reading, compiled with the system `cc`.
+    CClient,
+    /// `socat -b 65536 - TCP:ADDR` fed from `/dev/zero`, its output counted by the bench.
+    Socat,
 }
 
 /// One load scenario: a name and the `upecho load` arguments that make it.
@@ -56,6 +81,7 @@ struct Scenario {
     args: Vec<String>,
     /// Report RSS per connection instead of CPU per message.
     hold: bool,
+    driver: Gen,
 }
 
 fn scenarios(o: &Opts) -> Vec<Scenario> {
@@ -64,10 +90,16 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         label,
         args: args.iter().map(|a| a.to_string()).collect(),
         hold: false,
+        driver: Gen::Load,
+    };
+    let bulk = |name, label, driver| Scenario {
+        driver,
+        ..s(name, label, &["--mode", "bulk", "-c", "1", "-s", "65536"])
     };
     let hold = o.hold_conns.to_string();
     let mut v = vec![
         s("pp1", "64 B ping-pong, 1 conn", &["-c", "1"]),
+        s("pp10", "64 B ping-pong, 10 conns", &["-c", "10"]),
         s("pp100", "64 B ping-pong, 100 conns", &["-c", "100"]),
         s("pp1000", "64 B ping-pong, 1000 conns", &["-c", "1000"]),
         s(
@@ -79,6 +111,16 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
             "bulk",
             "bulk, 1 conn, per 64 KiB",
             &["--mode", "bulk", "-c", "1", "-s", "65536"],
+        ),
+        bulk(
+            "bulkc",
+            "bulk from a C client (no window), per 64 KiB",
+            Gen::CClient,
+        ),
+        bulk(
+            "bulks",
+            "bulk from socat (no window), per 64 KiB",
+            Gen::Socat,
         ),
         s(
             "udp",
@@ -96,6 +138,7 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         label: "idle connections held, RSS per connection",
         args: vec!["--mode".into(), "hold".into(), "-c".into(), hold],
         hold: true,
+        driver: Gen::Load,
     });
     v
 }
@@ -121,6 +164,8 @@ fn main() {
         hold_conns: 15_000,
         latency: Some("pp100".into()),
         out: "target/e2e".into(),
+        busy_poll: "100us".into(),
+        base: None,
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -133,12 +178,16 @@ fn main() {
             "--servers" => {
                 o.servers = val()
                     .split(',')
-                    .map(|s| Server::parse(s).expect("--servers upecho,tokio,epoll"))
+                    .map(|s| {
+                        Server::parse(s).expect("--servers upecho,upecho-busy,base,tokio,epoll")
+                    })
                     .collect()
             }
             "--hold-conns" => o.hold_conns = val().parse().expect("--hold-conns N"),
             "--latency" => o.latency = Some(val()).filter(|v| v != "none"),
             "--out" => o.out = val(),
+            "--busy-poll" => o.busy_poll = val(),
+            "--base" => o.base = Some(val()),
             // cargo passes --bench; cargo test --benches would pass nothing useful either.
             _ => {}
         }
@@ -211,6 +260,10 @@ fn write(path: &str, data: &[u8]) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Upecho,
+    /// upecho with `--busy-poll` (the window from the bench's `--busy-poll`).
+    UpechoBusy,
+    /// The upecho binary named by `--base` (an older build, for before/after in one run).
+    Base,
     Tokio,
     Epoll,
 }
@@ -219,14 +272,23 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Upecho => "upecho",
+            Server::UpechoBusy => "upecho --busy-poll",
+            Server::Base => "upecho (base build)",
             Server::Tokio => "tokio baseline",
             Server::Epoll => "epoll floor",
         }
     }
 
+    /// A baseline the others are compared with (not a build of upecho).
+    fn is_baseline(self) -> bool {
+        matches!(self, Server::Tokio | Server::Epoll)
+    }
+
     fn parse(s: &str) -> Option<Server> {
         match s {
             "upecho" => Some(Server::Upecho),
+            "upecho-busy" => Some(Server::UpechoBusy),
+            "base" => Some(Server::Base),
             "tokio" => Some(Server::Tokio),
             "epoll" => Some(Server::Epoll),
             _ => None,
@@ -320,7 +382,7 @@ impl Row {
     }
 
     fn baselines(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.servers.len()).filter(|&s| self.servers[s] != Server::Upecho)
+        (0..self.servers.len()).filter(|&s| self.servers[s].is_baseline())
     }
 
     /// The baseline with the lowest median cost, and that cost.
@@ -386,11 +448,19 @@ fn pinned(mut cmd: Command, cpu: Option<usize>) -> Command {
 
 /// Starts a server, pinned to CPU 0 if asked, through the integration tests' spawn helper (it
 /// reads the `listening` lines back and kills the server by its PID when dropped).
-fn start(which: Server, pin: bool) -> Result<util::ServerProc, String> {
+fn start(o: &Opts, which: Server, pin: bool) -> Result<util::ServerProc, String> {
     let mut cmd = match which {
-        Server::Upecho => {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_upecho"));
+        Server::Upecho | Server::UpechoBusy | Server::Base => {
+            let bin = match (which, &o.base) {
+                (Server::Base, Some(b)) => b.as_str(),
+                (Server::Base, None) => return Err("server `base` needs --base PATH".into()),
+                _ => env!("CARGO_BIN_EXE_upecho"),
+            };
+            let mut c = Command::new(bin);
             c.args(["serve", "--listen", "127.0.0.1:0"]);
+            if which == Server::UpechoBusy {
+                c.args(["--busy-poll", &o.busy_poll]);
+            }
             c
         }
         Server::Tokio | Server::Epoll => {
@@ -480,8 +550,11 @@ fn run_load(
 }
 
 fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured, String> {
-    let server = start(which, pin)?;
+    let server = start(o, which, pin)?;
     let pid = server.pid();
+    if sc.driver != Gen::Load {
+        return measure_external(o, sc, which, &server, pin);
+    }
     let udp = sc.args.iter().any(|a| a == "udp");
     let addr = if udp { server.udp() } else { server.tcp() };
     // Let the server settle before its baseline RSS is taken.
@@ -534,6 +607,193 @@ fn measure(o: &Opts, sc: &Scenario, which: Server, pin: bool) -> Result<Measured
     Ok(m)
 }
 
+/// Bytes in one bulk "message" of the external generators, as in `upecho load --mode bulk -s 65536`.
+const BULK_MSG: f64 = 65536.0;
+
+/// The C client, compiled once per run into `--out` with the system `cc`.
+fn c_client(o: &Opts) -> Result<String, String> {
+    static BUILT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e/bulk_client.c");
+            let bin = format!("{}/bulk_client", o.out);
+            let st = Command::new("cc")
+                .args(["-O2", "-pthread", "-o", &bin, src])
+                .status()
+                .map_err(|e| format!("cannot run cc to build the C client: {e}"))?;
+            if !st.success() {
+                return Err(format!("cc failed to build {src}"));
+            }
+            Ok(bin)
+        })
+        .clone()
+}
+
+/// Waits for a generator that ends by itself, killing it (by its own handle) past `bound`.
+fn wait_bounded(child: &mut std::process::Child, bound: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the generator overran its bound".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A bulk run driven by a generator other than `upecho load` (the server already started):
+/// the server's CPU over the bytes echoed in the window, per 64 KiB.
+fn measure_external(
+    o: &Opts,
+    sc: &Scenario,
+    which: Server,
+    server: &util::ServerProc,
+    pin: bool,
+) -> Result<Measured, String> {
+    let addr = server.tcp();
+    let pid = server.pid();
+    let (bytes, secs, server_s, client_s) = match sc.driver {
+        Gen::Load => unreachable!("upecho load runs through run_load"),
+        Gen::CClient => {
+            let mut cmd = Command::new(c_client(o)?);
+            cmd.args([
+                addr.ip().to_string(),
+                addr.port().to_string(),
+                "65536".into(),
+                o.warmup.to_string(),
+                o.duration.to_string(),
+                pid.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            let mut child = pinned(cmd, pin.then_some(1))
+                .spawn()
+                .map_err(|e| format!("cannot start the C client: {e}"))?;
+            wait_bounded(
+                &mut child,
+                Duration::from_secs_f64(o.warmup + o.duration + 30.0),
+            )?;
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            if !out.status.success() {
+                return Err(format!(
+                    "C client failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let field = |name: &str| -> Result<f64, String> {
+                let mut it = line.split_whitespace();
+                while let Some(k) = it.next() {
+                    if k == name {
+                        return it.next().and_then(|v| v.parse().ok()).ok_or(line.clone());
+                    }
+                }
+                Err(format!("C client printed no {name}: {line}"))
+            };
+            let hz = field("hz")?;
+            (
+                field("bytes")?,
+                field("secs")?,
+                field("server_ticks")? / hz,
+                field("client_ticks")? / hz,
+            )
+        }
+        Gen::Socat => {
+            let zero = std::fs::File::open("/dev/zero").map_err(|e| e.to_string())?;
+            let mut cmd = Command::new("socat");
+            cmd.args(["-b", "65536", "-", &format!("TCP:{addr}")])
+                .stdin(zero)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut child = pinned(cmd, pin.then_some(1))
+                .spawn()
+                .map_err(|e| format!("cannot start socat (is it installed?): {e}"))?;
+            let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let bad = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut pipe = child.stdout.take().ok_or("socat has no stdout")?;
+            let (g, b) = (got.clone(), bad.clone());
+            // The counter runs beside the generator on its CPU, not beside the server.
+            let counter = std::thread::spawn(move || {
+                if pin {
+                    // SAFETY: sets this thread's own affinity from a stack-allocated set.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(1, &mut set);
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    }
+                }
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    // Zeros in, zeros back: upper-casing leaves them as they are.
+                    if buf[..n].iter().any(|&x| x != 0) {
+                        b.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    g.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let sample = || {
+                (
+                    got.load(std::sync::atomic::Ordering::Relaxed),
+                    util::cpu_time(pid),
+                    util::cpu_time(child.id()),
+                    Instant::now(),
+                )
+            };
+            std::thread::sleep(Duration::from_secs_f64(o.warmup));
+            let (b0, s0, c0, t0) = sample();
+            std::thread::sleep(Duration::from_secs_f64(o.duration));
+            let (b1, s1, c1, t1) = sample();
+            let alive = child.try_wait().map_err(|e| e.to_string())?.is_none();
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = counter.join();
+            if !alive {
+                return Err("socat ended before the window did".into());
+            }
+            if bad.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("socat got back bytes it did not send".into());
+            }
+            (
+                (b1 - b0) as f64,
+                (t1 - t0).as_secs_f64(),
+                (s1 - s0).as_secs_f64(),
+                (c1 - c0).as_secs_f64(),
+            )
+        }
+    };
+    let msgs = bytes / BULK_MSG;
+    let per = |cpu: f64| (msgs > 0.0).then(|| cpu * 1e6 / msgs);
+    let m = Measured {
+        msgs_per_s: msgs / secs,
+        mb_per_s: bytes / secs / 1e6,
+        p50_us: None,
+        p99_us: None,
+        server_us_per_msg: per(server_s),
+        client_us_per_msg: per(client_s),
+        server_rss: rss(pid),
+        rss_per_conn: None,
+        ok: bytes > 0.0,
+        errors: 0,
+        losses: 0,
+    };
+    eprintln!(
+        "e2e: {:7} {:15} {:>10.0} msg/s {:>8.1} MB/s  server {:>6} µs/msg  load {:>6} µs/msg",
+        sc.name,
+        which.name(),
+        m.msgs_per_s,
+        m.mb_per_s,
+        opt(m.server_us_per_msg, 2),
+        opt(m.client_us_per_msg, 2),
+    );
+    Ok(m)
+}
+
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.prec$}"))
 }
@@ -562,9 +822,9 @@ fn table(rows: &[Row], o: &Opts) -> String {
     );
     let _ = writeln!(
         t,
-        "| scenario | server | msgs/s | MB/s | p99 µs | server CPU µs/msg | load CPU µs/msg | load ÷ server | server RSS | ÷ best baseline |"
+        "| scenario | server | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | load CPU µs/msg | load ÷ server | server RSS | ÷ best baseline |"
     );
-    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let sc = &row.sc;
         let best = row.best().map(|(b, _)| b);
@@ -575,7 +835,7 @@ fn table(rows: &[Row], o: &Opts) -> String {
                 which.name().to_string()
             };
             let Some(m) = row.medians[s] else {
-                let _ = writeln!(t, "| {} | {name} | failed | | | | | | | |", sc.label);
+                let _ = writeln!(t, "| {} | {name} | failed | | | | | | | | |", sc.label);
                 continue;
             };
             let rss = match m.rss_per_conn {
@@ -590,7 +850,7 @@ fn table(rows: &[Row], o: &Opts) -> String {
                 flags.push_str(&format!(" ({} errors, {} lost)", m.errors, m.losses));
             }
             let mut ratio = row.ratio(s).map(fmt_ratio).unwrap_or_else(|| "-".into());
-            if *which == Server::Upecho {
+            if !which.is_baseline() {
                 let p = row.paired(s);
                 if p.len() > 1 {
                     let lo = p.iter().copied().fold(f64::INFINITY, f64::min);
@@ -614,8 +874,9 @@ fn table(rows: &[Row], o: &Opts) -> String {
             };
             let _ = writeln!(
                 t,
-                "| {}{flags} | {name} | {rate} | {mb} | {} | {} | {} | {load_ratio} | {rss} | {ratio} |",
+                "| {}{flags} | {name} | {rate} | {mb} | {} | {} | {} | {} | {load_ratio} | {rss} | {ratio} |",
                 sc.label,
+                opt(m.p50_us, 0),
                 opt(m.p99_us, 0),
                 opt(m.server_us_per_msg, 2),
                 opt(m.client_us_per_msg, 2),
@@ -679,7 +940,7 @@ fn series_from_json(v: &Value) -> Option<Vec<Point>> {
 /// per-second series.
 fn latency_over_time(o: &Opts, sc: &Scenario, pin: bool) {
     let run = || -> Result<(Vec<Point>, &'static str), String> {
-        let server = start(Server::Upecho, pin)?;
+        let server = start(o, Server::Upecho, pin)?;
         let pid = server.pid();
         let udp = sc.args.iter().any(|a| a == "udp");
         let addr = if udp { server.udp() } else { server.tcp() };

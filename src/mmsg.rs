@@ -5,9 +5,10 @@
 //! [`Datagrams`] owns `N` slots of one size each, their lengths and (optionally) their peers'
 //! addresses. The `iovec`/`mmsghdr` arrays that point into them are rebuilt on the stack for
 //! every call: a few hundred bytes of stores, no allocation, and nothing self-referential kept
-//! in the struct (which therefore stays `Send` and movable). `nix` has the same calls, but its
-//! `MultiHeaders` are either allocated per call or kept with raw pointers between calls, and its
-//! addresses are another type to convert from; what the callers need is this small.
+//! in the struct (which therefore stays `Send` and movable). `nix` has the same calls, with
+//! reusable `MultiHeaders`, but it would be a new dependency for two calls, its headers keep raw
+//! pointers between calls, and its addresses are one more type to convert from
+//! (`SockaddrStorage`); what the callers need is this small.
 //!
 //! Each call is one system call (retried on `EINTR`, see [`crate::io_outcome::retrying`]): one
 //! `recvmmsg` per [`Datagrams::recv`], one `sendmmsg` per [`Datagrams::send`].
@@ -72,7 +73,8 @@ impl<const N: usize> Datagrams<N> {
 
     /// Where datagram `i` came from, if the slots keep sources and it was IPv4 or IPv6.
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
-        to_socket_addr(self.names.get(i)?)
+        let name = self.names.get(i).filter(|_| self.name_lens[i] > 0)?;
+        to_socket_addr(name)
     }
 
     /// One `recvmmsg`: fills slots `0..n` and returns `n` (at least 1; an error, `WouldBlock`

@@ -11,14 +11,16 @@ mod util;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use util::{ServerProc, WAIT, random_bytes, read_n, upper};
+use util::{
+    ServerProc, WAIT, free_port, random_bytes, read_n, sample, scrape, upper, wait_until,
+    wait_until_within,
+};
 
 const INSTANCES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 /// Where the test clients connect from, so the instances' logs can show it arrived via PROXY.
@@ -56,29 +58,8 @@ fn start_instances() -> Vec<Instance> {
 
 /// One counter of an instance's `/metrics`.
 fn counter(i: &Instance, name: &str) -> f64 {
-    let mut c = TcpStream::connect_timeout(&i.metrics, WAIT).unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {out}"))
-}
-
-/// A port free for TCP and UDP on 127.0.0.1 now. Released before the balancer binds it, so
-/// another process may take it in between: the caller retries with a fresh one if so.
-fn free_port() -> u16 {
-    loop {
-        let t = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    let body = scrape(i.metrics);
+    sample(&body, name).unwrap_or_else(|| panic!("no {name} in {body}"))
 }
 
 /// A shipped configuration with the example ports (8005) replaced: the balancer's by `front`,
@@ -116,17 +97,11 @@ struct Balancer {
 impl Balancer {
     /// Waits until it accepts TCP on its front port, or it has exited.
     fn ready(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if TcpStream::connect_timeout(&self.front, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        false
+        let mut exited = false;
+        wait_until(|| {
+            exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            exited || TcpStream::connect_timeout(&self.front, Duration::from_millis(200)).is_ok()
+        }) && !exited
     }
 
     fn log(&self) -> String {
@@ -138,12 +113,10 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if wait_until_within(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        }) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -211,11 +184,10 @@ fn exercise_tcp(front: SocketAddr, mut instances: Vec<Instance>) -> Vec<Instance
     // The real client address reached upecho: its log names the client, via the balancer.
     let first = clients[0].to_string();
     let via = format!("{first} via 127.0.0.1:");
-    let deadline = Instant::now() + WAIT;
-    while !instances.iter().any(|i| i.proc.stderr().contains(&via)) {
-        assert!(Instant::now() < deadline, "no instance logged {via:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(|| instances.iter().any(|i| i.proc.stderr().contains(&via))),
+        "no instance logged {via:?}"
+    );
     // `printf abc | upecho tcp` through the balancer: a half-close still gets its reply.
     let mut c = client(front);
     c.write_all(b"abc").unwrap();
@@ -359,17 +331,12 @@ fn haproxy_balances_tcp_with_proxy_v2_and_health_checks() {
         }
     });
     // The active checks send their PROXY header and are answered: all three come up.
-    let deadline = Instant::now() + WAIT;
-    while instances
-        .iter()
-        .any(|i| counter(i, "upecho_proxy_headers_total") < 1.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "health checks never reached every instance"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(|| instances
+            .iter()
+            .all(|i| counter(i, "upecho_proxy_headers_total") >= 1.0)),
+        "health checks never reached every instance"
+    );
     for i in &instances {
         assert_eq!(counter(i, "upecho_proxy_rejected_total"), 0.0);
     }

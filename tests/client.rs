@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rexpect::process::WaitStatus;
 use rexpect::reader::Options;
 use rexpect::session::{PtySession, spawn_with_options};
-use util::{ServerProc, WAIT, bin, random_bytes, upper};
+use util::{ServerProc, WAIT, bin, random_bytes, upper, wait_until, wait_until_within};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -97,19 +97,18 @@ fn run_client(args: &[&str], stdin: Stdin, within: Duration) -> Run {
             None
         }
     };
-    let deadline = started + within;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-            let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-            panic!("upecho {args:?} did not exit within {within:?}; stderr:\n{stderr}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let mut status = None;
+    let left = (started + within).saturating_duration_since(Instant::now());
+    if !wait_until_within(left, || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        panic!("upecho {args:?} did not exit within {within:?}; stderr:\n{stderr}");
+    }
+    let status = status.unwrap();
     let elapsed = started.elapsed();
     drop(held);
     if let Some(f) = feeder {
@@ -234,16 +233,19 @@ fn spawn_pty_in(args: &[&str], state: tempfile::TempDir, stdout: Option<&std::pa
 
 /// Waits (bounded) for the pty child to exit and returns its exit code.
 fn pty_exit_code(p: &mut PtySession) -> i32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match p.process().status() {
-            Some(WaitStatus::Exited(_, code)) => return code,
-            Some(WaitStatus::StillAlive) | None => {}
+    let mut code = None;
+    assert!(
+        wait_until(|| match p.process().status() {
+            Some(WaitStatus::Exited(_, c)) => {
+                code = Some(c);
+                true
+            }
+            Some(WaitStatus::StillAlive) | None => false,
             Some(other) => panic!("client ended abnormally: {other:?}"),
-        }
-        assert!(Instant::now() < deadline, "the client did not exit");
-        thread::sleep(Duration::from_millis(10));
-    }
+        }),
+        "the client did not exit"
+    );
+    code.unwrap()
 }
 
 /// Expects `needle` in the pty output, failing with what was seen instead.
@@ -356,13 +358,16 @@ fn tcp_pipe_reports_a_server_that_closes_before_the_end_of_input() {
     stdin.write_all(b"hello").unwrap();
     let out = collect(child.0.stdout.take().unwrap());
     let err = collect(child.0.stderr.take().unwrap());
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < WAIT, "the client did not exit");
-        thread::sleep(Duration::from_millis(10));
-    };
+    let mut status = None;
+    let left = (started + WAIT).saturating_duration_since(Instant::now());
+    assert!(
+        wait_until_within(left, || {
+            status = child.0.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the client did not exit"
+    );
+    let status = status.unwrap();
     drop(stdin);
     server.join().unwrap();
     let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();

@@ -10,13 +10,21 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    InProcess, ServerProc, WAIT, bin, cpu_time, random_bytes, read_n, roundtrip, rss_bytes, upper,
+    InProcess, ServerProc, WAIT, bin, cpu_time, random_bytes, read_n, roundtrip, rss_bytes, sample,
+    upper, wait_until,
 };
 
 /// The value of `name=N` in the last counters line logged so far.
 fn counter(log: &str, name: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("counters"))?;
     util::counter_in(line, name)
+}
+
+/// Starts `upecho serve` with ARGS and a `--metrics` endpoint to read its counters from.
+fn with_metrics(args: &[&str]) -> ServerProc {
+    let mut full = args.to_vec();
+    full.extend(["--metrics", "127.0.0.1:0"]);
+    ServerProc::start(&full)
 }
 
 #[test]
@@ -44,18 +52,12 @@ fn a_signal_right_after_the_listening_lines_drains_and_exits_zero() {
 #[test]
 fn sighup_and_sigquit_drain_like_sigterm_so_a_non_reader_gets_all_it_is_owed() {
     for sig in [libc::SIGHUP, libc::SIGQUIT] {
-        let mut s = ServerProc::start(&["--drain-timeout", "30", "--max-pending", "67108864"]);
+        let mut s = with_metrics(&["--drain-timeout", "30", "--max-pending", "67108864"]);
         let mut c = s.connect();
         let data = random_bytes(9 << 20, 11);
         c.write_all(&data).unwrap();
-        thread::sleep(Duration::from_millis(300));
-        s.signal(sig);
-        thread::sleep(Duration::from_millis(300));
-        assert!(
-            s.child.try_wait().unwrap().is_none(),
-            "signal {sig} ended the server while it owed output: {}",
-            s.stderr()
-        );
+        // The server has taken all of it and owes it, far more than the socket buffers hold.
+        s.signal_once_owed(data.len(), sig);
         let got = read_n(&mut c, data.len());
         assert!(got == upper(&data), "signal {sig}: reply differs");
         assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
@@ -128,14 +130,10 @@ fn intervals_below_their_floor_are_usage_errors_not_a_spin() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{flag} {value}: the server started instead of refusing the value");
-            }
-            thread::sleep(Duration::from_millis(20));
+        if !wait_until(|| child.try_wait().unwrap().is_some()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{flag} {value}: the server started instead of refusing the value");
         }
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -160,12 +158,8 @@ fn non_reader(addr: SocketAddr) -> TcpStream {
 fn pending_output_has_a_server_wide_ceiling_and_others_are_still_served() {
     const CEILING: u64 = 4 << 20;
     const CLIENTS: usize = 40;
-    let mut s = ServerProc::start(&[
-        "--max-pending",
-        "1048576",
-        "--max-pending-total",
-        &CEILING.to_string(),
-    ]);
+    let ceiling = CEILING.to_string();
+    let mut s = with_metrics(&["--max-pending", "1048576", "--max-pending-total", &ceiling]);
     // Warm the allocator and the page tables the way one ordinary client does.
     let mut warm = s.connect();
     assert_eq!(
@@ -191,16 +185,18 @@ fn pending_output_has_a_server_wide_ceiling_and_others_are_still_served() {
     let mut other = s.connect();
     assert_eq!(roundtrip(&mut other, b"served"), b"SERVED");
     let grown = rss_bytes(s.pid()).saturating_sub(before);
-    s.signal(libc::SIGUSR1);
-    assert!(s.logged("SIGUSR1: counters"));
+    let metrics = s.scrape();
     let log = s.stderr();
-    let pending = counter(&log, "pending").expect("pending counter");
+    let pending = sample(&metrics, "upecho_pending_bytes").expect("pending gauge") as u64;
     // At the ceiling a connection that owes nothing may still read once: one read buffer each.
     assert!(
         pending <= CEILING + CLIENTS as u64 * upecho::serve::READ_CHUNK as u64,
         "{pending} bytes pending"
     );
-    assert!(counter(&log, "ceiling_reached").unwrap_or(0) >= 1, "{log}");
+    assert!(
+        sample(&metrics, "upecho_pending_ceiling_reached_total").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
     assert!(log.contains("reached the ceiling"), "{log}");
     assert!(
         grown < 16 << 20,
@@ -269,17 +265,9 @@ fn spoof_udp(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> bool {
     sent == pkt.len() as isize
 }
 
-/// Datagrams server `s` has received so far, from the counters it logs on SIGUSR1.
+/// Datagrams server `s` has received so far, from its `/metrics`.
 fn datagrams_in(s: &ServerProc) -> u64 {
-    let lines = |s: &ServerProc| s.stderr().matches("SIGUSR1: counters").count();
-    let before = lines(s);
-    s.signal(libc::SIGUSR1);
-    let deadline = Instant::now() + WAIT;
-    while lines(s) == before {
-        assert!(Instant::now() < deadline, "no counters line after SIGUSR1");
-        thread::sleep(Duration::from_millis(10));
-    }
-    counter(&s.stderr(), "in").expect("udp in counter")
+    s.metric("upecho_udp_received_datagrams_total") as u64
 }
 
 fn v4(a: SocketAddr) -> SocketAddrV4 {
@@ -291,8 +279,8 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 
 #[test]
 fn one_spoofed_datagram_between_two_servers_dies_out() {
-    let mut a = ServerProc::start(&["--udp-only"]);
-    let mut b = ServerProc::start(&["--udp-only"]);
+    let mut a = with_metrics(&["--udp-only"]);
+    let mut b = with_metrics(&["--udp-only"]);
     if !spoof_udp(v4(b.udp()), v4(a.udp()), b"loop") {
         eprintln!("SKIP one_spoofed_datagram_between_two_servers_dies_out: no raw sockets here");
         return;
@@ -303,6 +291,7 @@ fn one_spoofed_datagram_between_two_servers_dies_out() {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last = datagrams_in(&a);
     let quiet = loop {
+        // Time passing is the point: the loop has died once a second goes by without a bounce.
         thread::sleep(Duration::from_secs(1));
         let now = datagrams_in(&a);
         if now == last || Instant::now() > deadline {
@@ -311,6 +300,7 @@ fn one_spoofed_datagram_between_two_servers_dies_out() {
         last = now;
     };
     let cpu0 = cpu_time(a.pid()) + cpu_time(b.pid());
+    // Time passing is the point: the CPU the two servers spend over one quiet second.
     thread::sleep(Duration::from_secs(1));
     let spent = cpu_time(a.pid()) + cpu_time(b.pid()) - cpu0;
     // Both servers still answer a real client.
@@ -320,6 +310,9 @@ fn one_spoofed_datagram_between_two_servers_dies_out() {
     let mut buf = [0u8; 16];
     let (n, _) = u.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"PING");
+    let ignored = a.metric("upecho_udp_ignored_datagrams_total")
+        + b.metric("upecho_udp_ignored_datagrams_total");
+    let bounced = datagrams_in(&a);
     a.signal(libc::SIGTERM);
     b.signal(libc::SIGTERM);
     assert_eq!(a.wait_exit(WAIT), Some(0));
@@ -329,10 +322,7 @@ fn one_spoofed_datagram_between_two_servers_dies_out() {
         spent < Duration::from_millis(100),
         "{spent:?} of CPU in a second after the loop died"
     );
-    let ignored =
-        counter(&a.stderr(), "ignored").unwrap_or(0) + counter(&b.stderr(), "ignored").unwrap_or(0);
-    assert!(ignored >= 1, "the loop ended by a withheld reply");
-    let bounced = counter(&a.stderr(), "in").unwrap_or(0);
+    assert!(ignored >= 1.0, "the loop ended by a withheld reply");
     assert!(bounced > 1, "the spoofed datagram did start a loop");
 }
 
@@ -379,7 +369,7 @@ fn a_drain_timeout_close_line_says_drain_timeout() {
 
 #[test]
 fn the_refusal_lines_add_up_to_the_refused_counter_and_say_connection_in_the_singular() {
-    let mut s = ServerProc::start(&["--max-connections", "1"]);
+    let mut s = with_metrics(&["--max-connections", "1"]);
     let mut held = s.connect();
     assert_eq!(roundtrip(&mut held, b"in"), b"IN");
     // Refused in a burst: the first has a line at once, the rest wait for the next one, which
@@ -392,6 +382,7 @@ fn the_refusal_lines_add_up_to_the_refused_counter_and_say_connection_in_the_sin
             Ok(0) | Err(_)
         ));
     }
+    let refused = s.metric("upecho_connections_refused_total") as u64;
     s.signal(libc::SIGTERM);
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     let log = s.stderr();
@@ -409,14 +400,14 @@ fn the_refusal_lines_add_up_to_the_refused_counter_and_say_connection_in_the_sin
             n
         })
         .sum();
-    assert_eq!(Some(logged), counter(&log, "refused"), "{log}");
+    assert_eq!(logged, refused, "{log}");
     assert_eq!(logged, 5, "{log}");
     assert!(log.contains("up to 1 connection,"), "{log}");
 }
 
 #[test]
 fn an_ignored_udp_source_is_logged_once_not_per_datagram() {
-    let s = ServerProc::start(&["--udp-only"]);
+    let s = with_metrics(&["--udp-only"]);
     let sources: Vec<UdpSocket> = (600..1024)
         .filter_map(|p| UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).ok())
         .take(2)
@@ -431,13 +422,9 @@ fn an_ignored_udp_source_is_logged_once_not_per_datagram() {
             u.send_to(b"reflect me", s.udp()).unwrap();
         }
     }
-    let deadline = Instant::now() + WAIT;
-    while datagrams_in(&s) < 10 {
-        assert!(Instant::now() < deadline, "{}", s.stderr());
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(wait_until(|| datagrams_in(&s) >= 10), "{}", s.stderr());
+    assert_eq!(s.metric("upecho_udp_ignored_datagrams_total"), 10.0);
     let log = s.stderr();
-    assert_eq!(counter(&log, "ignored"), Some(10), "{log}");
     for u in &sources {
         let line = format!(
             "udp: not answering {}: reflection guard",

@@ -12,50 +12,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{ServerProc, bin};
+use util::{ServerProc, bin, load_json, wait_until_within};
 
 /// Hard bound on any one `upecho load` run in these tests.
-const RUN_BOUND: Duration = Duration::from_secs(90);
+const RUN_BOUND: Duration = util::LOAD_BOUND;
 
 /// Runs `upecho load ARGS...` and returns its output; kills it (by PID) if it overruns.
 fn load(args: &[&str]) -> Output {
-    let mut child = Command::new(bin())
-        .arg("load")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn upecho load");
-    let deadline = Instant::now() + RUN_BOUND;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "upecho load {args:?} ran past {RUN_BOUND:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a load with `--json` and returns the exit code and the parsed report.
-fn load_json(args: &[&str]) -> (i32, Value, String) {
-    let mut full = vec!["--json", "-q"];
-    full.extend_from_slice(args);
-    let out = load(&full);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
-    });
-    (out.status.code().expect("exit code"), v, stderr)
+    util::load_output(util::spawn_load(args))
 }
 
 fn assert_clean_success(code: i32, v: &Value, stderr: &str) {
@@ -439,6 +403,8 @@ mod broken {
                                     .push(thread::spawn(move || serve_tcp(s, kind, &st))),
                             }
                         }
+                        // The fake server's accept is non-blocking so that it sees its stop
+                        // flag: this is its poll interval, not a wait for the test.
                         Err(_) => thread::sleep(POLL),
                     }
                 }
@@ -786,29 +752,17 @@ fn open_loop_far_beyond_the_machine_still_sends_and_stops() {
 /// Spawns `upecho load ARGS...` with stdout and/or stderr connected to a pipe whose reading end
 /// is closed at once, and returns its exit code and (when open) its stderr.
 fn load_with_closed(stdout: bool, stderr: bool, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(bin())
-        .arg("load")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn upecho load");
+    let mut child = util::spawn_load(args);
     if stdout {
         drop(child.stdout.take());
     }
     if stderr {
         drop(child.stderr.take());
     }
-    let deadline = Instant::now() + RUN_BOUND;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("upecho load {args:?} ran past {RUN_BOUND:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
+    if !wait_until_within(RUN_BOUND, || child.try_wait().expect("try_wait").is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("upecho load {args:?} ran past {RUN_BOUND:?}");
     }
     let out = child.wait_with_output().expect("output");
     (
@@ -900,13 +854,8 @@ fn server_figures_are_unavailable_when_the_process_vanishes() {
     let started = rx.recv_timeout(RUN_BOUND).is_ok();
     let _ = victim.kill();
     let _ = victim.wait();
-    let deadline = Instant::now() + RUN_BOUND;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
+    if !wait_until_within(RUN_BOUND, || child.try_wait().expect("try_wait").is_some()) {
+        let _ = child.kill();
     }
     let out = child.wait_with_output().expect("output");
     let err = reader.join().unwrap_or_default();
@@ -934,15 +883,7 @@ struct LoadProc {
 impl LoadProc {
     fn start(args: &[&str]) -> LoadProc {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(bin())
-            .arg("load")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn upecho load");
+        let mut child = util::spawn_load(args);
         let pipe = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
         let stderr = thread::spawn(move || {
@@ -982,10 +923,9 @@ impl LoadProc {
 
     /// Waits (bounded) for the exit; returns the exit code, stdout and all of stderr.
     fn finish(mut self) -> (Option<i32>, String, String) {
-        let deadline = Instant::now() + RUN_BOUND;
-        while self.child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_within(RUN_BOUND, || {
+            self.child.try_wait().expect("try_wait").is_some()
+        });
         let _ = self.child.kill();
         let status = self.child.wait().expect("wait");
         let mut out = String::new();
@@ -1413,10 +1353,7 @@ fn ctrl_c_to_the_parent_stops_every_process_in_order_and_still_reports() {
 fn children_die_with_a_parent_that_is_killed() {
     let (server, load, kids) = two_process_run();
     load.signal(libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while kids.iter().any(|&k| alive(k)) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(Duration::from_secs(20), || kids.iter().all(|&k| !alive(k)));
     assert!(kids.iter().all(|&k| !alive(k)), "orphans: {kids:?}");
     drop(load);
     // They stopped in order, as after Ctrl-C: the server saw FINs, not resets.
@@ -1625,6 +1562,7 @@ impl ProxyListener {
                 let (mut c, peer) = match l.accept() {
                     Ok(x) => x,
                     Err(_) => {
+                        // Non-blocking accept, to see the stop flag: a poll interval.
                         thread::sleep(Duration::from_millis(2));
                         continue;
                     }

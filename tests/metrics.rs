@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use util::{ServerProc, WAIT, roundtrip};
+use util::{ServerProc, WAIT, http_request as request, roundtrip, sample, scrape};
 
 /// Starts a server with `--metrics` on a port of its own and returns it with that address.
 fn start(extra: &[&str]) -> (ServerProc, SocketAddr) {
@@ -16,31 +16,6 @@ fn start(extra: &[&str]) -> (ServerProc, SocketAddr) {
     let s = ServerProc::start(&args);
     let addr = s.metrics_addr();
     (s, addr)
-}
-
-/// One HTTP request, the whole response.
-fn request(addr: SocketAddr, raw: &[u8]) -> String {
-    let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    c.write_all(raw).unwrap();
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let resp = request(addr, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
-    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
-    resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
-}
-
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{ServerProc, WAIT, bin};
+use util::{ServerProc, WAIT, bin, free_port};
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -47,18 +47,6 @@ fn the_unit_files_pass_systemd_analyze_verify() {
         !err.contains("upecho"),
         "systemd-analyze has something to say about the units: {err}"
     );
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now (systemd-socket-activate needs a
-/// number; it is taken again at once, so another test taking it meanwhile is unlikely).
-fn free_port() -> u16 {
-    loop {
-        let t = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = t.local_addr().unwrap().port();
-        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 #[test]

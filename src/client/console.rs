@@ -34,7 +34,6 @@ use rustyline::{
 };
 
 use super::Failure;
-use crate::addr::reason;
 
 /// Lines kept in the history file: enough for a long debugging session, small enough to load at
 /// once.
@@ -339,7 +338,7 @@ impl Console {
         };
         written
             .and_then(|()| out.flush())
-            .map_err(|e| Failure::Error(format!("cannot write to stdout: {}", reason(&e))))
+            .map_err(|e| Failure::stdout(&e))
     }
 }
 

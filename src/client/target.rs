@@ -19,7 +19,7 @@ use crate::addr::{AddrError, HostPort, reason};
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Receive buffer asked of the kernel for the UDP client: room for a full window of large replies
-/// (see `udp::WINDOW_BYTES`) so that none is dropped while the client is busy printing.
+/// (see `udp::pipe::WINDOW_BYTES`) so that none is dropped while the client is busy printing.
 const UDP_RECV_BUFFER: usize = 1 << 20;
 
 /// A server address, resolved: what the user wrote (every message names the server that way) and

@@ -13,7 +13,7 @@
 //! - `tcp` / `udp`: the two flows, state machines over the worker's share of the connections
 //!   (`tcp::exchange` the messages on an open connection, `tcp::socket` its socket;
 //!   `udp::lane` a socket's reply matching).
-//! - `stage`: the [`Stage`] the main thread sets and each interval is recorded in.
+//! - `stage`: the `Stage` the main thread sets and each interval is recorded in.
 //! - `interval`: the run second by second, and the merging of many sources' seconds.
 //! - `progress`: what a run shows while it goes: the progress line, the report's `series`, the
 //!   interval log.

@@ -23,6 +23,7 @@ use log::{info, trace, warn};
 
 use super::logs::Count;
 use super::stats::Stats;
+use super::throttle::{Episode, Throttle};
 use crate::io_outcome::{is_exhausted, is_would_block, retrying};
 
 /// Connections accepted per listener per turn before the others get theirs (a connect flood must
@@ -53,19 +54,16 @@ pub(crate) struct Acceptor<L: Listen> {
     /// A listener may have connections waiting.
     owed: bool,
     paused_until: Option<Instant>,
-    /// Out of descriptors since the last successful accept (log once per episode).
-    starved: bool,
-    /// When the current starvation episode began, and the episodes and time before it.
-    starved_since: Option<Instant>,
+    /// Out of descriptors since the last successful accept (logged once per episode), and the
+    /// episodes and time before the current one.
+    starved: Episode,
     pauses: u64,
     paused: Duration,
     /// This turn: the listener being drained and how many it has given.
     cursor: usize,
     taken: usize,
-    refused_logged_at: Option<Instant>,
-    refused_since_log: u64,
-    /// Refusals the log lines have reported so far (each line says this total too).
-    refused_logged: u64,
+    /// Refusals' lines (each says the refusals since the last one and the running total).
+    refused_log: Throttle,
     /// The connection limit at the last refusal, for the line that reports it later.
     refused_limit: usize,
 }
@@ -76,15 +74,12 @@ impl<L: Listen> Acceptor<L> {
             listeners,
             owed: true,
             paused_until: None,
-            starved: false,
-            starved_since: None,
+            starved: Episode::default(),
             pauses: 0,
             paused: Duration::ZERO,
             cursor: 0,
             taken: 0,
-            refused_logged_at: None,
-            refused_since_log: 0,
-            refused_logged: 0,
+            refused_log: Throttle::new(1, REFUSAL_LOG_EVERY),
             refused_limit: 0,
         }
     }
@@ -109,24 +104,20 @@ impl<L: Listen> Acceptor<L> {
             self.paused_until = None;
             self.owed = true;
         }
-        if self.refusals_due().is_some_and(|t| now >= t) {
-            self.log_refusals(now);
+        if let Some(n) = self.refused_log.take_due(now) {
+            self.log_refusals(n);
         }
     }
 
     /// When refusals not yet logged are due for their line, if any wait.
     pub(crate) fn refusals_due(&self) -> Option<Instant> {
-        // The first refusal is always logged at once, so one that waits has a time to wait from.
-        let t = self
-            .refused_logged_at
-            .filter(|_| self.refused_since_log > 0)?;
-        Some(t + REFUSAL_LOG_EVERY)
+        self.refused_log.due()
     }
 
     /// A connection closed: if accepting paused for want of descriptors, one is free again, so
     /// there is no need to wait out the back-off.
     pub(crate) fn on_close(&mut self) {
-        if self.starved && self.paused_until.is_some() {
+        if self.starved.since().is_some() && self.paused_until.is_some() {
             self.paused_until = None;
             self.owed = true;
         }
@@ -135,7 +126,8 @@ impl<L: Listen> Acceptor<L> {
     /// Starvation episodes so far, and the time they took (the current one up to `now`).
     pub(crate) fn pauses(&self, now: Instant) -> (u64, Duration) {
         let current = self
-            .starved_since
+            .starved
+            .since()
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         (self.pauses, self.paused + current)
     }
@@ -162,11 +154,8 @@ impl<L: Listen> Acceptor<L> {
                 Ok(accepted) => {
                     trace!("listener {}: accepted {}", self.cursor, accepted.1);
                     self.taken += 1;
-                    if self.starved {
-                        self.starved = false;
-                        if let Some(t) = self.starved_since.take() {
-                            self.paused += now.saturating_duration_since(t);
-                        }
+                    if let Some(t) = self.starved.end() {
+                        self.paused += now.saturating_duration_since(t);
                         info!(
                             "accepting again ({} open)",
                             Count(open as u64, "connection")
@@ -179,9 +168,7 @@ impl<L: Listen> Acceptor<L> {
                     self.taken = 0;
                 }
                 Err(e) if is_exhausted(&e) => {
-                    if !self.starved {
-                        self.starved = true;
-                        self.starved_since = Some(now);
+                    if self.starved.start(now) {
                         self.pauses += 1;
                         warn!(
                             "accept: {e}; pausing accepts until a connection closes ({} open)",
@@ -211,35 +198,28 @@ impl<L: Listen> Acceptor<L> {
         stats: &mut Stats,
     ) {
         stats.refused += 1;
-        self.refused_since_log += 1;
         self.refused_limit = limit;
         trace!("refused {peer}: connection limit");
-        if self
-            .refused_logged_at
-            .is_none_or(|t| now >= t + REFUSAL_LOG_EVERY)
-        {
-            self.log_refusals(now);
+        if let Some(n) = self.refused_log.event(now) {
+            self.log_refusals(n);
         }
     }
 
-    /// One line for the refusals since the last one, with the running total.
-    fn log_refusals(&mut self, now: Instant) {
-        self.refused_logged += self.refused_since_log;
+    /// One line for the `n` refusals since the last one, with the running total.
+    fn log_refusals(&self, n: u64) {
         warn!(
             "connection limit ({}) reached: refused {} ({} since start)",
             self.refused_limit,
-            Count(self.refused_since_log, "connection"),
-            self.refused_logged
+            Count(n, "connection"),
+            self.refused_log.reported()
         );
-        self.refused_logged_at = Some(now);
-        self.refused_since_log = 0;
     }
 
     /// Stops accepting for good (shutdown): the listeners are handed back to be closed.
     pub(crate) fn close(&mut self) -> Vec<L> {
         // No refusal can follow: whatever waits for its line gets it now.
-        if self.refused_since_log > 0 {
-            self.log_refusals(Instant::now());
+        if let Some(n) = self.refused_log.take_rest() {
+            self.log_refusals(n);
         }
         self.owed = false;
         self.paused_until = None;
@@ -356,11 +336,12 @@ mod tests {
             a.refuse(peer, 1, t0 + Duration::from_millis(i), &mut stats);
         }
         assert_eq!(stats.refused, 3);
+        assert_eq!(a.refused_log.reported(), 1, "logged the first");
         assert_eq!(
-            a.refused_since_log, 2,
-            "logged the first; two wait for the next line"
+            a.refused_log.take_rest(),
+            Some(2),
+            "two wait for the next line"
         );
-        assert_eq!(a.refused_logged, 1);
     }
 
     #[test]
@@ -374,14 +355,14 @@ mod tests {
         }
         assert_eq!(a.refusals_due(), Some(t0 + REFUSAL_LOG_EVERY));
         a.on_timer(t0 + REFUSAL_LOG_EVERY / 2);
-        assert_eq!(a.refused_logged, 1, "not before the second is up");
+        assert_eq!(a.refused_log.reported(), 1, "not before the second is up");
         a.on_timer(t0 + REFUSAL_LOG_EVERY);
-        assert_eq!(a.refused_logged, stats.refused, "the lines add up");
+        assert_eq!(a.refused_log.reported(), stats.refused, "the lines add up");
         assert_eq!(a.refusals_due(), None);
         // One more, refused within the second of that line: the shutdown logs it.
         a.refuse(peer, 1, t0 + REFUSAL_LOG_EVERY, &mut stats);
-        assert_eq!(a.refused_logged, 3);
+        assert_eq!(a.refused_log.reported(), 3);
         a.close();
-        assert_eq!(a.refused_logged, stats.refused);
+        assert_eq!(a.refused_log.reported(), stats.refused);
     }
 }

@@ -1,5 +1,6 @@
 //! What the log lines need and serving does not: the per-connection record behind the debug close
-//! line, the rate limit on "not answering" lines for UDP sources, and counts that read right.
+//! line, which UDP sources get a "not answering" line (the rate itself is a `throttle`), and
+//! counts that read right.
 //!
 //! Serving never depends on anything here. The connection record ([`ConnLog`]) is a side table
 //! indexed by slab key, as the idle timeout's stamps are (`timer.rs`), and it exists only when
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Moved;
 use super::proxy::HeaderError;
+use super::throttle::Throttle;
 
 /// `n` and a noun, plural unless `n` is 1: "1 connection", "2 connections", "0 bytes".
 pub(crate) struct Count(pub(crate) u64, pub(crate) &'static str);
@@ -203,8 +205,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// all, in bounded memory.
 pub(crate) struct SourceLog {
     logged_at: HashMap<SocketAddr, Instant>,
-    window: Option<Instant>,
-    lines_in_window: u32,
+    /// The cap on lines a second over all sources.
+    lines: Throttle,
     swept_at: Option<Instant>,
 }
 
@@ -212,8 +214,7 @@ impl SourceLog {
     pub(crate) fn new() -> SourceLog {
         SourceLog {
             logged_at: HashMap::new(),
-            window: None,
-            lines_in_window: 0,
+            lines: Throttle::new(IGNORED_LINES_PER_SEC, Duration::from_secs(1)),
             swept_at: None,
         }
     }
@@ -225,16 +226,6 @@ impl SourceLog {
             Some(_) => true,
             None => false,
         };
-        if self
-            .window
-            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1))
-        {
-            self.window = Some(now);
-            self.lines_in_window = 0;
-        }
-        if self.lines_in_window >= IGNORED_LINES_PER_SEC {
-            return false;
-        }
         if !known && self.logged_at.len() >= IGNORED_SOURCES_MAX {
             if self
                 .swept_at
@@ -248,8 +239,11 @@ impl SourceLog {
                 return false;
             }
         }
+        // The lines do not say how many datagrams they stand for: the counter does.
+        if self.lines.event(now).is_none() {
+            return false;
+        }
         self.logged_at.insert(src, now);
-        self.lines_in_window += 1;
         true
     }
 

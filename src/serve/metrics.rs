@@ -42,15 +42,7 @@ pub const MAX_REQUEST: usize = 8 << 10;
 /// From accept to the last byte of the response.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The limits the server runs under, exposed as gauges.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Limits {
-    pub(crate) max_connections: u64,
-    pub(crate) max_pending: u64,
-    pub(crate) max_pending_total: u64,
-    /// 0: no limit.
-    pub(crate) udp_source_rate: u64,
-}
+pub(crate) use super::config::Limits;
 
 /// What a scrape reports: the counters at that moment and what does not change.
 #[derive(Debug, Clone)]

@@ -12,12 +12,14 @@
 //! - [`control`]: the channel between a supervisor ([`crate::supervise`], which uses this
 //!   module and is not used by it) and each worker, and the worker's end of it.
 //! - `logs`: what the log lines need and serving does not (connection ids and close lines, kept
-//!   only when debug logging is on; the rate limit on "not answering" lines).
+//!   only when debug logging is on; which sources get a "not answering" line); `throttle`, how
+//!   often any rate-limited line may be written (refusals, bad headers, once-per-episode lines).
 //!
 //! The command line (`upecho serve`'s flags, the `listening` lines, exit codes) is the binary's.
 
 mod accept;
 // Public only so that benches/conn.rs can drive the state machine; not part of the API.
+mod config;
 #[doc(hidden)]
 pub mod conn;
 pub mod control;
@@ -32,18 +34,19 @@ mod source;
 mod stats;
 pub mod systemd;
 mod table;
+mod throttle;
 pub(crate) mod timer;
 mod token;
 mod udp;
 
+pub(crate) use config::Limits;
+pub use config::{Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE};
 pub(crate) use lifecycle::signals_to_handle;
 pub use lifecycle::{
     Action, HANDLED_SIGNALS, Policy, block_handled_signals, inherited_ignored_signals, signal_name,
     unblock_handled_signals,
 };
-pub use reactor::{
-    Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Server, ShutdownHandle, Summary,
-};
+pub use reactor::{Server, ShutdownHandle, Summary};
 pub use source::{Protocols, SocketSource, Sockets, SourceError};
 pub(crate) use stats::Rates;
 pub use stats::Stats;

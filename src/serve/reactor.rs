@@ -33,76 +33,20 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::accept::Acceptor;
+use super::config::{Config, Limits};
 use super::control::{Adopt, WorkerLink};
 use super::handover::{self, Leaving, Moving, Outgoing};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
 use super::metrics::{self, MetricsEndpoint, Snapshot};
-use super::proxy::{HeaderError, ProxyConfig};
+use super::proxy::HeaderError;
 use super::stats::{Stats, StatsLog};
-use super::systemd::Notifier;
-use super::table::{Close, Connections, Limits};
+use super::table::{Close, Connections};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
 use crate::{Transform, io_outcome};
-
-/// Default ceiling on output owed by all connections together. A reader that does not read costs
-/// the server at most `--max-pending` (1 MiB), but 20,000 of them would cost 20 GB; 256 MiB keeps
-/// the worst case well inside a small machine, and a server that is merely busy never comes near
-/// it (replies usually leave in the turn they are made).
-pub const DEFAULT_MAX_PENDING_TOTAL: usize = 256 << 20;
-/// Default replies per second per UDP source, sustained, after a burst of ten seconds' worth (see
-/// `serve/limit.rs`). One ping-pong socket on loopback does about 20,000 round trips a second
-/// with `upecho load` on a 2-core VM, so a benchmark from one socket does not meet the limit; an
-/// echo loop between two servers pays a hundred times as much per bounce, so it is held to 1,000
-/// bounces a second and, at the speed of one machine, ends within ~20,000.
-pub const DEFAULT_UDP_SOURCE_RATE: u32 = 100_000;
-
-/// How the reactor behaves; every field has a command-line flag of `upecho serve`
-/// (the binary's `ServeArgs`, in `src/cli/serve.rs`).
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub transform: Transform,
-    pub max_connections: usize,
-    pub max_pending: usize,
-    /// Output owed by all connections together before debtors stop being read.
-    pub max_pending_total: usize,
-    pub idle_timeout: Option<Duration>,
-    pub drain_timeout: Duration,
-    pub stats_interval: Option<Duration>,
-    /// Refuse to answer UDP from privileged ports and broadcast/multicast/unspecified sources.
-    pub udp_guard: bool,
-    /// Replies per second one UDP source (address and port) may get; `None` for no limit.
-    pub udp_source_rate: Option<u32>,
-    /// Handle SIGTERM, SIGINT, SIGHUP and SIGQUIT (graceful stop, then a second one forces) and
-    /// SIGUSR1 (log the counters). Off for embedders that use [`ShutdownHandle`] instead.
-    pub handle_signals: bool,
-    /// Where to report READY/STOPPING/WATCHDOG (systemd's `sd_notify`); does nothing by default.
-    pub notifier: Notifier,
-    /// Read a PROXY protocol header first on connections from these sources.
-    pub proxy: Option<ProxyConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            transform: Transform::Upper,
-            max_connections: 1024,
-            max_pending: 1 << 20,
-            max_pending_total: DEFAULT_MAX_PENDING_TOTAL,
-            idle_timeout: None,
-            drain_timeout: Duration::from_secs(5),
-            stats_interval: None,
-            udp_guard: true,
-            udp_source_rate: Some(DEFAULT_UDP_SOURCE_RATE),
-            handle_signals: false,
-            notifier: Notifier::default(),
-            proxy: None,
-        }
-    }
-}
 
 /// How a run ended.
 #[derive(Debug)]
@@ -133,8 +77,11 @@ pub struct Server {
     /// generation.
     outgoing: Option<Outgoing>,
     /// What the metrics report besides the counters.
-    limits: metrics::Limits,
+    limits: Limits,
     start_time: f64,
+    busy_poll: Option<Duration>,
+    /// When a poll last returned events (the start of the busy-poll window).
+    last_events: Instant,
 }
 
 impl Server {
@@ -167,6 +114,7 @@ impl Server {
             )?;
             endpoints.push(UdpEndpoint::new(s));
         }
+        let limits = Limits::of(&config);
         let life = Lifecycle::new(
             registry,
             config.handle_signals,
@@ -178,12 +126,8 @@ impl Server {
             transform: config.transform,
             acceptor: Acceptor::new(listeners),
             conns: Connections::new(
-                Limits {
-                    transform: config.transform,
-                    max_connections: config.max_connections,
-                    max_pending: config.max_pending,
-                    max_pending_total: config.max_pending_total,
-                },
+                limits,
+                config.transform,
                 config.proxy.as_ref().map(|p| p.from.clone()),
             ),
             idle: config.idle_timeout.map(|t| IdleTracker::new(t, now)),
@@ -201,13 +145,10 @@ impl Server {
             metrics: None,
             control: None,
             outgoing: None,
-            limits: metrics::Limits {
-                max_connections: config.max_connections as u64,
-                max_pending: config.max_pending as u64,
-                max_pending_total: config.max_pending_total as u64,
-                udp_source_rate: config.udp_source_rate.map_or(0, u64::from),
-            },
+            limits,
             start_time: metrics::unix_now(),
+            busy_poll: config.busy_poll.filter(|d| !d.is_zero()),
+            last_events: now,
             poll,
         })
     }
@@ -242,9 +183,18 @@ impl Server {
     pub fn run(mut self) -> io::Result<Summary> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let now = Instant::now();
+            let timeout = spin(
+                self.busy_poll,
+                self.last_events,
+                now,
+                self.poll_timeout(now),
+            );
             io_outcome::poll(&mut self.poll, &mut events, timeout)?;
             let now = Instant::now();
+            if !events.is_empty() {
+                self.last_events = now;
+            }
             if let Some(idle) = &mut self.idle {
                 idle.tick(now);
             }
@@ -719,6 +669,20 @@ impl Server {
     }
 }
 
+/// `--busy-poll`: inside the `window` after the last events, a sleep becomes a zero-timeout
+/// poll. Timers still fire: every turn runs them, and a zero timeout is never later.
+fn spin(
+    window: Option<Duration>,
+    last_events: Instant,
+    now: Instant,
+    timeout: Option<Duration>,
+) -> Option<Duration> {
+    match window {
+        Some(w) if now.saturating_duration_since(last_events) < w => Some(Duration::ZERO),
+        _ => timeout,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +712,51 @@ mod tests {
             server.run().unwrap()
         });
         (addr, rx.recv_timeout(WAIT).unwrap(), t)
+    }
+
+    #[test]
+    fn busy_poll_spins_only_inside_its_window_after_the_last_events() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let sleep = Some(ms(500));
+        // Off: the timeout is the parts' own.
+        assert_eq!(spin(None, t0, t0, sleep), sleep);
+        assert_eq!(spin(None, t0, t0, None), None);
+        // Inside the window: a zero timeout, however long the sleep would have been.
+        let w = Some(ms(2));
+        assert_eq!(spin(w, t0, t0, sleep), Some(Duration::ZERO));
+        assert_eq!(spin(w, t0, t0 + ms(1), None), Some(Duration::ZERO));
+        // Past it: sleeping again until events come.
+        assert_eq!(spin(w, t0, t0 + ms(2), sleep), sleep);
+        assert_eq!(spin(w, t0, t0 + ms(3), None), None);
+    }
+
+    #[test]
+    fn a_busy_polling_server_serves_and_drains_like_a_sleeping_one() {
+        let config = Config {
+            busy_poll: Some(Duration::from_millis(50)),
+            ..Config::default()
+        };
+        let (addr, handle, server) = spawn(config);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        for i in 0..200u32 {
+            let msg = format!("ping {i}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut got = vec![0u8; msg.len()];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(got, msg.to_uppercase().into_bytes());
+        }
+        // Past the window the loop sleeps again: a reply still comes when a byte arrives.
+        thread::sleep(Duration::from_millis(200));
+        c.write_all(b"late").unwrap();
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"LATE");
+        handle.shutdown();
+        let summary = server.join().unwrap();
+        assert_eq!(summary.stats.bytes_out, summary.stats.bytes_in);
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        match sd_notify::notify(states) {
+        match crate::io_outcome::retrying(|| sd_notify::notify(states)) {
             Ok(()) => debug!("sd_notify: {states:?}"),
             // systemd restarted, or the socket is gone: serving clients matters more.
             Err(e) => warn!("sd_notify {states:?}: {e}"),

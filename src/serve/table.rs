@@ -13,10 +13,12 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
 
+use super::config::Limits;
 use super::conn::{Conn, Ctx, Moved, Progress, StreamState};
 use super::logs::{CloseLine, ConnLog, ConnMeta, Count, Peer, Reason, Via};
 use super::proxy::{HeaderError, TrustedSources};
 use super::stats::Stats;
+use super::throttle::{Episode, Throttle};
 use super::token;
 use crate::Transform;
 use crate::io_outcome::{Class, classify};
@@ -58,51 +60,54 @@ pub(crate) struct Turn {
     pub(crate) closed: bool,
 }
 
-/// The limits a connection is driven under.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) transform: Transform,
-    pub(crate) max_connections: usize,
-    pub(crate) max_pending: usize,
-    pub(crate) max_pending_total: usize,
-}
-
 pub(crate) struct Connections {
     slab: Slab<Conn<TcpStream>>,
     run_queue: VecDeque<usize>,
     scratch: Box<[u8]>,
-    limits: Limits,
+    /// What connections are held to (the per-connection and server-wide pending-output
+    /// ceilings, the connection limit), in the units the table counts in.
+    max_connections: usize,
+    max_pending: usize,
+    max_pending_total: usize,
+    transform: Transform,
     /// Output owed by all connections together (the sum of [`Conn::owed`]).
     owed_total: usize,
     /// `owed_total` has reached the ceiling and not yet fallen back below its low-water mark.
-    at_ceiling: bool,
+    at_ceiling: Episode,
     /// Ids, peers, ages and byte counts for the debug log; `None` unless debug logging was on at
     /// start, so that otherwise a connection costs only its 16 bytes in the slab.
     log: Option<ConnLog>,
     /// `--proxy-from`: connections from these must start with a PROXY header.
     trusted: Option<TrustedSources>,
-    /// When a refused header was last logged, and how many were refused since unlogged.
-    bad_header_logged: Option<Instant>,
-    bad_headers_unlogged: u64,
+    /// Refused headers' warnings.
+    bad_header_log: Throttle,
 }
 
 impl Connections {
-    pub(crate) fn new(limits: Limits, trusted: Option<TrustedSources>) -> Connections {
+    pub(crate) fn new(
+        limits: Limits,
+        transform: Transform,
+        trusted: Option<TrustedSources>,
+    ) -> Connections {
+        // Bounded by the configuration's usize values, so these convert back losslessly.
+        let max_connections = usize::try_from(limits.max_connections).unwrap_or(usize::MAX);
         Connections {
             // The slab's storage is reserved, not touched: pages become resident only as
             // connections arrive, and the slab never moves while growing.
-            slab: Slab::with_capacity(limits.max_connections.min(1 << 20)),
+            slab: Slab::with_capacity(max_connections.min(1 << 20)),
             run_queue: VecDeque::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            limits,
+            max_connections,
+            max_pending: usize::try_from(limits.max_pending).unwrap_or(usize::MAX),
+            max_pending_total: usize::try_from(limits.max_pending_total).unwrap_or(usize::MAX),
+            transform,
             owed_total: 0,
-            at_ceiling: false,
+            at_ceiling: Episode::default(),
             // Checked once: the level does not change while serving (env_logger sets it once).
             log: log::log_enabled!(log::Level::Debug)
                 .then(|| ConnLog::new(log::log_enabled!(log::Level::Trace))),
             trusted,
-            bad_header_logged: None,
-            bad_headers_unlogged: 0,
+            bad_header_log: Throttle::new(1, BAD_HEADER_LOG_EVERY),
         }
     }
 
@@ -122,11 +127,11 @@ impl Connections {
     }
 
     pub(crate) fn full(&self) -> bool {
-        self.slab.len() >= self.limits.max_connections
+        self.slab.len() >= self.max_connections
     }
 
     pub(crate) fn max(&self) -> usize {
-        self.limits.max_connections
+        self.max_connections
     }
 
     pub(crate) fn has_queued(&self) -> bool {
@@ -263,10 +268,10 @@ impl Connections {
         };
         let mut ctx = Ctx {
             scratch: &mut self.scratch,
-            transform: self.limits.transform,
-            max_pending: self.limits.max_pending,
+            transform: self.transform,
+            max_pending: self.max_pending,
             owed_total: self.owed_total,
-            max_pending_total: self.limits.max_pending_total,
+            max_pending_total: self.max_pending_total,
             budget: FAIR_BUDGET,
             draining,
             header: None,
@@ -443,15 +448,10 @@ impl Connections {
     /// `send-proxy`, or something else in a trusted range): worth a warning, but at most one
     /// every [`BAD_HEADER_LOG_EVERY`], as a stream of them must not flood the log.
     fn log_bad_header(&mut self, peer: Option<SocketAddr>, e: &HeaderError) {
-        let now = Instant::now();
-        if self
-            .bad_header_logged
-            .is_some_and(|t| now.saturating_duration_since(t) < BAD_HEADER_LOG_EVERY)
-        {
-            self.bad_headers_unlogged += 1;
+        let Some(n) = self.bad_header_log.event(Instant::now()) else {
             return;
-        }
-        let more = std::mem::take(&mut self.bad_headers_unlogged);
+        };
+        let more = n - 1;
         let since = if more > 0 {
             format!(
                 " ({} more since the last such line)",
@@ -461,7 +461,6 @@ impl Connections {
             String::new()
         };
         warn!("closed a connection from {}: {e}{since}", Peer(peer));
-        self.bad_header_logged = Some(now);
     }
 
     /// Every open connection's key (for a drain timeout, which closes them all).
@@ -485,17 +484,19 @@ impl Connections {
     /// does not log at every read.
     fn check_ceiling(&mut self, stats: &mut Stats) {
         stats.pending_bytes = self.owed_total as u64;
-        let max = self.limits.max_pending_total;
-        if !self.at_ceiling && self.owed_total >= max {
-            self.at_ceiling = true;
+        let max = self.max_pending_total;
+        let on = self.at_ceiling.since().is_some();
+        // The clock is read only when an episode starts; this runs at every read.
+        if !on && self.owed_total >= max {
+            self.at_ceiling.start(Instant::now());
             stats.ceiling_reached += 1;
             warn!(
                 "pending output reached the ceiling ({} KiB, --max-pending-total): connections \
                  that owe output are not read until they drain",
                 max / 1024
             );
-        } else if self.at_ceiling && self.owed_total < max - max / 4 {
-            self.at_ceiling = false;
+        } else if on && self.owed_total < max - max / 4 {
+            self.at_ceiling.end();
             info!(
                 "pending output below the ceiling again ({} KiB owed)",
                 self.owed_total / 1024

@@ -1,5 +1,7 @@
-//! Shared helpers for the integration tests: start the real `upecho` binary on loopback port 0,
-//! read its `listening` lines back, and make sure it is gone when the test ends.
+//! Shared helpers for the integration tests, one of each: start the real `upecho` binary on
+//! loopback port 0, read its `listening` lines back, and make sure it is gone when the test ends;
+//! wait on a condition instead of sleeping; read its counters from `/metrics` or a load
+//! report's JSON instead of grepping logs; run `upecho load` bounded in time.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -147,14 +149,7 @@ impl ServerProc {
     /// Waits (bounded) until the server's log contains `needle`; the log is read by another
     /// thread, so a line the server has written may not have arrived yet.
     pub fn logged(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.stderr().contains(needle) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(|| self.stderr().contains(needle))
     }
 
     pub fn pid(&self) -> u32 {
@@ -169,28 +164,66 @@ impl ServerProc {
 
     /// Waits (bounded) for the server to exit and returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // The process is gone, so its stderr ends: collect all of it.
-                if let Some(reader) = self.stderr_reader.take() {
-                    let _ = reader.join();
-                }
-                return status.code();
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "upecho did not exit within {within:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+        let mut status = None;
+        if !wait_until_within(within, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        }) {
+            panic!(
+                "upecho did not exit within {within:?}; stderr:\n{}",
+                self.stderr()
+            );
         }
+        // The process is gone, so its stderr ends: collect all of it.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        status.and_then(|st| st.code())
     }
 
     /// A TCP client connection with read and write timeouts set.
     pub fn connect(&self) -> TcpStream {
         connect(self.tcp())
+    }
+
+    /// The body of one scrape of the server's `--metrics` endpoint.
+    pub fn scrape(&self) -> String {
+        scrape(self.metrics_addr())
+    }
+
+    /// One unlabelled sample of the server's `/metrics` (a counter or gauge), now.
+    pub fn metric(&self, name: &str) -> f64 {
+        let body = self.scrape();
+        sample(&body, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+    }
+
+    /// Waits (bounded) until the `/metrics` sample `name` satisfies `ok`; returns the last value.
+    pub fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let mut last = f64::NAN;
+        wait_until(|| {
+            last = self.metric(name);
+            ok(last)
+        });
+        last
+    }
+
+    /// Waits (bounded) until the server has taken `bytes` in all (its `/metrics`), so that it
+    /// owes them to a client that has not read them back yet; then sends `sig` and waits until the
+    /// server says it is draining, and checks that it still runs.
+    pub fn signal_once_owed(&mut self, bytes: usize, sig: i32) {
+        let got = self.wait_metric("upecho_received_bytes_total", |n| n >= bytes as f64);
+        assert_eq!(got, bytes as f64, "{}", self.stderr());
+        self.signal(sig);
+        assert!(
+            self.logged("stopped listening; draining"),
+            "{}",
+            self.stderr()
+        );
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "signal {sig} ended the server while it owed output: {}",
+            self.stderr()
+        );
     }
 }
 
@@ -315,6 +348,132 @@ pub fn steady(mut value: impl FnMut() -> u64) -> u64 {
         last = v;
     }
     last
+}
+
+/// Waits until `done` holds, checking every 20 ms, for at most [`WAIT`]; whether it did. What a
+/// test does instead of sleeping "long enough" for something to happen.
+pub fn wait_until(done: impl FnMut() -> bool) -> bool {
+    wait_until_within(WAIT, done)
+}
+
+/// [`wait_until`] with its own bound.
+pub fn wait_until_within(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now, for a program that must be given a
+/// number (a balancer, `systemd-socket-activate`). It is released before that program binds it,
+/// so another process may take it in between: callers that can retry do.
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One HTTP request on a fresh connection; the whole response.
+pub fn http_request(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut c = connect(addr);
+    c.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of one `GET /metrics` at `addr`, which must answer 200.
+pub fn scrape(addr: SocketAddr) -> String {
+    let resp = http_request(addr, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+/// The value of the unlabelled sample `name` in an exposition.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every sample of `name` in an exposition, labelled or not: (series, value).
+pub fn samples(body: &str, name: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Hard bound on any one `upecho load` run in the tests.
+pub const LOAD_BOUND: Duration = Duration::from_secs(90);
+
+/// Starts `upecho load ARGS...` (logging at warn) and returns it running; [`load_output`]
+/// collects it.
+pub fn spawn_load(args: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("load")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upecho load")
+}
+
+/// Starts `upecho load --json -q ARGS...` and returns it running, for a test that does something
+/// else meanwhile; [`load_report`] collects it.
+pub fn spawn_load_json(args: &[&str]) -> Child {
+    let mut full = vec!["--json", "-q"];
+    full.extend_from_slice(args);
+    spawn_load(&full)
+}
+
+/// Waits for a `upecho load` (killed, by PID, past [`LOAD_BOUND`]) and returns its output.
+pub fn load_output(mut child: Child) -> std::process::Output {
+    if !wait_until_within(LOAD_BOUND, || child.try_wait().expect("try_wait").is_some()) {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        panic!(
+            "upecho load ran past {LOAD_BOUND:?}; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Waits for a `upecho load --json` run ([`load_output`]) and returns its exit code, its parsed
+/// report and its stderr.
+pub fn load_report(child: Child) -> (i32, serde_json::Value, String) {
+    let out = load_output(child);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    (out.status.code().expect("exit code"), v, stderr)
+}
+
+/// Runs `upecho load --json -q ARGS...` to its end (bounded) and returns its exit code, parsed
+/// report and stderr.
+pub fn load_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    load_report(spawn_load_json(args))
 }
 
 /// A server run in this process on loopback port 0 (TCP and UDP), for tests that check its

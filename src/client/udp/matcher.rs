@@ -20,8 +20,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Identifies a request: 1 for the first one sent, then counting up (the line number in pipe mode).
-pub type Id = u64;
+use crate::client::Id;
 
 /// How many expired and how many answered requests are remembered for recognising late and
 /// duplicate replies. Far more than any real reordering; it only bounds memory in a long pipe run.
