@@ -129,6 +129,19 @@ struct Owed {
     off: usize,
 }
 
+/// A connection taken apart to move between processes ([`Conn::into_parts`]).
+#[derive(Debug)]
+pub struct Parts<S> {
+    pub sock: S,
+    pub state: StreamState,
+    /// What it owes, exactly and in order.
+    pub owed: Vec<u8>,
+    /// The peer's FIN had been reported (and not read yet, or read: `state` says).
+    pub peer_fin: bool,
+    /// The peer had sent urgent data.
+    pub urgent: bool,
+}
+
 /// Readiness and scheduling bits, packed so that a connection with a mio socket is 16 bytes: it
 /// lives in the slab for every open connection, and idle connections should cost next to nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +271,50 @@ impl<S: Read + Write + Peek> Conn<S> {
     /// is ordinary data in the stream; this only makes sure what follows the mark is read too.
     pub fn on_urgent(&mut self) {
         self.flags.0 |= Flags::READABLE | Flags::URGENT;
+    }
+
+    /// What it owes, in order.
+    pub fn owed_bytes(&self) -> &[u8] {
+        self.pending.as_ref().map_or(&[], |p| &p.buf[p.off..])
+    }
+
+    /// Takes the connection apart to move it to another process (a reload's hand-over): its
+    /// socket, where it is, and exactly what it owes, in order.
+    pub fn into_parts(self) -> Parts<S> {
+        let owed = match self.pending {
+            Some(mut p) => {
+                p.buf.drain(..p.off);
+                p.buf
+            }
+            None => Vec::new(),
+        };
+        Parts {
+            sock: self.sock,
+            state: self.state,
+            owed,
+            peer_fin: self.flags.has(Flags::PEER_FIN),
+            urgent: self.flags.has(Flags::URGENT),
+        }
+    }
+
+    /// A connection moved from another process, as it was there. Assumed readable and
+    /// writable: the edges for what waits in its socket were raised in the other process, and
+    /// a try costs one call.
+    pub fn from_parts(p: Parts<S>) -> Conn<S> {
+        let mut flags = Flags(Flags::READABLE | Flags::WRITABLE);
+        flags.set(Flags::PEER_FIN, p.peer_fin);
+        flags.set(Flags::URGENT, p.urgent);
+        Conn {
+            pending: (!p.owed.is_empty()).then(|| {
+                Box::new(Owed {
+                    buf: p.owed,
+                    off: 0,
+                })
+            }),
+            sock: p.sock,
+            state: p.state,
+            flags,
+        }
     }
 
     /// Whether reading is allowed now: open, not holding back for a slow reader, and not adding
@@ -771,6 +828,35 @@ mod tests {
             c.pending.is_none(),
             "an idle connection owns no heap buffer"
         );
+    }
+
+    #[test]
+    fn a_connection_taken_apart_mid_reply_goes_on_whole_once_rebuilt() {
+        let mut scratch = [0u8; 4];
+        let mut c = registered(Conn::new(sock(b"abcdefghijkl", 3)));
+        c.drive(&mut ctx(&mut scratch));
+        let mut s = c.sock.written.clone();
+        // Half-closed by the peer meanwhile, its FIN reported and not read yet.
+        c.sock.eof_arrived = true;
+        c.on_ready(false, false, true);
+        let parts = c.into_parts();
+        assert_eq!((parts.state, parts.peer_fin), (StreamState::Open, true));
+        assert!(!parts.owed.is_empty(), "moved mid-reply");
+        let mut whole = s.clone();
+        whole.extend_from_slice(&parts.owed);
+        whole.extend(parts.sock.arrived.iter().map(u8::to_ascii_uppercase));
+        assert_eq!(
+            whole, b"ABCDEFGHIJKL",
+            "owed: exactly what was read and not written"
+        );
+        let mut moved = Conn::from_parts(parts);
+        moved.sock.write_room = 100;
+        moved.sock.written.clear();
+        let (p, _) = moved.drive(&mut ctx(&mut scratch));
+        assert!(matches!(p, Progress::Done), "{p:?}");
+        s.extend_from_slice(&moved.sock.written);
+        assert_eq!(s, b"ABCDEFGHIJKL", "every byte once, in order");
+        assert_eq!(moved.state(), StreamState::ReadClosed);
     }
 
     #[test]

@@ -6,15 +6,22 @@
 //! is descriptor [`CONTROL_FD`] in the worker.
 //!
 //! ```text
-//!   worker → supervisor   Ready, Capacity, Report (counters), Final (counters at exit), HandOff + fd
-//!   supervisor → worker   Report?, HandOff + fd (serve it, or refuse it when it is the last try)
+//!   worker → supervisor   Ready, Capacity, Report (counters), Final (counters at exit), HandOff + fd,
+//!                         Move + fds (a reload's hand-over), MovedAll
+//!   supervisor → worker   Report?, HandOff + fd (serve it, or refuse it when it is the last try),
+//!                         HandOver (move every connection), Adopt + fds, HandOverEnd
 //! ```
+//!
+//! A reload's hand-over moves a whole generation's connections through the supervisor, more
+//! than a socket buffer holds: [`Channel::post`] queues what the channel does not take, in
+//! order, and [`Channel::flush`] sends it once the channel is writable again.
 //!
 //! The worker's part ([`WorkerLink`]) is driven by the reactor: it says when the worker is full
 //! or has room again, hands on what a full worker accepts, and answers requests for counters.
 //! Draining is not a message: the supervisor sends SIGTERM, so a worker drains exactly as a
 //! single server does.
 
+use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 
 use crate::io_outcome::{is_would_block, retrying};
@@ -24,6 +31,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 
+use super::handover::Moving;
 use super::stats::Stats;
 
 /// The descriptor a worker finds its end of the channel at; its sockets follow it.
@@ -33,6 +41,8 @@ pub const CONTROL_FD: RawFd = 3;
 pub const PROTOCOL: u32 = 1;
 /// Largest message (a report of counters is a few hundred bytes).
 const MAX_MESSAGE: usize = 16 << 10;
+/// Most descriptors one message carries (a moving connection's socket and its owed output).
+const MAX_FDS: usize = 2;
 
 /// What a worker tells the supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +52,10 @@ pub enum ToSupervisor {
         protocol: u32,
         version: String,
         max_connections: u64,
+        /// The hand-over format it reads and writes ([`super::handover::VERSION`]); 0 (and
+        /// absent, from a binary before hand-overs) for none.
+        #[serde(default)]
+        handover: u32,
     },
     /// `room`: below `--max-connections` (a hand-off may be sent here); `steer`: new connections
     /// may be steered here (false from the limit until the low-water mark, so that a worker at
@@ -54,6 +68,10 @@ pub enum ToSupervisor {
     /// A connection accepted while full, passed on with the descriptor; `tried` are the slots
     /// that had no room for it.
     HandOff { tried: Vec<u32> },
+    /// One connection of a hand-over, with its socket and, if it owes output, a memfd of it.
+    Move { conn: Moving },
+    /// Every connection has been sent (`count` of them).
+    MovedAll { count: u64 },
 }
 
 /// What the supervisor tells a worker.
@@ -64,12 +82,20 @@ pub enum ToWorker {
     /// Serve this connection (the descriptor comes with it); if full, hand it back, unless
     /// `last` (no other worker has room): then refuse it as a single server would.
     HandOff { tried: Vec<u32>, last: bool },
+    /// A reload: stop reading, move every connection (one [`ToSupervisor::Move`] each), then
+    /// say [`ToSupervisor::MovedAll`].
+    HandOver,
+    /// Serve this moved connection as it was (its descriptors come with it); sent back to the
+    /// worker that moved it when no new worker had room, which then drains it.
+    Adopt { conn: Moving },
+    /// Every connection this worker moved has been placed: it may exit once it has none.
+    HandOverEnd,
 }
 
 /// What one receive gave.
 #[derive(Debug)]
 pub enum Received<T> {
-    Message(T, Option<OwnedFd>),
+    Message(T, Vec<OwnedFd>),
     WouldBlock,
     /// The other end is gone.
     Closed,
@@ -79,6 +105,8 @@ pub enum Received<T> {
 #[derive(Debug)]
 pub struct Channel {
     fd: OwnedFd,
+    /// Messages [`Channel::post`]ed that the channel did not take yet, in order.
+    queue: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
 }
 
 impl Channel {
@@ -100,12 +128,15 @@ impl Channel {
         }
         // SAFETY: both were just created and are owned by nobody else.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok((Channel { fd: a }, b))
+        Ok((Channel::from_fd(a), b))
     }
 
     /// The worker's end, inherited at `fd`.
     pub fn from_fd(fd: OwnedFd) -> Channel {
-        Channel { fd }
+        Channel {
+            fd,
+            queue: VecDeque::new(),
+        }
     }
 
     pub fn raw(&self) -> RawFd {
@@ -115,7 +146,41 @@ impl Channel {
     /// Sends `msg`, with `pass` if given. A full channel is `WouldBlock`: the caller decides.
     pub fn send<T: Serialize>(&self, msg: &T, pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
         let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-        send_packet(self.raw(), &bytes, pass.map(|f| f.as_raw_fd()))
+        let pass: Vec<RawFd> = pass.iter().map(|f| f.as_raw_fd()).collect();
+        send_packet(self.raw(), &bytes, &pass)
+    }
+
+    /// Sends `msg` with `fds`, or queues it (and them) behind what waits if the channel is
+    /// full; an error only when the channel failed.
+    pub fn post<T: Serialize>(&mut self, msg: &T, fds: Vec<OwnedFd>) -> io::Result<()> {
+        let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        self.queue.push_back((bytes, fds));
+        self.flush().map(|_| ())
+    }
+
+    /// Sends what [`Channel::post`] queued, as far as the channel takes it; true once nothing
+    /// waits.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while let Some((bytes, fds)) = self.queue.front() {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            match send_packet(self.fd.as_raw_fd(), bytes, &raw) {
+                // Sent: the descriptors are the receiver's now (ours close here).
+                Ok(()) => drop(self.queue.pop_front()),
+                Err(e) if is_would_block(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Descriptors waiting in the queue.
+    pub fn queued_fds(&self) -> usize {
+        self.queue.iter().map(|(_, f)| f.len()).sum()
+    }
+
+    /// Messages waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// Receives one message, if one is waiting.
@@ -140,9 +205,16 @@ impl Channel {
     }
 }
 
-fn send_packet(fd: RawFd, bytes: &[u8], pass: Option<RawFd>) -> io::Result<()> {
+fn send_packet(fd: RawFd, bytes: &[u8], pass: &[RawFd]) -> io::Result<()> {
     // SAFETY: CMSG_SPACE is a pure computation.
-    const SPACE: usize = unsafe { libc::CMSG_SPACE(mem::size_of::<RawFd>() as u32) } as usize;
+    const SPACE: usize =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * mem::size_of::<RawFd>()) as u32) } as usize;
+    if pass.len() > MAX_FDS {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
     let mut cbuf = [0u64; SPACE.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -153,16 +225,21 @@ fn send_packet(fd: RawFd, bytes: &[u8], pass: Option<RawFd>) -> io::Result<()> {
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
-    if let Some(pass) = pass {
+    if !pass.is_empty() {
+        let len = std::mem::size_of_val(pass) as u32;
         msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = SPACE as _;
-        // SAFETY: the control buffer holds one header with room for one descriptor.
+        // SAFETY: a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(len) } as _;
+        // SAFETY: the control buffer holds one header with room for MAX_FDS descriptors.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
+            (*c).cmsg_len = libc::CMSG_LEN(len) as _;
+            let data = libc::CMSG_DATA(c).cast::<RawFd>();
+            for (i, &fd) in pass.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd);
+            }
         }
     }
     retrying(|| {
@@ -174,8 +251,8 @@ fn send_packet(fd: RawFd, bytes: &[u8], pass: Option<RawFd>) -> io::Result<()> {
     })
 }
 
-/// One packet into `buf`: its length and the descriptor it carried, or `None` at end of stream.
-fn recv_packet(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+/// One packet into `buf`: its length and the descriptors it carried, or `None` at end of stream.
+fn recv_packet(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     // Room for a few descriptors: a peer that sends more than one gets them all closed.
     const SPACE: usize = unsafe { libc::CMSG_SPACE(4 * mem::size_of::<RawFd>() as u32) } as usize;
     let mut cbuf = [0u64; SPACE.div_ceil(8)];
@@ -213,11 +290,11 @@ fn recv_packet(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<Ow
     if n == 0 && fds.is_empty() {
         return Ok(None);
     }
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || fds.len() > 1 {
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || fds.len() > MAX_FDS {
         debug!("control: a truncated packet or extra descriptors: dropped");
         return Err(io::Error::new(ErrorKind::InvalidData, "malformed packet"));
     }
-    Ok(Some((n as usize, fds.pop())))
+    Ok(Some((n as usize, fds)))
 }
 
 /// A connection the supervisor handed to this worker.
@@ -232,7 +309,13 @@ pub(crate) struct Adopt {
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
     pub(crate) adopt: Vec<Adopt>,
+    /// Moved connections to take over, with their descriptors (socket, then owed output).
+    pub(crate) moved: Vec<(Moving, Vec<OwnedFd>)>,
     pub(crate) reports: Vec<u64>,
+    /// The supervisor asks this worker to move every connection to the new generation.
+    pub(crate) hand_over: bool,
+    /// Every connection this worker moved is placed.
+    pub(crate) hand_over_end: bool,
     /// The supervisor is gone: drain, as a single server does on SIGTERM.
     pub(crate) orphaned: bool,
 }
@@ -277,6 +360,7 @@ impl WorkerLink {
                 protocol: PROTOCOL,
                 version: env!("CARGO_PKG_VERSION").into(),
                 max_connections: self.max as u64,
+                handover: super::handover::announced_version(),
             },
             None,
         )
@@ -340,6 +424,49 @@ impl WorkerLink {
         );
     }
 
+    /// Moves one connection to the supervisor (queued if the channel is full); false if the
+    /// supervisor is gone.
+    pub(crate) fn move_conn(&mut self, conn: Moving, fds: Vec<OwnedFd>) -> bool {
+        !self.orphaned && self.post(&ToSupervisor::Move { conn }, fds)
+    }
+
+    /// Says every connection has been moved.
+    pub(crate) fn moved_all(&mut self, count: u64) -> bool {
+        !self.orphaned && self.post(&ToSupervisor::MovedAll { count }, Vec::new())
+    }
+
+    fn post(&mut self, msg: &ToSupervisor, fds: Vec<OwnedFd>) -> bool {
+        match self.channel.post(msg, fds) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("control: {e}; treating the supervisor as gone");
+                self.orphaned = true;
+                false
+            }
+        }
+    }
+
+    /// Sends what waits in the channel's queue (the channel became writable); false if the
+    /// supervisor is gone.
+    pub(crate) fn flush(&mut self) -> bool {
+        if self.orphaned {
+            return false;
+        }
+        match self.channel.flush() {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("control: {e}; treating the supervisor as gone");
+                self.orphaned = true;
+                false
+            }
+        }
+    }
+
+    /// Messages waiting for the channel to take them.
+    pub(crate) fn queued(&self) -> usize {
+        self.channel.queued()
+    }
+
     fn send(&self, msg: &ToSupervisor, fd: Option<BorrowedFd<'_>>) {
         if self.orphaned {
             return;
@@ -360,12 +487,17 @@ impl WorkerLink {
         loop {
             match self.channel.recv::<ToWorker>() {
                 Ok(Received::Message(ToWorker::Report { seq }, _)) => inbox.reports.push(seq),
-                Ok(Received::Message(ToWorker::HandOff { tried, last }, Some(fd))) => {
-                    inbox.adopt.push(Adopt { fd, tried, last })
+                Ok(Received::Message(ToWorker::HandOff { tried, last }, fds)) => {
+                    match fds.into_iter().next() {
+                        Some(fd) => inbox.adopt.push(Adopt { fd, tried, last }),
+                        None => debug!("control: a hand-off without its connection: ignored"),
+                    }
                 }
-                Ok(Received::Message(ToWorker::HandOff { .. }, None)) => {
-                    debug!("control: a hand-off without its connection: ignored")
+                Ok(Received::Message(ToWorker::Adopt { conn }, fds)) => {
+                    inbox.moved.push((conn, fds))
                 }
+                Ok(Received::Message(ToWorker::HandOver, _)) => inbox.hand_over = true,
+                Ok(Received::Message(ToWorker::HandOverEnd, _)) => inbox.hand_over_end = true,
                 Ok(Received::WouldBlock) => break,
                 Ok(Received::Closed) => {
                     self.orphaned = true;
@@ -406,13 +538,14 @@ mod tests {
         )
         .unwrap();
         match b.recv::<ToWorker>().unwrap() {
-            Received::Message(ToWorker::Report { seq: 7 }, None) => {}
+            Received::Message(ToWorker::Report { seq: 7 }, fds) if fds.is_empty() => {}
             other => panic!("{other:?}"),
         }
         match b.recv::<ToWorker>().unwrap() {
-            Received::Message(ToWorker::HandOff { tried, last }, Some(fd)) => {
+            Received::Message(ToWorker::HandOff { tried, last }, mut fds) => {
                 assert_eq!((tried, last), (vec![0, 2], false));
-                let got = std::net::TcpListener::from(fd);
+                assert_eq!(fds.len(), 1);
+                let got = std::net::TcpListener::from(fds.pop().unwrap());
                 assert_eq!(got.local_addr().unwrap(), addr, "the same socket");
             }
             other => panic!("{other:?}"),

@@ -78,6 +78,17 @@ impl ConnLog {
         id
     }
 
+    /// Records a connection moved in from another process at slab key `key`, as it was known
+    /// there: its id goes on (ids are per process, as the log lines' worker tag says), and
+    /// this process's later ones follow it.
+    pub(crate) fn resumed(&mut self, key: usize, meta: ConnMeta) {
+        self.next_id = self.next_id.max(meta.id + 1);
+        if self.meta.len() <= key {
+            self.meta.resize(key + 1, None);
+        }
+        self.meta[key] = Some(meta);
+    }
+
     pub(crate) fn moved(&mut self, key: usize, moved: Moved) {
         if let Some(Some(m)) = self.meta.get_mut(key) {
             m.bytes_in += moved.read as u64;

@@ -15,6 +15,8 @@
 //! | request | response |
 //! |---|---|
 //! | `GET /metrics` (or `HEAD`) | 200, the exposition |
+//! | `GET /healthz` | 200 `ok`: the process runs its loop (a liveness probe) |
+//! | `GET /readyz` | 200 `ready` while serving; 503 `draining` while it drains or hands its connections over (a readiness probe: take it out of rotation) |
 //! | another path | 404 |
 //! | another method | 405, `Allow: GET, HEAD` |
 //! | not HTTP/1.x | 400 |
@@ -290,7 +292,7 @@ pub(crate) enum Asked {
 /// What to answer a request read so far, or `None` while it is incomplete.
 #[cfg(test)]
 pub(crate) fn respond(request: &[u8], exposition: impl FnOnce() -> String) -> Option<Vec<u8>> {
-    match ask(request) {
+    match ask(request, true) {
         Asked::Incomplete => None,
         Asked::Metrics { head } => Some(metrics_response(&exposition(), head)),
         Asked::Other(resp) => Some(resp),
@@ -308,8 +310,8 @@ pub(crate) fn metrics_response(body: &str, head: bool) -> Vec<u8> {
     )
 }
 
-/// Parses the request read so far.
-pub(crate) fn ask(request: &[u8]) -> Asked {
+/// Parses the request read so far; `ready`: what `/readyz` says.
+pub(crate) fn ask(request: &[u8], ready: bool) -> Asked {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let (status, body, extra) = match req.parse(request) {
@@ -333,9 +335,19 @@ pub(crate) fn ask(request: &[u8]) -> Asked {
                         head: req.method == Some("HEAD"),
                     };
                 }
+                "GET" | "HEAD" if path == "/healthz" => ("200 OK", "ok\n".to_string(), ""),
+                "GET" | "HEAD" if path == "/readyz" && ready => {
+                    ("200 OK", "ready\n".to_string(), "")
+                }
+                "GET" | "HEAD" if path == "/readyz" => {
+                    ("503 Service Unavailable", "draining\n".to_string(), "")
+                }
                 "GET" | "HEAD" => (
                     "404 Not Found",
-                    format!("no such page: {path}; the metrics are at /metrics\n"),
+                    format!(
+                        "no such page: {path}; the metrics are at /metrics, probes at /healthz \
+                         and /readyz\n"
+                    ),
                     "",
                 ),
                 _ => (
@@ -346,12 +358,13 @@ pub(crate) fn ask(request: &[u8]) -> Asked {
             }
         }
     };
+    let head = req.method == Some("HEAD");
     Asked::Other(response(
         status,
         "text/plain; charset=utf-8",
         &body,
         extra,
-        false,
+        head,
     ))
 }
 
@@ -388,6 +401,8 @@ pub(crate) struct MetricsEndpoint {
     /// Requests answered so far. Kept here rather than in the reactor's counters, since one
     /// accept turn may answer several scrapes from one snapshot.
     answered: u64,
+    /// What `/readyz` says: false once draining or handing over.
+    ready: bool,
 }
 
 impl MetricsEndpoint {
@@ -397,7 +412,13 @@ impl MetricsEndpoint {
             listener,
             scrapes: Slab::with_capacity(MAX_SCRAPERS),
             answered: 0,
+            ready: true,
         })
+    }
+
+    /// Sets what `/readyz` answers from now on.
+    pub(crate) fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
     }
 
     /// Handles an event on one of this endpoint's own tokens (its listener's, a scrape's) and
@@ -528,7 +549,7 @@ impl MetricsEndpoint {
             match Outcome::of_read(s.stream.read(&mut buf)) {
                 Outcome::Moved(n) => {
                     s.request.extend_from_slice(&buf[..n]);
-                    let resp = match ask(&s.request) {
+                    let resp = match ask(&s.request, self.ready) {
                         Asked::Incomplete => None,
                         Asked::Other(resp) => Some(resp),
                         Asked::Metrics { head } => match snap {
@@ -658,6 +679,38 @@ mod tests {
             head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn probes_say_alive_and_ready_or_draining() {
+        let get = |path: &str, ready: bool| {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            match ask(req.as_bytes(), ready) {
+                Asked::Other(r) => text(&r),
+                other => panic!("{other:?}"),
+            }
+        };
+        for ready in [true, false] {
+            let h = get("/healthz", ready);
+            assert!(
+                h.starts_with("HTTP/1.1 200 OK\r\n") && h.ends_with("\r\n\r\nok\n"),
+                "{h}"
+            );
+        }
+        let r = get("/readyz", true);
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("ready\n"),
+            "{r}"
+        );
+        let r = get("/readyz", false);
+        assert!(
+            r.starts_with("HTTP/1.1 503 Service Unavailable\r\n") && r.ends_with("draining\n"),
+            "{r}"
+        );
+        match ask(b"HEAD /readyz HTTP/1.1\r\n\r\n", false) {
+            Asked::Other(r) => assert!(text(&r).ends_with("\r\n\r\n"), "no body for HEAD"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

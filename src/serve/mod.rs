@@ -23,6 +23,7 @@ mod config;
 #[doc(hidden)]
 pub mod conn;
 pub mod control;
+pub mod handover;
 mod lifecycle;
 mod limit;
 pub(crate) mod logs;
@@ -38,6 +39,7 @@ pub(crate) mod timer;
 mod token;
 mod udp;
 
+pub(crate) use config::Limits;
 pub use config::{Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE};
 pub(crate) use lifecycle::signals_to_handle;
 pub use lifecycle::{

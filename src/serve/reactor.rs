@@ -30,11 +30,12 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::accept::Acceptor;
 use super::config::{Config, Limits};
 use super::control::{Adopt, WorkerLink};
+use super::handover::{self, Leaving, Moving, Outgoing};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
@@ -72,6 +73,9 @@ pub struct Server {
     metrics: Option<MetricsEndpoint>,
     /// The channel to the supervisor, when this reactor is one of `--workers`.
     control: Option<WorkerLink>,
+    /// A reload's hand-over under way: this worker's connections on their way to the new
+    /// generation.
+    outgoing: Option<Outgoing>,
     /// What the metrics report besides the counters.
     limits: Limits,
     start_time: f64,
@@ -140,6 +144,7 @@ impl Server {
             stats_log: StatsLog::new(config.stats_interval, now),
             metrics: None,
             control: None,
+            outgoing: None,
             limits,
             start_time: metrics::unix_now(),
             busy_poll: config.busy_poll.filter(|d| !d.is_zero()),
@@ -161,7 +166,8 @@ impl Server {
         self.poll.registry().register(
             &mut SourceFd(&link.raw()),
             token::CONTROL,
-            Interest::READABLE,
+            // Writable too: a hand-over's messages can fill the channel.
+            Interest::READABLE | Interest::WRITABLE,
         )?;
         link.ready()?;
         self.control = Some(link);
@@ -206,7 +212,12 @@ impl Server {
             if let Some(c) = &mut self.control {
                 c.on_turn(self.conns.len(), self.life.draining());
             }
-            if self.life.finished(self.conns.len()) {
+            // A hand-over ends when the supervisor says every connection is placed, unless a
+            // second signal or the drain deadline cuts it short.
+            let moving = self.outgoing.as_ref().is_some_and(|o| !o.done());
+            if self.life.finished(self.conns.len())
+                && (!moving || self.life.forced || self.life.drain_timed_out)
+            {
                 break;
             }
         }
@@ -410,9 +421,138 @@ impl Server {
         for a in inbox.adopt {
             self.adopt(a, now);
         }
+        for (m, fds) in inbox.moved {
+            self.take_over(m, fds, now);
+        }
+        if inbox.hand_over {
+            self.begin_hand_over(now);
+        }
+        if inbox.hand_over_end
+            && let Some(o) = &mut self.outgoing
+        {
+            o.ended = true;
+            info!("hand-over done: {} moved", Count(o.sent, "connection"));
+        }
+        self.pump_outgoing(now);
         if inbox.orphaned {
             warn!("the supervisor is gone: shutting down");
+            if let Some(mut o) = self.outgoing.take() {
+                for l in o.take_rest() {
+                    self.resume(l, now);
+                }
+            }
             self.begin_shutdown(now);
+        }
+    }
+
+    /// A reload: stop reading, take every connection out of the table, and send them to the
+    /// supervisor for the new generation as fast as the channel takes them. Whatever comes
+    /// back (no new worker had room) is drained here, as a drain would.
+    fn begin_hand_over(&mut self, now: Instant) {
+        if self.outgoing.is_some() {
+            return;
+        }
+        self.begin_shutdown(now);
+        let mut leaving = Vec::with_capacity(self.conns.len());
+        for key in self.conns.keys() {
+            let idle_left = self.idle.as_ref().and_then(|i| i.left(key));
+            let header_left = if self.conns.awaiting_header(key) {
+                self.header_wait.as_ref().and_then(|w| w.left(key))
+            } else {
+                None
+            };
+            if let Some((conn, meta)) = self.conns.take(key, self.poll.registry(), &mut self.stats)
+            {
+                self.acceptor.on_close();
+                leaving.push(Leaving {
+                    conn,
+                    meta,
+                    idle_left,
+                    header_left,
+                });
+            }
+        }
+        info!(
+            "handing over {} to the new generation",
+            Count(leaving.len() as u64, "connection")
+        );
+        self.outgoing = Some(Outgoing::new(leaving));
+    }
+
+    /// Sends what the channel takes of a hand-over; drains here what could not go.
+    fn pump_outgoing(&mut self, now: Instant) {
+        let (Some(o), Some(link)) = (&mut self.outgoing, &mut self.control) else {
+            if let Some(link) = &mut self.control {
+                link.flush();
+            }
+            return;
+        };
+        link.flush();
+        let before = o.sent;
+        let alive = o.pump(link, now);
+        self.stats.moved_out += o.sent - before;
+        let rest = if alive {
+            std::mem::take(&mut o.kept)
+        } else {
+            let rest = o.take_rest();
+            self.outgoing = None;
+            rest
+        };
+        for l in rest {
+            self.resume(l, now);
+        }
+    }
+
+    /// A connection moved from an old worker (or back to this one): served on as it was.
+    fn take_over(&mut self, m: Moving, fds: Vec<OwnedFd>, now: Instant) {
+        match handover::unpack(&m, fds, now) {
+            Ok((conn, meta)) => {
+                self.stats.moved_in += 1;
+                let l = Leaving {
+                    conn,
+                    meta,
+                    idle_left: m.idle_left(),
+                    header_left: m.header_left(),
+                };
+                let l = match &mut self.outgoing {
+                    Some(o) => match o.forward(l) {
+                        Ok(()) => return,
+                        Err(l) => *l,
+                    },
+                    None => l,
+                };
+                self.resume(l, now);
+            }
+            Err(e) => warn!("a moved connection that cannot be taken over ({e}): closed"),
+        }
+    }
+
+    /// Puts a connection back into the table with its clocks; it gets a turn at once.
+    fn resume(&mut self, l: Leaving, now: Instant) {
+        let key =
+            match self
+                .conns
+                .resume(l.conn, l.meta, self.poll.registry(), &mut self.stats, now)
+            {
+                Ok(key) => key,
+                Err(e) => {
+                    warn!("register a moved connection: {e}");
+                    return;
+                }
+            };
+        if let Some(idle) = &mut self.idle {
+            match l.idle_left {
+                Some(left) => idle.watch_for(key, left),
+                None => idle.watch(key),
+            }
+        }
+        if self.conns.awaiting_header(key)
+            && let Some(w) = &mut self.header_wait
+        {
+            match l.header_left {
+                Some(left) => w.watch_for(key, left),
+                None => w.watch(key),
+            }
         }
     }
 
@@ -510,6 +650,9 @@ impl Server {
     fn begin_shutdown(&mut self, now: Instant) {
         if !self.life.begin_drain(now) {
             return;
+        }
+        if let Some(m) = &mut self.metrics {
+            m.set_ready(false);
         }
         let registry = self.poll.registry();
         for mut l in self.acceptor.close() {

@@ -21,6 +21,10 @@ pub struct Stats {
     /// Connections accepted at `--max-connections` and passed to a sibling worker with room
     /// (`--workers`); the sibling counts them as accepted.
     pub handed_off: u64,
+    /// Connections moved to a new-generation worker by a reload's hand-over (`--workers`),
+    /// and connections taken over from an old one; neither counts as accepted or closed.
+    pub moved_out: u64,
+    pub moved_in: u64,
     /// Connections the peer (or the path to it) ended abnormally: reset, broken pipe, timed out.
     pub reset: u64,
     /// Connections ended by an error on this side (out of memory or buffers, ...), logged at warn.
@@ -64,6 +68,8 @@ impl Stats {
             active,
             refused,
             handed_off,
+            moved_out,
+            moved_in,
             reset,
             errors,
             idle_closed,
@@ -87,6 +93,8 @@ impl Stats {
         self.active += active;
         self.refused += refused;
         self.handed_off += handed_off;
+        self.moved_out += moved_out;
+        self.moved_in += moved_in;
         self.reset += reset;
         self.errors += errors;
         self.idle_closed += idle_closed;
@@ -199,13 +207,15 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tcp: active={} accepted={} refused={} handed_off={} reset={} errors={} idle_closed={} bytes_in={} bytes_out={} \
+            "tcp: active={} accepted={} refused={} handed_off={} moved_out={} moved_in={} reset={} errors={} idle_closed={} bytes_in={} bytes_out={} \
              pending={} ceiling_reached={} proxy_headers={} proxy_rejected={}; udp: in={} out={} \
              dropped={} ignored={}",
             self.active,
             self.accepted,
             self.refused,
             self.handed_off,
+            self.moved_out,
+            self.moved_in,
             self.reset,
             self.errors,
             self.idle_closed,

@@ -15,7 +15,7 @@ use slab::Slab;
 
 use super::config::Limits;
 use super::conn::{Conn, Ctx, Moved, Progress, StreamState};
-use super::logs::{CloseLine, ConnLog, Count, Peer, Reason, Via};
+use super::logs::{CloseLine, ConnLog, ConnMeta, Count, Peer, Reason, Via};
 use super::proxy::{HeaderError, TrustedSources};
 use super::stats::Stats;
 use super::throttle::{Episode, Throttle};
@@ -171,6 +171,66 @@ impl Connections {
             debug!("conn {id} {peer}: accepted");
         }
         Ok((key, proxied))
+    }
+
+    /// Takes connection `key` out of the table to move it to another process (a reload's
+    /// hand-over), with what the log knew of it: out of the poll, its share of the owed total
+    /// and of `active` given up. Not a close: nothing is counted or logged as closed.
+    pub(crate) fn take(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        stats: &mut Stats,
+    ) -> Option<(Conn<TcpStream>, Option<ConnMeta>)> {
+        let mut c = self.slab.try_remove(key)?;
+        // The registration belongs to the open file, which the other process keeps open: it
+        // must be removed here, not left to the close of this descriptor.
+        let _ = registry.deregister(c.socket_mut());
+        stats.active -= 1;
+        self.owed_total = self.owed_total.saturating_sub(c.owed());
+        self.check_ceiling(stats);
+        let meta = self.log.as_mut().and_then(|l| l.closed(key));
+        Some((c, meta))
+    }
+
+    /// Takes in a connection moved from another process, counts it open and gives it a turn
+    /// (what waits in its socket raised its edge in the other process); returns its key.
+    pub(crate) fn resume(
+        &mut self,
+        mut c: Conn<TcpStream>,
+        meta: Option<ConnMeta>,
+        registry: &Registry,
+        stats: &mut Stats,
+        now: Instant,
+    ) -> io::Result<usize> {
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        registry.register(
+            c.socket_mut(),
+            token::conn(key),
+            Interest::READABLE | Interest::PRIORITY,
+        )?;
+        self.owed_total += c.owed();
+        c.set_queued(true);
+        if let Some(log) = &mut self.log {
+            match meta {
+                Some(m) => {
+                    debug!("conn {} {}{}: taken over", m.id, m.peer, Via(m.via));
+                    log.resumed(key, m);
+                }
+                None => {
+                    if let Ok(peer) = c.socket().peer_addr() {
+                        let id = log.opened(key, peer, now);
+                        debug!("conn {id} {peer}: taken over");
+                    }
+                }
+            }
+        }
+        entry.insert(c);
+        self.run_queue.push_back(key);
+        stats.active += 1;
+        self.check_ceiling(stats);
+        Ok(key)
     }
 
     /// Records an event's readiness on connection `key`; false if there is no such connection

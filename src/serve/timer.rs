@@ -152,6 +152,32 @@ impl IdleTracker {
             .arm((key as u32, id), self.wheel.deadline(self.now_tick));
     }
 
+    /// How long connection `key` has left before the timeout (a connection moving out).
+    pub(crate) fn left(&self, key: usize) -> Option<Duration> {
+        let m = self.meta.get(key)?;
+        let due = self.wheel.deadline(m.last_active);
+        Some(self.wheel.tick * due.saturating_sub(self.now_tick))
+    }
+
+    /// Starts watching connection `key`, moved in with `left` before its timeout: as if it
+    /// had been last active that long before the timeout.
+    pub(crate) fn watch_for(&mut self, key: usize, left: Duration) {
+        let left_ticks = u32::try_from(left.as_nanos() / self.wheel.tick.as_nanos())
+            .unwrap_or(u32::MAX)
+            .min(self.wheel.timeout_ticks);
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        if self.meta.len() <= key {
+            self.meta.resize(key + 1, IdleMeta::default());
+        }
+        let last_active = self
+            .now_tick
+            .saturating_sub(self.wheel.timeout_ticks - left_ticks);
+        self.meta[key] = IdleMeta { id, last_active };
+        self.wheel
+            .arm((key as u32, id), self.wheel.deadline(last_active));
+    }
+
     /// Connection `key` moved bytes this turn.
     pub(crate) fn touch(&mut self, key: usize) {
         if let Some(m) = self.meta.get_mut(key) {

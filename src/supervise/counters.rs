@@ -10,7 +10,7 @@ use super::pool::{Worker, WorkerState};
 use crate::serve::control::ToWorker;
 use crate::serve::logs::Count;
 use crate::serve::metrics::{self, Extra, Snapshot};
-use crate::serve::{Config, Rates, Stats};
+use crate::serve::{Config, Limits, Rates, Stats};
 
 /// How long the supervisor waits for workers' counters when it asks for them.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,7 +51,7 @@ pub(super) struct Counters {
     stats_interval: Option<Duration>,
     stats_last: (Stats, Instant),
     /// The limits every worker runs under (each worker's own connection limit aside).
-    limits: metrics::Limits,
+    limits: Limits,
     start_time: f64,
 }
 
@@ -66,12 +66,7 @@ impl Counters {
             stats_next: server.stats_interval.and_then(|i| now.checked_add(i)),
             stats_interval: server.stats_interval,
             stats_last: (Stats::default(), now),
-            limits: metrics::Limits {
-                max_connections: 0,
-                max_pending: server.max_pending as u64,
-                max_pending_total: server.max_pending_total as u64,
-                udp_source_rate: server.udp_source_rate.map_or(0, u64::from),
-            },
+            limits: Limits::of(server),
             start_time: metrics::unix_now(),
         }
     }
@@ -233,7 +228,7 @@ fn exposition(live: &[&Worker], c: &Counters, restarts: u64, reloads: u64) -> St
                 format!("worker=\"{}\",generation=\"{}\"", w.slot, w.generation),
                 Snapshot {
                     stats: w.last.clone(),
-                    limits: metrics::Limits {
+                    limits: Limits {
                         max_connections: w.capacity.max_connections,
                         ..c.limits
                     },

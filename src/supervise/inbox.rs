@@ -10,19 +10,32 @@ use crate::serve::control::{PROTOCOL, Received, ToSupervisor};
 use crate::serve::logs::Count;
 
 impl Supervisor {
-    /// Reads every message waiting on worker `id`'s channel.
+    /// Sends what waits for worker `id`'s channel, and reads every message waiting on it
+    /// (but no more from a worker whose moves the new workers' queues cannot take yet).
     pub(super) fn on_channel(&mut self, id: u64, now: Instant) {
         loop {
             let Some(w) = self.pool.workers.get_mut(&id) else {
                 return;
             };
-            let Some(ch) = &w.channel else { return };
+            let Some(ch) = &mut w.channel else { return };
+            if let Err(e) = ch.flush() {
+                debug!("{}: channel: {e}", w.name());
+            }
+            let moving = w.hand.since.is_some();
+            if moving && self.pool.stall(id) {
+                return;
+            }
+            let Some(ch) = self.pool.workers.get(&id).and_then(|w| w.channel.as_ref()) else {
+                return;
+            };
             match ch.recv::<ToSupervisor>() {
-                Ok(Received::Message(msg, fd)) => self.on_message(id, msg, fd, now),
+                Ok(Received::Message(msg, fds)) => self.on_message(id, msg, fds, now),
                 Ok(Received::WouldBlock) => return,
                 Ok(Received::Closed) | Err(_) => {
                     // The worker is exiting; SIGCHLD follows. Its channel is done.
-                    Pool::close_channel(w, self.poll.registry());
+                    if let Some(w) = self.pool.workers.get_mut(&id) {
+                        Pool::close_channel(w, self.poll.registry());
+                    }
                     self.no_longer_waiting(id);
                     return;
                 }
@@ -30,13 +43,19 @@ impl Supervisor {
         }
     }
 
-    fn on_message(&mut self, id: u64, msg: ToSupervisor, fd: Option<OwnedFd>, now: Instant) {
+    fn on_message(&mut self, id: u64, msg: ToSupervisor, fds: Vec<OwnedFd>, now: Instant) {
         match msg {
             ToSupervisor::Ready {
                 protocol,
                 version,
                 max_connections,
-            } => self.on_ready(id, protocol, &version, max_connections, now),
+                handover,
+            } => {
+                if let Some(w) = self.pool.workers.get_mut(&id) {
+                    w.hand.version = handover;
+                }
+                self.on_ready(id, protocol, &version, max_connections, now)
+            }
             ToSupervisor::Capacity { room, steer } => {
                 if let Some(w) = self.pool.workers.get_mut(&id) {
                     w.capacity.room = room;
@@ -57,10 +76,12 @@ impl Supervisor {
                     w.last_final = Some((stats, forced));
                 }
             }
-            ToSupervisor::HandOff { tried } => match fd {
+            ToSupervisor::HandOff { tried } => match fds.into_iter().next() {
                 Some(fd) => self.route(id, fd, tried),
                 None => debug!("a hand-off without its connection: ignored"),
             },
+            ToSupervisor::Move { conn } => self.place(id, conn, fds),
+            ToSupervisor::MovedAll { count } => self.on_moved_all(id, count, now),
         }
     }
 

@@ -10,7 +10,8 @@
 //! - `pool`: the workers, their one state-transition function, slots and restart back-off,
 //!   reaping.
 //! - `inbox`: what the workers say over their channels.
-//! - `reload`: SIGHUP, a new generation.
+//! - `reload`: SIGHUP, a new generation; `handover`, moving the old generation's connections
+//!   to it.
 //! - `route`: the steering of new connections and the routing of handed-off ones; `steer`,
 //!   the reuse-port steering program.
 //! - `counters`: rounds of counters from the workers, the exposition, the stats line.
@@ -30,7 +31,7 @@
 //! # Life of a worker
 //!
 //! ```text
-//!   spawned ──Ready──▶ serving ──SIGTERM (drain, reload)──▶ draining ──exit──▶ gone
+//!   spawned ──Ready──▶ serving ──SIGTERM (drain), HandOver (reload)──▶ draining ──exit──▶ gone
 //!      │                  └──dies──▶ gone; its slot restarts after a back-off
 //!      └──dies before Ready──▶ first start: the server fails; reload: the reload is abandoned
 //! ```
@@ -49,9 +50,10 @@
 //! # Reload (SIGHUP)
 //!
 //! A new generation of workers is started from the binary on disk, on the same sockets; once
-//! every one of them is ready, each old worker is sent SIGTERM and drains. A new worker that
+//! every one of them is ready, each old worker moves its connections to them (`handover`) and
+//! exits, or drains if the new binary cannot read its hand-over format. A new worker that
 //! fails (exits, another control protocol, not ready in time) abandons the reload and the old
-//! workers go on.
+//! workers go on. A SIGHUP while the last reload's connections still move waits for them.
 
 /// Every supervisor line keeps the log target it had when the supervisor lived in `serve`:
 /// `RUST_LOG=upecho::serve::supervisor=debug` filters and log readers key on it.
@@ -65,6 +67,7 @@ macro_rules! warn { ($($t:tt)*) => { log::warn!(target: $crate::supervise::LOG_T
 macro_rules! error { ($($t:tt)*) => { log::error!(target: $crate::supervise::LOG_TARGET, $($t)*) } }
 
 mod counters;
+mod handover;
 mod inbox;
 mod pool;
 mod reload;
@@ -214,6 +217,11 @@ impl Supervisor {
             for event in events.iter() {
                 self.dispatch(event.token(), now)?;
             }
+            self.after_turn(now);
+            if self.reloads.deferred && !self.pool.workers.values().any(|w| w.hand.since.is_some())
+            {
+                self.begin_reload(now);
+            }
             self.on_timers(now)?;
             if self.phase == SupervisorPhase::Starting
                 && self.pool.slots.iter().all(|s| s.current.is_some())
@@ -228,6 +236,11 @@ impl Supervisor {
                     .notifier
                     .ready(&format!("serving with {workers}"));
                 self.update_steering();
+            }
+            let ready = self.phase == SupervisorPhase::Serving
+                && !self.pool.workers.values().any(|w| w.hand.since.is_some());
+            if let Some(m) = &mut self.metrics {
+                m.set_ready(ready);
             }
             if self.metrics.as_ref().is_some_and(MetricsEndpoint::waiting) {
                 self.ask_counters(
@@ -340,6 +353,7 @@ impl Supervisor {
         };
         self.manager.notifier.stopping();
         self.reloads.current = None;
+        self.reloads.deferred = false;
         for s in &mut self.pool.slots {
             s.restart_at = None;
         }

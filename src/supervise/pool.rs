@@ -2,7 +2,8 @@
 //! restart back-off of a slot whose worker died, and the reaping of those that exited.
 //!
 //! ```text
-//!   Starting ──Ready──▶ Serving ──Drain (SIGTERM)──▶ Draining ──exit──▶ removed
+//!   Starting ──Ready──▶ Serving ──Drain (SIGTERM)───────▶ Draining ──exit──▶ removed
+//!                          └──────HandOver (a message)──▶ Draining
 //!       └───────────────────┴──Kill (SIGKILL)──▶ Draining
 //! ```
 
@@ -18,7 +19,7 @@ use super::spawn::{Spawner, describe, signal};
 use super::token;
 use super::{Supervisor, SupervisorPhase};
 use crate::serve::Stats;
-use crate::serve::control::Channel;
+use crate::serve::control::{Channel, ToWorker};
 use crate::serve::logs::Count;
 
 /// A worker that is not ready this long after it was spawned has failed.
@@ -27,6 +28,9 @@ pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const RESTART_FIRST: Duration = Duration::from_millis(100);
 /// ... up to this.
 pub(super) const RESTART_MAX: Duration = Duration::from_secs(10);
+/// Descriptors the channels' queues may hold before the supervisor stops reading the moves of
+/// old workers (far under any open-file limit it runs with).
+const STALL_FDS: usize = 2048;
 /// A worker that served this long before dying starts its slot's back-off again from the first.
 const RESTART_FORGIVE: Duration = Duration::from_secs(10);
 
@@ -47,6 +51,23 @@ pub(super) enum Change {
     Drain,
     /// Stop at once (SIGKILL).
     Kill,
+    /// Move every connection to the new generation, then exit (a message, not a signal: a
+    /// signal to a worker that drains already forces it out).
+    HandOver,
+}
+
+/// A worker's part in reloads' hand-overs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct HandOverPart {
+    /// The hand-over format it reads and writes (0: none).
+    pub(super) version: u32,
+    /// As a new worker: connections placed on it.
+    pub(super) moved_in: u64,
+    /// As an old worker: when it was asked to move its connections...
+    pub(super) since: Option<Instant>,
+    /// ... how many were placed on new workers, and how many came back (no room) to drain.
+    pub(super) placed: u64,
+    pub(super) kept: u64,
 }
 
 /// What a worker last said about its room.
@@ -71,6 +92,7 @@ pub(super) struct Worker {
     /// The counters last reported, and the final ones if it sent them.
     pub(super) last: Stats,
     pub(super) last_final: Option<(Stats, bool)>,
+    pub(super) hand: HandOverPart,
 }
 
 impl Worker {
@@ -100,6 +122,18 @@ impl Worker {
     /// second Ready, a Drain of one draining).
     pub(super) fn change(&mut self, change: Change, now: Instant) -> bool {
         match (self.state, change) {
+            (WorkerState::Serving, Change::HandOver) => {
+                let Some(ch) = self.channel.as_mut() else {
+                    return false;
+                };
+                if let Err(e) = ch.post(&ToWorker::HandOver, Vec::new()) {
+                    debug!("{}: hand-over: {e}", self.name());
+                    return false;
+                }
+                self.state = WorkerState::Draining;
+                self.hand.since = Some(now);
+            }
+            (_, Change::HandOver) => return false,
             (WorkerState::Starting, Change::Ready { max_connections }) => {
                 self.state = WorkerState::Serving;
                 self.ready_at = Some(now);
@@ -170,6 +204,9 @@ pub(super) struct Pool {
     pub(super) spawner: Spawner,
     /// Workers restarted after they died.
     pub(super) restarts: u64,
+    /// Old workers whose channel is not read for now: the connections they move wait in the
+    /// new workers' queues (each holds descriptors here) until those drain.
+    pub(super) stalled: Vec<u64>,
 }
 
 impl Pool {
@@ -180,6 +217,7 @@ impl Pool {
             next_id: 0,
             spawner,
             restarts: 0,
+            stalled: Vec::new(),
         }
     }
 
@@ -204,13 +242,20 @@ impl Pool {
             capacity: Capacity::default(),
             last: Stats::default(),
             last_final: None,
+            hand: HandOverPart::default(),
         };
         // Registered once it is in the table: a failure leaves it to be reaped like any other.
         let raw = w.channel.as_ref().map(Channel::raw);
         info!("{}: started", w.name());
         self.workers.insert(id, w);
         if let Some(raw) = raw {
-            registry.register(&mut SourceFd(&raw), token::channel(id), Interest::READABLE)?;
+            // Writable too: a hand-over's messages can fill the channel, and the edge of room
+            // again sends what was queued.
+            registry.register(
+                &mut SourceFd(&raw),
+                token::channel(id),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
         }
         Ok(id)
     }
@@ -232,6 +277,36 @@ impl Pool {
         for w in self.workers.values() {
             signal(w.pid(), sig);
         }
+    }
+
+    /// Descriptors held in the channels' queues.
+    fn queued_fds(&self) -> usize {
+        self.workers
+            .values()
+            .filter_map(|w| w.channel.as_ref())
+            .map(Channel::queued_fds)
+            .sum()
+    }
+
+    /// Whether old worker `id`'s channel must not be read for now: too many descriptors wait
+    /// in the queues already (each is one of this process's open files). It is read again by
+    /// [`Pool::take_resumed`].
+    pub(super) fn stall(&mut self, id: u64) -> bool {
+        if self.queued_fds() < STALL_FDS {
+            return false;
+        }
+        if !self.stalled.contains(&id) {
+            self.stalled.push(id);
+        }
+        true
+    }
+
+    /// The stalled workers to read again, once the queues are down to half the mark.
+    pub(super) fn take_resumed(&mut self) -> Vec<u64> {
+        if self.stalled.is_empty() || self.queued_fds() >= STALL_FDS / 2 {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.stalled)
     }
 
     /// The earliest moment a starting worker is late.

@@ -1,5 +1,6 @@
 //! SIGHUP: a new generation of workers from the binary on disk, on the same sockets; once every
-//! one of them is ready, each takes its slot and the worker it replaces drains. A new worker
+//! one of them is ready, each takes its slot and the worker it replaces hands its connections
+//! over ([`super::handover`]) or drains. A new worker
 //! that fails (exits, speaks another control protocol, is not ready in time) abandons the
 //! reload, and the old workers go on.
 
@@ -22,6 +23,10 @@ pub(super) struct Reloads {
     pub(super) generation: u32,
     /// Reloads completed.
     pub(super) completed: u64,
+    /// A SIGHUP came while the last reload's old workers still moved their connections: the
+    /// reload starts once they are gone (a generation asked to hand over while connections
+    /// still move in to it would drain those).
+    pub(super) deferred: bool,
 }
 
 impl Reloads {
@@ -35,7 +40,17 @@ impl Reloads {
 
 impl Supervisor {
     pub(super) fn begin_reload(&mut self, now: Instant) {
+        let moving = self.pool.workers.values().any(|w| w.hand.since.is_some());
         match self.phase {
+            SupervisorPhase::Serving if self.reloads.current.is_none() && moving => {
+                if !self.reloads.deferred {
+                    info!(
+                        "SIGHUP: the last reload's hand-over is under way: reloading once it is done"
+                    );
+                    self.reloads.deferred = true;
+                }
+                return;
+            }
             SupervisorPhase::Serving if self.reloads.current.is_none() => {}
             SupervisorPhase::Serving => {
                 warn!("SIGHUP: a reload is already under way");
@@ -46,6 +61,7 @@ impl Supervisor {
                 return;
             }
         }
+        self.reloads.deferred = false;
         self.reloads.generation += 1;
         let generation = self.reloads.generation;
         info!(
@@ -103,13 +119,13 @@ impl Supervisor {
             let s = &mut self.pool.slots[slot as usize];
             let old = s.current.replace(id);
             s.forgive();
-            if let Some(w) = old.and_then(|old| self.pool.workers.get_mut(&old)) {
-                w.change(Change::Drain, now);
+            if let Some(old) = old {
+                self.replace(old, r.generation, now);
             }
         }
         self.reloads.completed += 1;
         info!(
-            "reload complete: generation {} serving; the previous workers drain",
+            "reload complete: generation {} serving; the previous workers hand over or drain",
             r.generation
         );
         self.update_steering();

@@ -1,0 +1,436 @@
+//! Upgrades that close nothing, against the real binary: a reload of `--workers` moves every
+//! established connection to the new generation (held ones answer afterwards, every owed byte
+//! arrives once and in order, a half-closed one stays half-closed and gets the rest); a new
+//! binary that fails to start, or that cannot read the old one's hand-over format, leaves every
+//! connection served by the old workers.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+use util::{ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, upper};
+
+/// Raises the open-file soft limit to the hard one: the tests hold over a thousand sockets.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Idle connections, each checked with a round trip while the others stay open.
+fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut c = connect(addr);
+            let msg = format!("held {i}");
+            assert_eq!(roundtrip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
+            c
+        })
+        .collect()
+}
+
+/// Every held connection answers a round trip.
+fn all_answer(held: &mut [TcpStream], what: &str) {
+    for (i, c) in held.iter_mut().enumerate() {
+        let msg = format!("{what} {i}");
+        assert_eq!(
+            roundtrip(c, msg.as_bytes()),
+            upper(msg.as_bytes()),
+            "held connection {i}, {what}"
+        );
+    }
+}
+
+/// A client that is sending `data` (from its own thread, so that what neither the server
+/// nor the kernel can hold waits in the writer) and reads nothing yet: the server owes it
+/// what it has taken in. Its receive buffer is small, so most of what is owed stays in the
+/// server, not in the client's kernel buffer.
+struct Owed {
+    stream: TcpStream,
+    data: Vec<u8>,
+    writer: thread::JoinHandle<TcpStream>,
+}
+
+/// A client connection with a small receive buffer.
+fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect_timeout(&addr.into(), WAIT).unwrap();
+    let stream: TcpStream = s.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT * 3)).unwrap();
+    stream
+}
+
+fn owed(addr: SocketAddr, n: usize, size: usize, seed: u64) -> Vec<Owed> {
+    (0..n)
+        .map(|i| {
+            let stream = slow_reader(addr);
+            let data = random_bytes(size, seed + i as u64);
+            let mut w = stream.try_clone().unwrap();
+            let d = data.clone();
+            let writer = thread::spawn(move || {
+                w.write_all(&d).unwrap();
+                w
+            });
+            Owed {
+                stream,
+                data,
+                writer,
+            }
+        })
+        .collect()
+}
+
+/// Each owed client reads everything it is owed (once, in order), its writer finished.
+fn collect(clients: Vec<Owed>) -> Vec<TcpStream> {
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut o)| {
+            let got = read_n(&mut o.stream, o.data.len());
+            assert!(got == upper(&o.data), "owed client {i}: bytes differ");
+            o.writer.join().unwrap();
+            o.stream
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `needle` is in the log `n` times.
+fn logged_times(s: &ServerProc, needle: &str, n: usize) -> bool {
+    let deadline = Instant::now() + WAIT * 2;
+    while Instant::now() < deadline {
+        if s.stderr().matches(needle).count() >= n {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn start(extra: &[&str]) -> ServerProc {
+    let mut args = vec!["--workers", "2", "--drain-timeout", "30"];
+    args.extend_from_slice(extra);
+    ServerProc::start(&args)
+}
+
+/// Reload `n` of a two-worker server: wait for it to complete and for both old workers to
+/// have handed over and gone.
+fn reload(s: &ServerProc, n: usize) {
+    s.signal(libc::SIGHUP);
+    assert!(
+        s.logged(&format!("reload complete: generation {n} serving")),
+        "{}",
+        s.stderr()
+    );
+    assert!(logged_times(s, ": handed over ", 2 * n), "{}", s.stderr());
+    assert!(
+        logged_times(s, "drained, exited with status 0", 2 * n),
+        "{}",
+        s.stderr()
+    );
+}
+
+fn total_line(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("final counters: total:"))
+        .unwrap_or_else(|| panic!("no total line in\n{log}"))
+        .to_string()
+}
+
+/// (a) 1,000 idle held connections and 100 owed 2 MiB each survive three reloads in a row.
+#[test]
+fn held_and_owed_connections_survive_three_reloads() {
+    raise_nofile();
+    let mut s = start(&[]);
+    let addr = s.tcp();
+    let mut held = hold(addr, 1000);
+    let owed = owed(addr, 100, 2 << 20, 1);
+    // Time for the server to take in what it takes (the rest waits in the writers).
+    thread::sleep(Duration::from_millis(500));
+    for n in 1..=3 {
+        reload(&s, n);
+    }
+    all_answer(&mut held, "after three reloads");
+    let mut owed = collect(owed);
+    all_answer(&mut owed, "owed, after");
+    drop(held);
+    drop(owed);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    let total = total_line(&log);
+    for zero in ["reset", "errors", "idle_closed", "refused"] {
+        assert_eq!(counter_in(&total, zero), Some(0), "{zero}: {total}");
+    }
+    assert_eq!(counter_in(&total, "accepted"), Some(1100), "{total}");
+    // Each of the 1,100 moved three times, and taken in as often.
+    assert_eq!(counter_in(&total, "moved_out"), Some(3300), "{total}");
+    assert_eq!(counter_in(&total, "moved_in"), Some(3300), "{total}");
+    assert!(!log.contains("drain timeout"), "{log}");
+}
+
+/// (c) A half-closed connection mid-reply stays half-closed and gets the rest: all it is owed,
+/// then the server's close.
+#[test]
+fn a_half_closed_connection_mid_reply_gets_the_rest_then_eof() {
+    let mut s = start(&["--max-pending", "64MiB"]);
+    let addr = s.tcp();
+    let mut clients: Vec<(TcpStream, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let mut c = slow_reader(addr);
+            // More than the kernel's buffers hold, so the server owes most of it.
+            let data = random_bytes(16 << 20, 7 + i);
+            // All of it fits in what the server reads (--max-pending) and the kernel buffers.
+            c.write_all(&data).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            (c, data)
+        })
+        .collect();
+    // The FINs are read by the old workers before the reload (it is the state that moves).
+    thread::sleep(Duration::from_millis(500));
+    reload(&s, 1);
+    for (i, (c, data)) in clients.iter_mut().enumerate() {
+        let got = read_n(c, data.len());
+        assert!(got == upper(data), "client {i}: bytes differ");
+        assert_eq!(
+            c.read(&mut [0u8; 1]).unwrap(),
+            0,
+            "client {i}: the server closes once all is sent"
+        );
+    }
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let log = s.stderr();
+    let total = total_line(&log);
+    assert_eq!(counter_in(&total, "moved_in"), Some(4), "{total}");
+    assert_eq!(counter_in(&total, "reset"), Some(0), "{total}");
+}
+
+/// The binary on disk, in a directory of the test's own, that the server's reloads run.
+struct Exe {
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Exe {
+    fn copy() -> Exe {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upecho");
+        std::fs::copy(bin(), &path).unwrap();
+        Exe { dir, path }
+    }
+
+    /// Replaces the binary with a shell script.
+    fn script(&self, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.dir.path().join("next");
+        std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    fn start(&self, extra: &[&str]) -> ServerProc {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "30",
+        ];
+        args.extend_from_slice(extra);
+        ServerProc::start_raw(
+            &args,
+            // start_raw runs `sh -c 'PREFIX; exec "$0" "$@"'`: the prefix execs the copy.
+            Some(&format!("exec {} \"$@\"", self.path.to_str().unwrap())),
+        )
+    }
+}
+
+/// (d) A new binary that fails to start leaves every connection served by the old workers.
+#[test]
+fn a_new_binary_that_fails_leaves_every_connection_with_the_old_workers() {
+    raise_nofile();
+    let exe = Exe::copy();
+    let mut s = exe.start(&[]);
+    let addr = s.tcp();
+    let mut held = hold(addr, 200);
+    let owed = owed(addr, 10, 2 << 20, 3);
+    thread::sleep(Duration::from_millis(300));
+    exe.script("echo 'not upecho' >&2\nexit 3");
+    s.signal(libc::SIGHUP);
+    assert!(s.logged("reload abandoned"), "{}", s.stderr());
+    all_answer(&mut held, "after a failed reload");
+    let owed = collect(owed);
+    assert!(!s.stderr().contains(": handed over "), "{}", s.stderr());
+    drop((held, owed));
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
+
+/// Version skew: a new binary that cannot read the old workers' hand-over format takes none
+/// of their connections; they drain as a reload did before hand-overs (all owed bytes
+/// delivered), and the log says why.
+#[test]
+fn a_new_binary_of_another_hand_over_format_lets_the_old_workers_drain() {
+    let exe = Exe::copy();
+    let mut s = exe.start(&[]);
+    let addr = s.tcp();
+    let owed = owed(addr, 6, 2 << 20, 5);
+    thread::sleep(Duration::from_millis(300));
+    exe.script(&format!(
+        "UPECHO_HANDOVER_VERSION=999 exec {} \"$@\"",
+        bin()
+    ));
+    s.signal(libc::SIGHUP);
+    assert!(s.logged("reload complete: generation 1"), "{}", s.stderr());
+    assert!(
+        logged_times(
+            &s,
+            "writes hand-over format 1, generation 1 reads [999, 999]",
+            2
+        ),
+        "{}",
+        s.stderr()
+    );
+    let _ = collect(owed);
+    assert!(
+        logged_times(&s, "drained, exited with status 0", 2),
+        "{}",
+        s.stderr()
+    );
+    assert!(!s.stderr().contains(": handed over "), "{}", s.stderr());
+    let mut c = s.connect();
+    assert_eq!(roundtrip(&mut c, b"new ones"), b"NEW ONES");
+    drop(c);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
+
+/// UDP across reloads: the sockets are the supervisor's and stay open, so every datagram sent
+/// while the generations change is answered (each waits for its reply before the next goes).
+#[test]
+fn no_datagram_is_lost_across_reloads() {
+    let mut s = start(&[]);
+    let target = s.udp();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let sender = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut answered = 0u32;
+        for i in 0..3000u32 {
+            let msg = format!("datagram {i}");
+            sock.send_to(msg.as_bytes(), target).unwrap();
+            let (n, _) = sock.recv_from(&mut buf).expect("a reply within 5 s");
+            assert_eq!(&buf[..n], upper(msg.as_bytes()).as_slice(), "reply {i}");
+            answered += 1;
+            thread::sleep(Duration::from_micros(500));
+        }
+        answered
+    });
+    for n in 1..=2 {
+        thread::sleep(Duration::from_millis(400));
+        reload(&s, n);
+    }
+    assert_eq!(sender.join().unwrap(), 3000);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
+
+/// The status line `GET path` gets from the metrics endpoint at `addr`.
+fn probe(addr: SocketAddr, path: &str) -> String {
+    let mut c = connect(addr);
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    resp.lines().next().unwrap_or_default().to_string()
+}
+
+/// `/healthz` and `/readyz` on the metrics listener, for the single server and the supervisor:
+/// ready while serving, 503 once draining (a client still owed output keeps the drain going).
+#[test]
+fn probes_say_ready_while_serving_and_503_while_draining() {
+    for workers in [None, Some("2")] {
+        let mut args = vec![
+            "--metrics",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "30",
+            "--max-pending",
+            "64MiB",
+        ];
+        if let Some(n) = workers {
+            args.extend(["--workers", n]);
+        }
+        let mut s = ServerProc::start(&args);
+        let m = s.metrics_addr();
+        assert_eq!(probe(m, "/healthz"), "HTTP/1.1 200 OK", "{workers:?}");
+        assert_eq!(probe(m, "/readyz"), "HTTP/1.1 200 OK", "{workers:?}");
+        let mut c = slow_reader(s.tcp());
+        let data = random_bytes(16 << 20, 11);
+        c.write_all(&data).unwrap();
+        s.signal(libc::SIGTERM);
+        assert!(s.logged("SIGTERM: shutting down"), "{}", s.stderr());
+        let deadline = Instant::now() + WAIT;
+        while probe(m, "/readyz") != "HTTP/1.1 503 Service Unavailable" {
+            assert!(
+                Instant::now() < deadline,
+                "{workers:?}: still ready while draining"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(probe(m, "/healthz"), "HTTP/1.1 200 OK", "{workers:?}");
+        assert!(read_n(&mut c, data.len()) == upper(&data));
+        drop(c);
+        assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    }
+}
+
+/// Reloads as fast as signals come (one during another's hand-over is refused or starts the
+/// next generation while the last one still moves in): once they settle, every held connection
+/// answers and every owed byte arrives.
+#[test]
+fn reloads_in_quick_succession_lose_nothing() {
+    let mut s = start(&[]);
+    let addr = s.tcp();
+    let mut held = hold(addr, 300);
+    let owed = owed(addr, 10, 2 << 20, 13);
+    thread::sleep(Duration::from_millis(300));
+    for i in 0..12u64 {
+        s.signal(libc::SIGHUP);
+        thread::sleep(Duration::from_millis(i * 7 % 40));
+    }
+    // Settled: each reload started has completed, and each of its old workers is gone.
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let log = s.stderr();
+        let started = log.matches("SIGHUP: reloading").count();
+        let done = log.matches("reload complete: generation").count();
+        let gone = log.matches("drained, exited with status 0").count();
+        if started > 0 && done == started && gone == 2 * done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    all_answer(&mut held, "after quick reloads");
+    let owed = collect(owed);
+    drop((held, owed));
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    let total = total_line(&s.stderr());
+    for zero in ["reset", "errors", "refused"] {
+        assert_eq!(counter_in(&total, zero), Some(0), "{zero}: {total}");
+    }
+}
