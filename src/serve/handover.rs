@@ -15,7 +15,6 @@
 //! writes, and the supervisor hands over only between workers that agree, else the old ones
 //! drain as before.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
@@ -26,7 +25,6 @@ use mio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 
 use super::conn::{Conn, Parts, StreamState};
-use super::control::WorkerLink;
 use super::logs::ConnMeta;
 
 /// The hand-over format this binary writes and reads. Bump it whenever [`Moving`] changes
@@ -201,84 +199,6 @@ pub(crate) fn unpack(
         bytes_out: k.bytes_out,
     });
     Ok((conn, meta))
-}
-
-/// Messages waiting in the channel's queue past which the next connection waits in the table
-/// of leaving ones instead (so descriptors and memfds are made only as fast as they go).
-const IN_FLIGHT: usize = 64;
-
-/// An old worker's hand-over under way: the connections still to send, and how far it got.
-pub(crate) struct Outgoing {
-    leaving: VecDeque<Leaving>,
-    pub(crate) sent: u64,
-    /// Failed to pack: drained here instead.
-    pub(crate) kept: Vec<Leaving>,
-    announced: bool,
-    /// The supervisor said every one is placed.
-    pub(crate) ended: bool,
-}
-
-impl Outgoing {
-    pub(crate) fn new(leaving: Vec<Leaving>) -> Outgoing {
-        Outgoing {
-            leaving: leaving.into(),
-            sent: 0,
-            kept: Vec::new(),
-            announced: false,
-            ended: false,
-        }
-    }
-
-    /// Sends what the channel takes; says [`super::control::ToSupervisor::MovedAll`] after
-    /// the last one. False if the supervisor is gone (what is left is the caller's to drain).
-    pub(crate) fn pump(&mut self, link: &mut WorkerLink, now: Instant) -> bool {
-        while link.queued() < IN_FLIGHT {
-            let Some(l) = self.leaving.pop_front() else {
-                if !self.announced {
-                    self.announced = true;
-                    return link.moved_all(self.sent);
-                }
-                return true;
-            };
-            match pack(l, now) {
-                Ok((m, fds)) => {
-                    if !link.move_conn(m, fds) {
-                        return false;
-                    }
-                    self.sent += 1;
-                }
-                Err((l, e)) => {
-                    log::warn!(
-                        "hand-over: no memfd for what a connection owes ({e}): it drains here"
-                    );
-                    self.kept.push(*l);
-                }
-            }
-        }
-        true
-    }
-
-    /// Sends `l` on too (it was moved here while this worker hands over: a reload during a
-    /// reload), unless the last message has gone; then it is given back.
-    pub(crate) fn forward(&mut self, l: Leaving) -> Result<(), Box<Leaving>> {
-        if self.announced {
-            return Err(Box::new(l));
-        }
-        self.leaving.push_back(l);
-        Ok(())
-    }
-
-    /// Everything sent and placed.
-    pub(crate) fn done(&self) -> bool {
-        self.ended && self.leaving.is_empty()
-    }
-
-    /// What was not sent yet (the supervisor is gone): drained here.
-    pub(crate) fn take_rest(&mut self) -> Vec<Leaving> {
-        let mut rest: Vec<Leaving> = self.leaving.drain(..).collect();
-        rest.append(&mut self.kept);
-        rest
-    }
 }
 
 /// A memfd holding `bytes`, sealed against any change, positioned at the start.

@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use super::accept::Acceptor;
 use super::config::{Config, Limits};
 use super::control::{Adopt, WorkerLink};
-use super::handover::{self, Leaving, Moving, Outgoing};
+use super::handover::{self, Leaving, Moving};
 pub use super::lifecycle::ShutdownHandle;
 use super::lifecycle::{Action, Lifecycle, Policy, signal_name};
 use super::logs::Count;
@@ -47,6 +47,9 @@ use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
 use crate::{Transform, io_outcome};
+
+mod link;
+use link::Outgoing;
 
 /// How a run ended.
 #[derive(Debug)]
@@ -404,180 +407,6 @@ impl Server {
         }
         self.stats.accepted += 1;
         self.stats.active += 1;
-    }
-
-    /// Messages from the supervisor: connections handed over, requests for the counters, or
-    /// the end of the channel.
-    fn on_control(&mut self, now: Instant) {
-        let Some(inbox) = self.control.as_mut().map(WorkerLink::read) else {
-            return;
-        };
-        for seq in inbox.reports {
-            self.fill_own_counters(now);
-            if let Some(c) = &self.control {
-                c.report(seq, &self.stats);
-            }
-        }
-        for a in inbox.adopt {
-            self.adopt(a, now);
-        }
-        for (m, fds) in inbox.moved {
-            self.take_over(m, fds, now);
-        }
-        if inbox.hand_over {
-            self.begin_hand_over(now);
-        }
-        if inbox.hand_over_end
-            && let Some(o) = &mut self.outgoing
-        {
-            o.ended = true;
-            info!("hand-over done: {} moved", Count(o.sent, "connection"));
-        }
-        self.pump_outgoing(now);
-        if inbox.orphaned {
-            warn!("the supervisor is gone: shutting down");
-            if let Some(mut o) = self.outgoing.take() {
-                for l in o.take_rest() {
-                    self.resume(l, now);
-                }
-            }
-            self.begin_shutdown(now);
-        }
-    }
-
-    /// A reload: stop reading, take every connection out of the table, and send them to the
-    /// supervisor for the new generation as fast as the channel takes them. Whatever comes
-    /// back (no new worker had room) is drained here, as a drain would.
-    fn begin_hand_over(&mut self, now: Instant) {
-        if self.outgoing.is_some() {
-            return;
-        }
-        self.begin_shutdown(now);
-        let mut leaving = Vec::with_capacity(self.conns.len());
-        for key in self.conns.keys() {
-            let idle_left = self.idle.as_ref().and_then(|i| i.left(key));
-            let header_left = if self.conns.awaiting_header(key) {
-                self.header_wait.as_ref().and_then(|w| w.left(key))
-            } else {
-                None
-            };
-            if let Some((conn, meta)) = self.conns.take(key, self.poll.registry(), &mut self.stats)
-            {
-                self.acceptor.on_close();
-                leaving.push(Leaving {
-                    conn,
-                    meta,
-                    idle_left,
-                    header_left,
-                });
-            }
-        }
-        info!(
-            "handing over {} to the new generation",
-            Count(leaving.len() as u64, "connection")
-        );
-        self.outgoing = Some(Outgoing::new(leaving));
-    }
-
-    /// Sends what the channel takes of a hand-over; drains here what could not go.
-    fn pump_outgoing(&mut self, now: Instant) {
-        let (Some(o), Some(link)) = (&mut self.outgoing, &mut self.control) else {
-            if let Some(link) = &mut self.control {
-                link.flush();
-            }
-            return;
-        };
-        link.flush();
-        let before = o.sent;
-        let alive = o.pump(link, now);
-        self.stats.moved_out += o.sent - before;
-        let rest = if alive {
-            std::mem::take(&mut o.kept)
-        } else {
-            let rest = o.take_rest();
-            self.outgoing = None;
-            rest
-        };
-        for l in rest {
-            self.resume(l, now);
-        }
-    }
-
-    /// A connection moved from an old worker (or back to this one): served on as it was.
-    fn take_over(&mut self, m: Moving, fds: Vec<OwnedFd>, now: Instant) {
-        match handover::unpack(&m, fds, now) {
-            Ok((conn, meta)) => {
-                self.stats.moved_in += 1;
-                let l = Leaving {
-                    conn,
-                    meta,
-                    idle_left: m.idle_left(),
-                    header_left: m.header_left(),
-                };
-                let l = match &mut self.outgoing {
-                    Some(o) => match o.forward(l) {
-                        Ok(()) => return,
-                        Err(l) => *l,
-                    },
-                    None => l,
-                };
-                self.resume(l, now);
-            }
-            Err(e) => warn!("a moved connection that cannot be taken over ({e}): closed"),
-        }
-    }
-
-    /// Puts a connection back into the table with its clocks; it gets a turn at once.
-    fn resume(&mut self, l: Leaving, now: Instant) {
-        let key =
-            match self
-                .conns
-                .resume(l.conn, l.meta, self.poll.registry(), &mut self.stats, now)
-            {
-                Ok(key) => key,
-                Err(e) => {
-                    warn!("register a moved connection: {e}");
-                    return;
-                }
-            };
-        if let Some(idle) = &mut self.idle {
-            match l.idle_left {
-                Some(left) => idle.watch_for(key, left),
-                None => idle.watch(key),
-            }
-        }
-        if self.conns.awaiting_header(key)
-            && let Some(w) = &mut self.header_wait
-        {
-            match l.header_left {
-                Some(left) => w.watch_for(key, left),
-                None => w.watch(key),
-            }
-        }
-    }
-
-    /// A connection a full sibling accepted: served here if there is room; else handed back
-    /// for another, or refused when it was the last worker to try.
-    fn adopt(&mut self, a: Adopt, now: Instant) {
-        let std = std::net::TcpStream::from(a.fd);
-        // The client may have gone meanwhile: nothing to serve.
-        let Ok(peer) = std.peer_addr() else { return };
-        // Non-blocking already: the flag belongs to the socket, set where it was accepted.
-        let stream = TcpStream::from_std(std);
-        if !self.conns.full() && !self.life.draining() {
-            self.serve_new(stream, peer, now);
-            return;
-        }
-        let handed = !a.last
-            && self
-                .control
-                .as_ref()
-                .is_some_and(|c| c.hand_off(stream.as_fd(), a.tried));
-        if !handed {
-            drop(stream);
-            self.acceptor
-                .refuse(peer, self.conns.max(), now, &mut self.stats);
-        }
     }
 
     /// Gives every connection that spent its budget one more turn, and UDP sockets theirs.
