@@ -12,8 +12,8 @@
 //! | [`load`] | the verifying load generator: a config in, a report and a latency histogram out |
 //! | [`addr`], [`units`], [`net`] | the shared vocabulary: `HOST:PORT`, durations and sizes, datagram limits |
 //! | [`io_outcome`] | the one classification of socket I/O results, and the one `EINTR` retry |
-| [`supervise`] | `--workers N`: the parent that starts, restarts, reloads (handing connections over) and steers worker processes |
-| [`mmsg`] | batches of datagrams for `recvmmsg`/`sendmmsg` |
+//! | [`supervise`] | `--workers N`: the parent that starts, restarts, reloads (handing connections over) and steers worker processes |
+//! | [`mmsg`] | batches of datagrams for `recvmmsg`/`sendmmsg` |
 //! | [`Transform`] | the byte transform every reply obeys |
 //!
 //! # Layout for a contributor
