@@ -216,6 +216,26 @@ fn a_half_closed_connection_mid_reply_gets_the_rest_then_eof() {
     assert_eq!(counter_in(&total, "reset"), Some(0), "{total}");
 }
 
+/// Writes `path` from a child process: a copy of the upecho binary, or `text`. (See
+/// [`Exe::copy`] for why not from this process.)
+fn write_by_child(path: &std::path::Path, text: Option<&str>) {
+    let status = match text {
+        None => std::process::Command::new("cp")
+            .arg(bin())
+            .arg(path)
+            .status(),
+        Some(text) => std::process::Command::new("sh")
+            .arg("-c")
+            .arg("printf '%s' \"$1\" > \"$2\"")
+            .arg("sh")
+            .arg(text)
+            .arg(path)
+            .status(),
+    }
+    .unwrap();
+    assert!(status.success(), "writing {}: {status}", path.display());
+}
+
 /// The binary on disk, in a directory of the test's own, that the server's reloads run.
 struct Exe {
     dir: tempfile::TempDir,
@@ -226,7 +246,10 @@ impl Exe {
     fn copy() -> Exe {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("upecho");
-        std::fs::copy(bin(), &path).unwrap();
+        // Written by a child process, not by this one: a file this process holds open for
+        // writing is inherited by whatever another test thread forks meanwhile, and exec of a
+        // file open for writing anywhere fails (ETXTBSY), which made a start fail now and then.
+        write_by_child(&path, None);
         Exe { dir, path }
     }
 
@@ -234,7 +257,7 @@ impl Exe {
     fn script(&self, body: &str) {
         use std::os::unix::fs::PermissionsExt;
         let tmp = self.dir.path().join("next");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+        write_by_child(&tmp, Some(&format!("#!/bin/sh\n{body}\n")));
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();
     }
