@@ -11,111 +11,10 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Socket, Type};
+use util::held::{
+    all_answer, collect, hold, logged_times, owed, raise_nofile, slow_reader, total_line,
+};
 use util::{ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, upper};
-
-/// Raises the open-file soft limit to the hard one: the tests hold over a thousand sockets.
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
-/// Idle connections, each checked with a round trip while the others stay open.
-fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|i| {
-            let mut c = connect(addr);
-            let msg = format!("held {i}");
-            assert_eq!(roundtrip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
-            c
-        })
-        .collect()
-}
-
-/// Every held connection answers a round trip.
-fn all_answer(held: &mut [TcpStream], what: &str) {
-    for (i, c) in held.iter_mut().enumerate() {
-        let msg = format!("{what} {i}");
-        assert_eq!(
-            roundtrip(c, msg.as_bytes()),
-            upper(msg.as_bytes()),
-            "held connection {i}, {what}"
-        );
-    }
-}
-
-/// A client that is sending `data` (from its own thread, so that what neither the server
-/// nor the kernel can hold waits in the writer) and reads nothing yet: the server owes it
-/// what it has taken in. Its receive buffer is small, so most of what is owed stays in the
-/// server, not in the client's kernel buffer.
-struct Owed {
-    stream: TcpStream,
-    data: Vec<u8>,
-    writer: thread::JoinHandle<TcpStream>,
-}
-
-/// A client connection with a small receive buffer.
-fn slow_reader(addr: SocketAddr) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect_timeout(&addr.into(), WAIT).unwrap();
-    let stream: TcpStream = s.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.set_write_timeout(Some(WAIT * 3)).unwrap();
-    stream
-}
-
-fn owed(addr: SocketAddr, n: usize, size: usize, seed: u64) -> Vec<Owed> {
-    (0..n)
-        .map(|i| {
-            let stream = slow_reader(addr);
-            let data = random_bytes(size, seed + i as u64);
-            let mut w = stream.try_clone().unwrap();
-            let d = data.clone();
-            let writer = thread::spawn(move || {
-                w.write_all(&d).unwrap();
-                w
-            });
-            Owed {
-                stream,
-                data,
-                writer,
-            }
-        })
-        .collect()
-}
-
-/// Each owed client reads everything it is owed (once, in order), its writer finished.
-fn collect(clients: Vec<Owed>) -> Vec<TcpStream> {
-    clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut o)| {
-            let got = read_n(&mut o.stream, o.data.len());
-            assert!(got == upper(&o.data), "owed client {i}: bytes differ");
-            o.writer.join().unwrap();
-            o.stream
-        })
-        .collect()
-}
-
-/// Waits (bounded) until `needle` is in the log `n` times.
-fn logged_times(s: &ServerProc, needle: &str, n: usize) -> bool {
-    let deadline = Instant::now() + WAIT * 2;
-    while Instant::now() < deadline {
-        if s.stderr().matches(needle).count() >= n {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
 
 fn start(extra: &[&str]) -> ServerProc {
     let mut args = vec!["--workers", "2", "--drain-timeout", "30"];
@@ -138,13 +37,6 @@ fn reload(s: &ServerProc, n: usize) {
         "{}",
         s.stderr()
     );
-}
-
-fn total_line(log: &str) -> String {
-    log.lines()
-        .find(|l| l.contains("final counters: total:"))
-        .unwrap_or_else(|| panic!("no total line in\n{log}"))
-        .to_string()
 }
 
 /// (a) 1,000 idle held connections and 100 owed 2 MiB each survive three reloads in a row.

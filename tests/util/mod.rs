@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod held;
+
 /// Generous bound for anything a test waits on: tests run in parallel on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(20);
 
