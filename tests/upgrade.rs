@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::held::{
-    all_answer, collect, hold, logged_times, owed, raise_nofile, slow_reader, total_line,
+    Exe, all_answer, collect, hold, logged_times, owed, raise_nofile, slow_reader, total_line,
 };
 use util::{ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, upper};
 
@@ -106,71 +106,6 @@ fn a_half_closed_connection_mid_reply_gets_the_rest_then_eof() {
     let total = total_line(&log);
     assert_eq!(counter_in(&total, "moved_in"), Some(4), "{total}");
     assert_eq!(counter_in(&total, "reset"), Some(0), "{total}");
-}
-
-/// Writes `path` from a child process: a copy of the upecho binary, or `text`. (See
-/// [`Exe::copy`] for why not from this process.)
-fn write_by_child(path: &std::path::Path, text: Option<&str>) {
-    let status = match text {
-        None => std::process::Command::new("cp")
-            .arg(bin())
-            .arg(path)
-            .status(),
-        Some(text) => std::process::Command::new("sh")
-            .arg("-c")
-            .arg("printf '%s' \"$1\" > \"$2\"")
-            .arg("sh")
-            .arg(text)
-            .arg(path)
-            .status(),
-    }
-    .unwrap();
-    assert!(status.success(), "writing {}: {status}", path.display());
-}
-
-/// The binary on disk, in a directory of the test's own, that the server's reloads run.
-struct Exe {
-    dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl Exe {
-    fn copy() -> Exe {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("upecho");
-        // Written by a child process, not by this one: a file this process holds open for
-        // writing is inherited by whatever another test thread forks meanwhile, and exec of a
-        // file open for writing anywhere fails (ETXTBSY), which made a start fail now and then.
-        write_by_child(&path, None);
-        Exe { dir, path }
-    }
-
-    /// Replaces the binary with a shell script.
-    fn script(&self, body: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = self.dir.path().join("next");
-        write_by_child(&tmp, Some(&format!("#!/bin/sh\n{body}\n")));
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
-    }
-
-    fn start(&self, extra: &[&str]) -> ServerProc {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--drain-timeout",
-            "30",
-        ];
-        args.extend_from_slice(extra);
-        ServerProc::start_raw(
-            &args,
-            // start_raw runs `sh -c 'PREFIX; exec "$0" "$@"'`: the prefix execs the copy.
-            Some(&format!("exec {} \"$@\"", self.path.to_str().unwrap())),
-        )
-    }
 }
 
 /// (d) A new binary that fails to start leaves every connection served by the old workers.

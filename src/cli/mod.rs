@@ -153,6 +153,8 @@ pub fn run() -> ExitCode {
 fn run_serve(args: serve::ServeArgs) -> ExitCode {
     let run = if args.worker_slot.is_some() {
         workers::worker(args)
+    } else if let Some((sockets, metrics)) = upecho::serve::upgrade::inherited_from_env() {
+        serve::successor(args, sockets, metrics)
     } else if let Some(n) = args.workers {
         workers::supervise(args, n)
     } else {

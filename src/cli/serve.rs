@@ -11,10 +11,13 @@ use clap::Args;
 use log::{info, warn};
 
 use super::TransformArg;
+use std::os::fd::{FromRawFd, OwnedFd};
 use upecho::addr::{DEFAULT_ADDR, HostPort};
 use upecho::net::{self, FD_RESERVE, SocketOptions};
+use upecho::serve::control::{CONTROL_FD, Channel, is_control_channel};
 use upecho::serve::proxy::{ProxyConfig, TrustedSources};
 use upecho::serve::systemd::{self, Notifier};
+use upecho::serve::upgrade::{self, UpgradeCommand};
 use upecho::serve::{
     Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE, Protocols, Server, SocketSource,
     Summary,
@@ -108,6 +111,11 @@ pub struct ServeArgs {
     /// traffic lasts. See docs/tuning.md.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_busy_poll)]
     pub busy_poll: Duration,
+    /// Write this process's pid to PATH once it serves (replaced whole, never half-written),
+    /// and remove it at exit if it still names this process. After an upgrade (SIGUSR2) the
+    /// new process writes its own; with --workers, the supervisor's.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
     /// Serve with N worker processes (0: one per CPU), each with its own reactor, sockets and
     /// open-file limit, under a supervisor that restarts a worker that dies, reloads on SIGHUP
     /// (new workers from the binary on disk, then the old ones drain) and refuses a connection
@@ -242,6 +250,8 @@ pub(super) fn server_config(args: &ServeArgs, max_connections: u64, notifier: No
             timeout: args.proxy_timeout,
         }),
         busy_poll: nonzero(args.busy_poll),
+        upgrade: None,
+        pid_file: args.pid_file.clone(),
     }
 }
 
@@ -297,7 +307,8 @@ pub(super) fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Err
     let sockets = source.open()?;
     let lines = sockets.listening_lines()?;
     let notifier = Notifier::from_env();
-    let config = server_config(&args, max_connections, notifier.clone());
+    let mut config = server_config(&args, max_connections, notifier.clone());
+    config.upgrade = upgrade_command()?;
     info!(
         "upecho {} serving ({})",
         env!("CARGO_PKG_VERSION"),
@@ -316,6 +327,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Err
         server = server.with_metrics(listener)?;
         info!("metrics at http://{bound}/metrics");
     }
+    let pid_file = PidFile::write(&args)?;
     let mut out = io::stdout().lock();
     out.write_all(lines.as_bytes())?;
     out.flush()?;
@@ -325,7 +337,90 @@ pub(super) fn serve(args: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Err
         lines.matches("listening tcp").count(),
         lines.matches("listening udp").count()
     ));
-    Ok(finish(server.run()?))
+    let summary = server.run()?;
+    drop(pid_file);
+    Ok(finish(summary))
+}
+
+/// What SIGUSR2 starts: the binary on disk, with this process's arguments.
+fn upgrade_command() -> io::Result<Option<UpgradeCommand>> {
+    Ok(Some(UpgradeCommand {
+        // Read now, while it names the file this process was started from.
+        exe: std::env::current_exe()?,
+        args: std::env::args_os().skip(1).collect(),
+    }))
+}
+
+/// A single server's successor (started by SIGUSR2): serves the sockets it inherited and
+/// takes the old process's connections over; announces nothing on stdout (the sockets are
+/// the ones already announced).
+pub(super) fn successor(
+    args: ServeArgs,
+    sockets: usize,
+    metrics: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if !is_control_channel() {
+        return Err("started as an upgrade's successor without its channel".into());
+    }
+    let (nofile, max_connections) = limits(&args);
+    // SAFETY: the old process put the channel at CONTROL_FD, the metrics listener after it
+    // (if `metrics`), then `sockets` sockets (checked by their type when adopted); nothing in
+    // this process has taken them.
+    let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    let first = CONTROL_FD + 1 + i32::from(metrics);
+    let metrics_listener = metrics.then(|| {
+        let fd = unsafe { OwnedFd::from_raw_fd(CONTROL_FD + 1) };
+        mio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+    });
+    let fds = (0..sockets)
+        .map(|i| unsafe { OwnedFd::from_raw_fd(first + i as i32) })
+        .collect();
+    let set = SocketSource::Inherited(fds).open()?;
+    let mut config = server_config(&args, max_connections, Notifier::from_env());
+    config.upgrade = upgrade_command()?;
+    info!(
+        "upecho {} taking over ({})",
+        env!("CARGO_PKG_VERSION"),
+        describe_limits(&config, nofile, max_connections)
+    );
+    let mut server = Server::new(config, set.listeners, set.udp)?;
+    upecho::serve::unblock_handled_signals()?;
+    if let Some(l) = metrics_listener {
+        server = server.with_metrics(l)?;
+    }
+    let server = server.with_predecessor(Channel::from_fd(control))?;
+    let pid_file = PidFile::removed_at_exit(&args);
+    let summary = server.run()?;
+    drop(pid_file);
+    Ok(finish(summary))
+}
+
+/// `--pid-file`: removed when this process ends, if it still names it.
+pub(super) struct PidFile(Option<std::path::PathBuf>);
+
+impl PidFile {
+    /// Writes this process's pid now.
+    pub(super) fn write(args: &ServeArgs) -> io::Result<PidFile> {
+        if let Some(path) = &args.pid_file {
+            upgrade::write_pid_file(path, std::process::id()).map_err(|e| {
+                io::Error::new(e.kind(), format!("--pid-file {}: {e}", path.display()))
+            })?;
+        }
+        Ok(PidFile::removed_at_exit(args))
+    }
+
+    /// Written later (a successor writes it once it has taken over).
+    pub(super) fn removed_at_exit(args: &ServeArgs) -> PidFile {
+        PidFile(args.pid_file.clone())
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            upgrade::remove_pid_file(path, std::process::id());
+        }
+    }
 }
 
 /// Logs a finished reactor's final counters; exit 1 when a second signal forced it, else 0.

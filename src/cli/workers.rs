@@ -15,7 +15,7 @@ use super::serve::{
     ServeArgs, bind_source, describe_limits, limits, server_config, systemd_sockets,
 };
 use upecho::net::{self, SocketOptions};
-use upecho::serve::control::{CONTROL_FD, Channel, WorkerLink};
+use upecho::serve::control::{CONTROL_FD, Channel, WorkerLink, is_control_channel};
 use upecho::serve::systemd::Notifier;
 use upecho::serve::{Server, SocketSource, Sockets, unblock_handled_signals};
 use upecho::supervise::{SlotSockets, Supervisor, SupervisorConfig, WorkerCommand};
@@ -73,11 +73,17 @@ pub(super) fn supervise(args: ServeArgs, n: u32) -> Result<ExitCode, Box<dyn Err
     })?;
     // The handlers are in: what arrived since the start (blocked in cli::run) is handled now.
     unblock_handled_signals()?;
+    let pid_file = super::serve::PidFile::removed_at_exit(&args);
+    let pid_path = args.pid_file.clone();
     let summary = supervisor.run(move || {
+        if let Some(path) = &pid_path {
+            upecho::serve::upgrade::write_pid_file(path, std::process::id())?;
+        }
         let mut out = io::stdout().lock();
         out.write_all(lines.as_bytes())?;
         out.flush()
     })?;
+    drop(pid_file);
     Ok(if summary.forced || summary.failed {
         ExitCode::FAILURE
     } else {
@@ -155,7 +161,9 @@ pub(super) fn worker(args: ServeArgs) -> Result<ExitCode, Box<dyn Error>> {
         .map(|i| unsafe { OwnedFd::from_raw_fd(CONTROL_FD + 1 + i as i32) })
         .collect();
     let sockets = SocketSource::Inherited(fds).open()?;
-    let config = server_config(&args, max_connections, Notifier::default());
+    let mut config = server_config(&args, max_connections, Notifier::default());
+    // The supervisor's pid is the service's: a worker never writes it.
+    config.pid_file = None;
     let max = config.max_connections;
     // The signal handlers are installed here; until now the handled signals were blocked (by
     // the supervisor before exec, and in cli::run), so one sent meanwhile is delivered now.
@@ -164,23 +172,4 @@ pub(super) fn worker(args: ServeArgs) -> Result<ExitCode, Box<dyn Error>> {
     let server = server.with_control(WorkerLink::new(Channel::from_fd(control), slot, max))?;
     debug!("serving (open-file limit {nofile}, up to {max_connections} connections)");
     Ok(super::serve::finish(server.run()?))
-}
-
-/// Whether descriptor 3 is a `SOCK_SEQPACKET` socket: what the supervisor passes, and what a
-/// stray descriptor of a hand-started process is unlikely to be.
-fn is_control_channel() -> bool {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes an int into the buffer we pass; a descriptor that is not a
-    // socket (or not open) is an error, not undefined behaviour.
-    let r = unsafe {
-        libc::getsockopt(
-            CONTROL_FD,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&raw mut ty).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && ty == libc::SOCK_SEQPACKET
 }

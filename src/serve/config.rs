@@ -3,10 +3,12 @@
 //! expose them. Kept apart from the reactor so that the parts can read the limits without
 //! importing the loop that owns them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::proxy::ProxyConfig;
 use super::systemd::Notifier;
+use super::upgrade::UpgradeCommand;
 use crate::Transform;
 
 /// Default ceiling on output owed by all connections together. A reader that does not read costs
@@ -48,6 +50,11 @@ pub struct Config {
     /// timeout instead of sleeping, so the next event is found without a wake-up (CPU for
     /// latency; `None`: always sleep).
     pub busy_poll: Option<Duration>,
+    /// What SIGUSR2 starts to take over (the binary on disk and this process's arguments);
+    /// `None`: SIGUSR2 is refused with a log line.
+    pub upgrade: Option<UpgradeCommand>,
+    /// `--pid-file`: rewritten by a successor once it has taken over.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The limits a server runs under, taken from its [`Config`] once: the connection table
@@ -89,6 +96,8 @@ impl Default for Config {
             notifier: Notifier::default(),
             proxy: None,
             busy_poll: None,
+            upgrade: None,
+            pid_file: None,
         }
     }
 }

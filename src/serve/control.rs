@@ -205,6 +205,25 @@ impl Channel {
     }
 }
 
+/// Whether descriptor [`CONTROL_FD`] is a `SOCK_SEQPACKET` socket: what the supervisor passes, and what a
+/// stray descriptor of a hand-started process is unlikely to be.
+pub fn is_control_channel() -> bool {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes an int into the buffer we pass; a descriptor that is not a
+    // socket (or not open) is an error, not undefined behaviour.
+    let r = unsafe {
+        libc::getsockopt(
+            CONTROL_FD,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut ty).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && ty == libc::SOCK_SEQPACKET
+}
+
 fn send_packet(fd: RawFd, bytes: &[u8], pass: &[RawFd]) -> io::Result<()> {
     // SAFETY: CMSG_SPACE is a pure computation.
     const SPACE: usize =

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Registry, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use super::systemd::Notifier;
@@ -31,7 +31,7 @@ use super::token;
 pub const QUIET_GRACE: Duration = Duration::from_millis(500);
 
 /// Every signal the server handles.
-pub const HANDLED_SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1];
+pub const HANDLED_SIGNALS: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
 /// Blocks the handled signals in this thread (and the threads and processes it starts): one
 /// that arrives now waits, pending, instead of killing the process, until
@@ -51,7 +51,7 @@ pub fn unblock_handled_signals() -> io::Result<()> {
 /// SIGINT and SIGQUIT by a shell for a background job. The server leaves those ignored (the
 /// convention of daemons since `if (signal(SIGINT, SIG_IGN) != SIG_IGN)`), so that a terminal
 /// closing or a Ctrl-C at it does not stop a server started that way; SIGTERM and SIGUSR1 are
-/// always handled.
+/// always handled, and SIGUSR2.
 const LEFT_IGNORED: [i32; 3] = [SIGHUP, SIGINT, SIGQUIT];
 
 /// The signals among SIGHUP, SIGINT and SIGQUIT that this process inherited ignored, which the
@@ -106,18 +106,23 @@ pub enum Action {
     Force,
     /// Log the counters and go on.
     Report,
+    /// Start the binary on disk and hand everything over to it (SIGUSR2).
+    Upgrade,
 }
 
 /// The rules that map a signal to an [`Action`].
 pub struct Policy;
 
 impl Policy {
-    /// SIGUSR1 reports. SIGTERM, SIGINT, SIGQUIT and SIGHUP stop: gracefully the first time, at
-    /// once the second. (SIGHUP will mean "reload" where there are workers to reload; for a
-    /// single server, closing its terminal must not cost the clients what they are owed.)
+    /// SIGUSR1 reports; SIGUSR2 upgrades (nginx's signal for a new binary), and is ignored
+    /// while draining. SIGTERM, SIGINT, SIGQUIT and SIGHUP stop: gracefully the first time, at
+    /// once the second. (SIGHUP means "reload" where there are workers to reload; for a
+    /// single server it keeps its terminal meaning, and closing the terminal must not cost the
+    /// clients what they are owed.)
     pub fn on_signal(sig: i32, draining: bool) -> Action {
         match sig {
             SIGUSR1 => Action::Report,
+            SIGUSR2 => Action::Upgrade,
             _ if draining => Action::Force,
             _ => Action::Drain,
         }
@@ -132,6 +137,7 @@ pub fn signal_name(sig: i32) -> &'static str {
         SIGHUP => "SIGHUP",
         SIGQUIT => "SIGQUIT",
         SIGUSR1 => "SIGUSR1",
+        SIGUSR2 => "SIGUSR2",
         _ => "a signal",
     }
 }
@@ -251,6 +257,18 @@ impl Lifecycle {
         self.next_watchdog
     }
 
+    /// Reports to the service manager.
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// A successor reports from now on: this process says nothing more (not even STOPPING,
+    /// which would tell systemd the service is going away) and pings no watchdog.
+    pub(crate) fn hand_notifications_over(&mut self) {
+        self.notifier = Notifier::default();
+        self.next_watchdog = None;
+    }
+
     /// Pings the watchdog when due: the loop reaching its timers is the proof of life.
     pub(crate) fn on_timer(&mut self, now: Instant) {
         if let (Some(due), Some(every)) = (self.next_watchdog, self.notifier.watchdog_interval())
@@ -313,6 +331,7 @@ mod tests {
         }
         assert_eq!(Policy::on_signal(SIGUSR1, false), Action::Report);
         assert_eq!(Policy::on_signal(SIGUSR1, true), Action::Report);
+        assert_eq!(Policy::on_signal(SIGUSR2, false), Action::Upgrade);
     }
 
     #[test]

@@ -416,6 +416,18 @@ impl MetricsEndpoint {
         })
     }
 
+    /// The listener, for a successor to inherit.
+    pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// Stops serving for good (a successor serves the listener now). The listener is
+    /// deregistered first: its registration belongs to the open file, which the successor
+    /// keeps open, so closing it here alone would leave this poll its events.
+    pub(crate) fn close_for_successor(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.listener);
+    }
+
     /// Sets what `/readyz` answers from now on.
     pub(crate) fn set_ready(&mut self, ready: bool) {
         self.ready = ready;

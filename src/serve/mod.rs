@@ -23,6 +23,7 @@ mod config;
 #[doc(hidden)]
 pub mod conn;
 pub mod control;
+pub mod exec;
 pub mod handover;
 mod lifecycle;
 mod limit;
@@ -38,6 +39,7 @@ mod throttle;
 pub(crate) mod timer;
 mod token;
 mod udp;
+pub mod upgrade;
 
 pub(crate) use config::Limits;
 pub use config::{Config, DEFAULT_MAX_PENDING_TOTAL, DEFAULT_UDP_SOURCE_RATE};

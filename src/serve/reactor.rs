@@ -46,9 +46,12 @@ use super::table::{Close, Connections};
 use super::timer::{IdleTracker, until_earliest};
 use super::token::{self, MAX_LISTENERS, MAX_UDP_SOCKETS, Source};
 use super::udp::{UdpEndpoint, UdpPolicy, UdpSide};
+use super::upgrade::{Predecessor, Successor, UpgradeCommand};
 use crate::{Transform, io_outcome};
+use std::path::PathBuf;
 
 mod link;
+mod upgrade;
 use link::Outgoing;
 
 /// How a run ended.
@@ -79,6 +82,13 @@ pub struct Server {
     /// A reload's hand-over under way: this worker's connections on their way to the new
     /// generation.
     outgoing: Option<Outgoing>,
+    /// What SIGUSR2 starts (a single server's upgrade).
+    upgrade: Option<UpgradeCommand>,
+    /// The process started to take over from this one, until this one exits.
+    successor: Option<Successor>,
+    /// The process this one takes over from, until it has handed everything over.
+    predecessor: Option<Predecessor>,
+    pid_file: Option<PathBuf>,
     /// What the metrics report besides the counters.
     limits: Limits,
     start_time: f64,
@@ -148,6 +158,10 @@ impl Server {
             metrics: None,
             control: None,
             outgoing: None,
+            upgrade: config.upgrade,
+            successor: None,
+            predecessor: None,
+            pid_file: config.pid_file,
             limits,
             start_time: metrics::unix_now(),
             busy_poll: config.busy_poll.filter(|d| !d.is_zero()),
@@ -283,6 +297,7 @@ impl Server {
                 .on_ready(i, event.is_readable(), event.is_writable()),
             Source::Listener(_) => self.acceptor.on_ready(),
             Source::Control => self.on_control(now),
+            Source::Upgrade => self.on_upgrade_channel(now),
             Source::Metrics => {
                 let snap = self.snapshot(now);
                 if let Some(m) = &mut self.metrics {
@@ -336,6 +351,7 @@ impl Server {
                 self.stats_log.next(),
                 self.life.drain_deadline(),
                 self.life.next_watchdog(),
+                self.upgrade_deadline(),
                 self.metrics
                     .as_ref()
                     .and_then(MetricsEndpoint::next_deadline),
@@ -437,6 +453,7 @@ impl Server {
         }
         self.acceptor.on_timer(now);
         self.life.on_timer(now);
+        self.on_upgrade_timer(now);
         if let Some(m) = &mut self.metrics {
             m.on_timer(now);
         }
@@ -469,8 +486,10 @@ impl Server {
                 }
                 Action::Drain => {
                     info!("{name}: shutting down");
+                    self.stop_upgrade_for_shutdown();
                     self.begin_shutdown(now);
                 }
+                Action::Upgrade => self.begin_upgrade(name, now),
             }
         }
     }

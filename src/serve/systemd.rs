@@ -63,6 +63,17 @@ impl Notifier {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// `MAINPID=` this process, `READY=1`: a successor has taken over from the process systemd
+    /// started (which needs `NotifyAccess=all` in the unit, as the successor is not yet the
+    /// main process when it says so).
+    pub fn took_over(&self, status: &str) {
+        self.send(&[
+            NotifyState::MainPid(std::process::id()),
+            NotifyState::Ready,
+            NotifyState::Status(status),
+        ]);
+    }
+
     /// `STOPPING=1`: the drain has begun.
     pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping, NotifyState::Status("draining")]);

@@ -4,11 +4,12 @@
 //! so dispatch is a subtraction and a slab lookup.
 //!
 //! ```text
-//!   0                signals   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 (signal-hook-mio)
+//!   0                signals   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 SIGUSR2 (signal-hook-mio)
 //!   1                waker     ShutdownHandle
 //!   2                metrics   the --metrics listener
 //!   3                control   the channel to the supervisor (--workers)
-//!   4 .. 16          (unused)
+//!   4                upgrade   the channel to a successor or predecessor (SIGUSR2)
+//!   5 .. 16          (unused)
 //!   16 .. 256        listeners, in the order given
 //!   256 .. 1024      UDP sockets, in the order given
 //!   1024 ..          connections (slab key + 1024)
@@ -24,6 +25,7 @@ pub(crate) const SIGNALS: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
 pub(crate) const METRICS: Token = Token(2);
 pub(crate) const CONTROL: Token = Token(3);
+pub(crate) const UPGRADE: Token = Token(4);
 /// Far above any connection key a process could reach (one per descriptor).
 const SCRAPE_BASE: usize = 1 << 40;
 const LISTENER_BASE: usize = 16;
@@ -49,6 +51,8 @@ pub(crate) enum Source {
     Metrics,
     /// The channel to the supervisor.
     Control,
+    /// The channel to the process taking over from this one, or handing over to it.
+    Upgrade,
     /// Metrics scrape connection, by its own slab key.
     Scrape(usize),
     /// Nothing the reactor hands out; the raw token is kept for the log.
@@ -63,6 +67,7 @@ impl Source {
             1 => Source::Waker,
             2 => Source::Metrics,
             3 => Source::Control,
+            4 => Source::Upgrade,
             t if t >= SCRAPE_BASE => Source::Scrape(t - SCRAPE_BASE),
             t if t >= CONN_BASE => Source::Conn(t - CONN_BASE),
             t if (UDP_BASE..UDP_BASE + udp).contains(&t) => Source::Udp(t - UDP_BASE),
@@ -113,6 +118,7 @@ mod tests {
         }
         assert_eq!(Source::of(METRICS, l, u), Source::Metrics);
         assert_eq!(Source::of(CONTROL, l, u), Source::Control);
+        assert_eq!(Source::of(UPGRADE, l, u), Source::Upgrade);
         for key in [0, 15] {
             assert_eq!(Source::of(scrape(key), l, u), Source::Scrape(key));
         }
@@ -122,7 +128,7 @@ mod tests {
     fn tokens_nobody_was_given_are_unknown_not_a_listener() {
         let (l, u) = (3, 2);
         for t in [
-            4,
+            5,
             15,
             LISTENER_BASE + 3,
             LISTENER_BASE + 239,

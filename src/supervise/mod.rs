@@ -81,7 +81,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::io_outcome;
@@ -220,7 +220,7 @@ impl Supervisor {
             self.after_turn(now);
             if self.reloads.deferred && !self.pool.workers.values().any(|w| w.hand.since.is_some())
             {
-                self.begin_reload(now);
+                self.begin_reload(now, "SIGHUP");
             }
             self.on_timers(now)?;
             if self.phase == SupervisorPhase::Starting
@@ -313,7 +313,8 @@ impl Supervisor {
         for sig in pending {
             match sig {
                 SIGCHLD => self.reap(now)?,
-                SIGHUP => self.begin_reload(now),
+                // One signal upgrades in either mode: SIGUSR2 is a single server's.
+                SIGHUP | SIGUSR2 => self.begin_reload(now, signal_name(sig)),
                 SIGUSR1 => {
                     // Each worker logs its own counters; the supervisor the total.
                     self.pool.signal_all(SIGUSR1);

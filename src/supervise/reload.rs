@@ -39,13 +39,13 @@ impl Reloads {
 }
 
 impl Supervisor {
-    pub(super) fn begin_reload(&mut self, now: Instant) {
+    pub(super) fn begin_reload(&mut self, now: Instant, name: &str) {
         let moving = self.pool.workers.values().any(|w| w.hand.since.is_some());
         match self.phase {
             SupervisorPhase::Serving if self.reloads.current.is_none() && moving => {
                 if !self.reloads.deferred {
                     info!(
-                        "SIGHUP: the last reload's hand-over is under way: reloading once it is done"
+                        "{name}: the last reload's hand-over is under way: reloading once it is done"
                     );
                     self.reloads.deferred = true;
                 }
@@ -53,11 +53,11 @@ impl Supervisor {
             }
             SupervisorPhase::Serving if self.reloads.current.is_none() => {}
             SupervisorPhase::Serving => {
-                warn!("SIGHUP: a reload is already under way");
+                warn!("{name}: a reload is already under way");
                 return;
             }
             _ => {
-                warn!("SIGHUP: not serving yet, or shutting down: no reload");
+                warn!("{name}: not serving yet, or shutting down: no reload");
                 return;
             }
         }
@@ -65,7 +65,7 @@ impl Supervisor {
         self.reloads.generation += 1;
         let generation = self.reloads.generation;
         info!(
-            "SIGHUP: reloading: starting generation {generation} from {}",
+            "{name}: reloading: starting generation {generation} from {}",
             self.pool.spawner.exe(generation).display()
         );
         for slot in 0..self.pool.slots.len() as u32 {

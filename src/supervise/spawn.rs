@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 
 use crate::serve::control::{CONTROL_FD, Channel};
-use crate::serve::{HANDLED_SIGNALS, Sockets, signal_name};
+use crate::serve::exec::{Parent, inherit_at};
+use crate::serve::{Sockets, signal_name};
 
 /// The program a worker runs.
 #[derive(Debug, Clone)]
@@ -101,53 +102,7 @@ impl Spawner {
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
             .process_group(0);
-        let parent = std::process::id() as libc::pid_t;
-        let high = fds
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(0)
-            .max(CONTROL_FD + fds.len() as RawFd)
-            + 1;
-        let mut moved = vec![0 as RawFd; fds.len()];
-        // SAFETY: the closure runs in the child between fork and exec and calls only
-        // async-signal-safe functions (sigprocmask, prctl, getppid, fcntl, dup2) on memory
-        // allocated before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Signals sent before the worker's handlers are in place wait for them.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                for sig in HANDLED_SIGNALS {
-                    libc::sigaddset(&mut set, sig);
-                }
-                if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The supervisor died before the death signal was armed: do not serve alone.
-                if libc::getppid() != parent {
-                    return Err(io::Error::other("the supervisor is gone"));
-                }
-                // Out of the way first, so that moving one into place cannot clobber another.
-                for (i, &fd) in fds.iter().enumerate() {
-                    let m = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high);
-                    if m < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    moved[i] = m;
-                }
-                for (i, &m) in moved.iter().enumerate() {
-                    // dup2 leaves the new descriptor without close-on-exec: it is inherited.
-                    if libc::dup2(m, CONTROL_FD + i as RawFd) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        inherit_at(&mut cmd, CONTROL_FD, fds, Parent::DieWith);
         let child = cmd.spawn()?;
         drop(child_end);
         Ok((child, channel))

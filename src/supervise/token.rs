@@ -1,7 +1,7 @@
 //! The supervisor's token map, its own: nothing here is a reactor's token.
 //!
 //! ```text
-//!   0                       signals   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 SIGCHLD
+//!   0                       signals   SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 SIGUSR2 SIGCHLD
 //!   2, 2^40 ..              the metrics endpoint's own (its listener, its scrapes)
 //!   1024 .. 1024 + 2^30     worker channels: the worker's id + 1024
 //! ```

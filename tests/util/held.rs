@@ -1,5 +1,6 @@
 //! Held and owed clients for the upgrade tests: idle connections checked by a round trip, and
-//! clients owed megabytes of output that they read only after the upgrade, every byte compared.
+//! clients owed megabytes of output that they read only after the upgrade, every byte compared;
+//! and the binary on disk that an upgrade runs, in a directory of the test's own.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
-use super::{ServerProc, WAIT, connect, random_bytes, read_n, roundtrip, upper};
+use super::{ServerProc, WAIT, bin, connect, random_bytes, read_n, roundtrip, upper};
 
 /// Raises the open-file soft limit to the hard one: the tests hold over a thousand sockets.
 pub fn raise_nofile() {
@@ -118,4 +119,69 @@ pub fn total_line(log: &str) -> String {
         .find(|l| l.contains("final counters: total:"))
         .unwrap_or_else(|| panic!("no total line in\n{log}"))
         .to_string()
+}
+
+/// Writes `path` from a child process: a copy of the upecho binary, or `text`. (See
+/// [`Exe::copy`] for why not from this process.)
+pub fn write_by_child(path: &std::path::Path, text: Option<&str>) {
+    let status = match text {
+        None => std::process::Command::new("cp")
+            .arg(bin())
+            .arg(path)
+            .status(),
+        Some(text) => std::process::Command::new("sh")
+            .arg("-c")
+            .arg("printf '%s' \"$1\" > \"$2\"")
+            .arg("sh")
+            .arg(text)
+            .arg(path)
+            .status(),
+    }
+    .unwrap();
+    assert!(status.success(), "writing {}: {status}", path.display());
+}
+
+/// The binary on disk, in a directory of the test's own, that the server's reloads run.
+pub struct Exe {
+    pub dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+}
+
+impl Exe {
+    pub fn copy() -> Exe {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upecho");
+        // Written by a child process, not by this one: a file this process holds open for
+        // writing is inherited by whatever another test thread forks meanwhile, and exec of a
+        // file open for writing anywhere fails (ETXTBSY), which made a start fail now and then.
+        write_by_child(&path, None);
+        Exe { dir, path }
+    }
+
+    /// Replaces the binary with a shell script.
+    pub fn script(&self, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.dir.path().join("next");
+        write_by_child(&tmp, Some(&format!("#!/bin/sh\n{body}\n")));
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// `upecho serve --listen 127.0.0.1:0 --workers 2 --drain-timeout 30 EXTRA...` from the copy.
+    pub fn start(&self, extra: &[&str]) -> ServerProc {
+        let mut args = vec!["--workers", "2"];
+        args.extend_from_slice(extra);
+        self.start_single(&args)
+    }
+
+    /// `upecho serve --listen 127.0.0.1:0 --drain-timeout 30 EXTRA...` from the copy.
+    pub fn start_single(&self, extra: &[&str]) -> ServerProc {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "30"];
+        args.extend_from_slice(extra);
+        ServerProc::start_raw(
+            &args,
+            // start_raw runs `sh -c 'PREFIX; exec "$0" "$@"'`: the prefix execs the copy.
+            Some(&format!("exec {} \"$@\"", self.path.to_str().unwrap())),
+        )
+    }
 }

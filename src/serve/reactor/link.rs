@@ -1,14 +1,16 @@
 //! The reactor's side of running as a supervised worker (`--workers`): what the supervisor says
 //! over the control channel, connections handed on by a full sibling (adopted), and the
 //! hand-over of a reload, out (every connection with its state, then exit) and in (registered
-//! and served as if nothing happened). Kept beside the loop, not in it: a single server never
-//! runs any of this.
+//! and served as if nothing happened). Kept beside the loop, not in it: a single server runs
+//! only the hand-over out, when it upgrades (SIGUSR2), with its successor as the carrier.
 
 // The loop's own vocabulary (its parts, their types, the log macros), as in reactor.rs.
 use super::*;
 use std::collections::VecDeque;
 
+use crate::serve::control::ToWorker;
 use crate::serve::handover::pack;
+use crate::serve::upgrade::Successor;
 
 impl Server {
     /// Messages from the supervisor: connections handed over, requests for the counters, or
@@ -77,24 +79,39 @@ impl Server {
                 });
             }
         }
+        let to = match &self.successor {
+            Some(s) => format!("pid {}", s.pid()),
+            None => "the new generation".into(),
+        };
         info!(
-            "handing over {} to the new generation",
+            "handing over {} to {to}",
             Count(leaving.len() as u64, "connection")
         );
         self.outgoing = Some(Outgoing::new(leaving));
     }
 
-    /// Sends what the channel takes of a hand-over; drains here what could not go.
+    /// Sends what the channel takes of a hand-over (to the supervisor, or to a successor);
+    /// drains here what could not go.
     pub(super) fn pump_outgoing(&mut self, now: Instant) {
-        let (Some(o), Some(link)) = (&mut self.outgoing, &mut self.control) else {
+        let Some(o) = &mut self.outgoing else {
             if let Some(link) = &mut self.control {
                 link.flush();
             }
             return;
         };
-        link.flush();
+        let carrier: &mut dyn Carrier = match (&mut self.control, &mut self.successor) {
+            (Some(link), _) => {
+                link.flush();
+                link
+            }
+            (None, Some(s)) => {
+                s.flush();
+                s
+            }
+            (None, None) => return,
+        };
         let before = o.sent;
-        let alive = o.pump(link, now);
+        let alive = o.pump(carrier, now);
         self.stats.moved_out += o.sent - before;
         let rest = if alive {
             std::mem::take(&mut o.kept)
@@ -186,6 +203,41 @@ impl Server {
     }
 }
 
+/// Where a hand-over's connections go: the supervisor, for the new generation (a reload), or
+/// the successor (a single server's upgrade).
+pub(super) trait Carrier {
+    /// Messages waiting in the channel's queue.
+    fn queued(&self) -> usize;
+    /// Sends one connection; false once the other end is gone.
+    fn move_conn(&mut self, conn: Moving, fds: Vec<OwnedFd>) -> bool;
+    /// Says every connection has gone; false once the other end is gone.
+    fn moved_all(&mut self, count: u64) -> bool;
+}
+
+impl Carrier for WorkerLink {
+    fn queued(&self) -> usize {
+        WorkerLink::queued(self)
+    }
+    fn move_conn(&mut self, conn: Moving, fds: Vec<OwnedFd>) -> bool {
+        WorkerLink::move_conn(self, conn, fds)
+    }
+    fn moved_all(&mut self, count: u64) -> bool {
+        WorkerLink::moved_all(self, count)
+    }
+}
+
+impl Carrier for Successor {
+    fn queued(&self) -> usize {
+        Successor::queued(self)
+    }
+    fn move_conn(&mut self, conn: Moving, fds: Vec<OwnedFd>) -> bool {
+        self.post(&ToWorker::Adopt { conn }, fds)
+    }
+    fn moved_all(&mut self, _count: u64) -> bool {
+        self.post(&ToWorker::HandOverEnd, Vec::new())
+    }
+}
+
 /// Messages waiting in the channel's queue past which the next connection waits in the table
 /// of leaving ones instead (so descriptors and memfds are made only as fast as they go).
 const IN_FLIGHT: usize = 64;
@@ -214,7 +266,7 @@ impl Outgoing {
 
     /// Sends what the channel takes; says `ToSupervisor::MovedAll` after
     /// the last one. False if the supervisor is gone (what is left is the caller's to drain).
-    pub(super) fn pump(&mut self, link: &mut WorkerLink, now: Instant) -> bool {
+    pub(super) fn pump(&mut self, link: &mut dyn Carrier, now: Instant) -> bool {
         while link.queued() < IN_FLIGHT {
             let Some(l) = self.leaving.pop_front() else {
                 if !self.announced {
