@@ -118,7 +118,7 @@ pub struct ServeArgs {
     pub pid_file: Option<std::path::PathBuf>,
     /// Serve with N worker processes (0: one per CPU), each with its own reactor, sockets and
     /// open-file limit, under a supervisor that restarts a worker that dies, reloads on SIGHUP
-    /// (new workers from the binary on disk, then the old ones drain) and refuses a connection
+    /// or SIGUSR2 (new workers from the binary on disk, which take every connection over) and refuses a connection
     /// only when every worker is at --max-connections. Without it: one process, no supervisor.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub workers: Option<u32>,
