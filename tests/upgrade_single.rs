@@ -360,3 +360,42 @@ fn a_stop_while_the_successor_starts_abandons_the_upgrade() {
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     assert!(!procs.pid_file.exists());
 }
+
+/// One signal upgrades in both modes: under `--workers`, SIGUSR2 to the supervisor reloads
+/// (moving every connection, as SIGHUP does), and a worker sent SIGUSR2 itself refuses and
+/// names its supervisor.
+#[test]
+fn sigusr2_reloads_under_workers_and_a_worker_refuses_it() {
+    let mut s = ServerProc::start(&["--workers", "2", "--drain-timeout", "30"]);
+    let mut held = hold(s.tcp(), 20);
+    let log = s.stderr();
+    let worker: u32 = log
+        .lines()
+        .find_map(|l| l.split("worker 0 (pid ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no worker pid in\n{log}"));
+    // SAFETY: kill(2) on a worker of the supervisor this test started, alive (it serves).
+    unsafe { libc::kill(worker as libc::pid_t, libc::SIGUSR2) };
+    assert!(
+        s.logged("a worker is upgraded by its supervisor"),
+        "{}",
+        s.stderr()
+    );
+    s.signal(libc::SIGUSR2);
+    assert!(
+        s.logged("SIGUSR2: reloading: starting generation 1"),
+        "{}",
+        s.stderr()
+    );
+    assert!(
+        s.logged("reload complete: generation 1 serving"),
+        "{}",
+        s.stderr()
+    );
+    assert!(logged_times(&s, ": handed over ", 2), "{}", s.stderr());
+    all_answer(&mut held, "after SIGUSR2");
+    drop(held);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
