@@ -256,7 +256,7 @@ fn a_new_binary_that_fails_leaves_everything_with_the_old_process() {
 
 /// Version skew: a new binary that cannot read the old one's hand-over format gets the
 /// sockets and serves new connections; the old process drains its own (every owed byte
-/// delivered), and the log says why.
+/// delivered, even when it is sent a stop signal meanwhile), and the log says why.
 #[test]
 fn a_new_binary_of_another_hand_over_format_gets_the_sockets_and_the_old_drains() {
     raise_nofile();
@@ -277,6 +277,10 @@ fn a_new_binary_of_another_hand_over_format_gets_the_sockets_and_the_old_drains(
         "{}",
         s.stderr()
     );
+    // A stop signal to the old process now is its first: it goes on draining (a second
+    // would force it).
+    s.signal(libc::SIGTERM);
+    assert!(s.logged("SIGTERM: already leaving"), "{}", s.stderr());
     let mut owed = collect(owed);
     // The old process drains them: their replies are complete, then they are closed.
     for (i, c) in owed.iter_mut().enumerate() {

@@ -89,6 +89,8 @@ pub struct Server {
     /// The process this one takes over from, until it has handed everything over.
     predecessor: Option<Predecessor>,
     pid_file: Option<PathBuf>,
+    /// A stop signal came: the next one forces the exit.
+    stop_signalled: bool,
     /// What the metrics report besides the counters.
     limits: Limits,
     start_time: f64,
@@ -162,6 +164,7 @@ impl Server {
             successor: None,
             predecessor: None,
             pid_file: config.pid_file,
+            stop_signalled: false,
             limits,
             start_time: metrics::unix_now(),
             busy_poll: config.busy_poll.filter(|d| !d.is_zero()),
@@ -477,7 +480,9 @@ impl Server {
     fn on_signals(&mut self, now: Instant) {
         for sig in self.life.pending_signals() {
             let name = signal_name(sig);
-            match Policy::on_signal(sig, self.life.draining()) {
+            // Only a stop signal makes the next one force: a drain begun by a hand-over (an
+            // upgrade, a reload) is this process leaving, not the operator asking it to.
+            match Policy::on_signal(sig, self.stop_signalled) {
                 // An operator's "how are you doing", as memcached's and nginx's are.
                 Action::Report => info!("{name}: counters: {}", self.stats),
                 Action::Force => {
@@ -485,7 +490,12 @@ impl Server {
                     self.life.forced = true;
                 }
                 Action::Drain => {
-                    info!("{name}: shutting down");
+                    self.stop_signalled = true;
+                    if self.life.draining() {
+                        info!("{name}: already leaving; exiting once done (again to exit now)");
+                    } else {
+                        info!("{name}: shutting down");
+                    }
                     self.stop_upgrade_for_shutdown();
                     self.begin_shutdown(now);
                 }
