@@ -7,12 +7,13 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use util::held::{
-    Exe, all_answer, collect, hold, logged_times, owed, raise_nofile, slow_reader, total_line,
+    Exe, all_answer, collect, collect_half_closed, half_closed, hold, logged_times, owed,
+    raise_nofile, slow_reader, total_line,
 };
 use util::{ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, upper};
 
@@ -77,29 +78,12 @@ fn held_and_owed_connections_survive_three_reloads() {
 fn a_half_closed_connection_mid_reply_gets_the_rest_then_eof() {
     let mut s = start(&["--max-pending", "64MiB"]);
     let addr = s.tcp();
-    let mut clients: Vec<(TcpStream, Vec<u8>)> = (0..4)
-        .map(|i| {
-            let mut c = slow_reader(addr);
-            // More than the kernel's buffers hold, so the server owes most of it.
-            let data = random_bytes(16 << 20, 7 + i);
-            // All of it fits in what the server reads (--max-pending) and the kernel buffers.
-            c.write_all(&data).unwrap();
-            c.shutdown(Shutdown::Write).unwrap();
-            (c, data)
-        })
-        .collect();
+    // More than the kernel's buffers hold, so the server owes most of it.
+    let mut clients = half_closed(addr, 4, 16 << 20, 7);
     // The FINs are read by the old workers before the reload (it is the state that moves).
     thread::sleep(Duration::from_millis(500));
     reload(&s, 1);
-    for (i, (c, data)) in clients.iter_mut().enumerate() {
-        let got = read_n(c, data.len());
-        assert!(got == upper(data), "client {i}: bytes differ");
-        assert_eq!(
-            c.read(&mut [0u8; 1]).unwrap(),
-            0,
-            "client {i}: the server closes once all is sent"
-        );
-    }
+    collect_half_closed(&mut clients);
     s.signal(libc::SIGTERM);
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
     let log = s.stderr();

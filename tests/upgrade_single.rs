@@ -11,14 +11,17 @@
 
 mod util;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::held::{Exe, all_answer, collect, hold, logged_times, owed, raise_nofile, slow_reader};
-use util::{ServerProc, WAIT, counter_in, random_bytes, read_n, upper, wait_until_within};
+use util::held::{
+    Exe, all_answer, collect, collect_half_closed, half_closed, hold, logged_times, owed,
+    raise_nofile,
+};
+use util::{ServerProc, WAIT, counter_in, upper, wait_until_within};
 
 /// The processes of one test after the first: successors, children of this test once their
 /// parent has exited. Killed (by pid, only while unreaped children of this test) on drop.
@@ -176,15 +179,7 @@ fn held_owed_and_half_closed_connections_survive_three_upgrades() {
     assert_eq!(procs.current(), Some(s.child.id()));
     let mut held = hold(addr, 1000);
     let owed = owed(addr, 100, 2 << 20, 21);
-    let mut halves: Vec<(TcpStream, Vec<u8>)> = (0..4)
-        .map(|i| {
-            let mut c = slow_reader(addr);
-            let data = random_bytes(4 << 20, 31 + i);
-            c.write_all(&data).unwrap();
-            c.shutdown(Shutdown::Write).unwrap();
-            (c, data)
-        })
-        .collect();
+    let mut halves = half_closed(addr, 4, 4 << 20, 31);
     // Time for the server to take in what it takes (the rest waits in the writers).
     thread::sleep(Duration::from_millis(500));
     for n in 1..=3 {
@@ -193,11 +188,7 @@ fn held_owed_and_half_closed_connections_survive_three_upgrades() {
     all_answer(&mut held, "after three upgrades");
     let mut owed = collect(owed);
     all_answer(&mut owed, "owed, after");
-    for (i, (c, data)) in halves.iter_mut().enumerate() {
-        let got = read_n(c, data.len());
-        assert!(got == upper(data), "half-closed client {i}: bytes differ");
-        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0, "half-closed {i}: EOF");
-    }
+    collect_half_closed(&mut halves);
     let mut fresh = util::connect(addr);
     assert_eq!(util::roundtrip(&mut fresh, b"new"), b"NEW");
     drop((held, owed, halves, fresh));

@@ -102,6 +102,39 @@ pub fn collect(clients: Vec<Owed>) -> Vec<TcpStream> {
         .collect()
 }
 
+/// Clients that send `size` bytes each and half-close at once, reading nothing yet: the
+/// server owes each all of it, then its close.
+pub fn half_closed(
+    addr: SocketAddr,
+    n: usize,
+    size: usize,
+    seed: u64,
+) -> Vec<(TcpStream, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let mut c = slow_reader(addr);
+            let data = random_bytes(size, seed + i as u64);
+            // All of it fits in what the server reads (--max-pending) and the kernel buffers.
+            c.write_all(&data).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            (c, data)
+        })
+        .collect()
+}
+
+/// Each half-closed client reads all it is owed (once, in order), then the server's close.
+pub fn collect_half_closed(clients: &mut [(TcpStream, Vec<u8>)]) {
+    for (i, (c, data)) in clients.iter_mut().enumerate() {
+        let got = read_n(c, data.len());
+        assert!(got == upper(data), "half-closed client {i}: bytes differ");
+        assert_eq!(
+            std::io::Read::read(c, &mut [0u8; 1]).unwrap(),
+            0,
+            "half-closed client {i}: the server closes once all is sent"
+        );
+    }
+}
+
 /// Waits (bounded) until `needle` is in the log `n` times.
 pub fn logged_times(s: &ServerProc, needle: &str, n: usize) -> bool {
     let deadline = Instant::now() + WAIT * 2;
