@@ -12,7 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::held::{
-    all_answer, collect, hold, logged_times, owed, raise_nofile, slow_reader, total_line,
+    all_answer, all_closed, collect, hold, logged_now, logged_times, owed, raise_nofile,
+    slow_reader, total_line,
 };
 use util::{ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, upper};
 
@@ -348,4 +349,39 @@ fn reloads_in_quick_succession_lose_nothing() {
     for zero in ["reset", "errors", "refused"] {
         assert_eq!(counter_in(&total, zero), Some(0), "{zero}: {total}");
     }
+}
+
+/// A SIGTERM while the old workers hand over: the server drains as at any other time (every
+/// owed byte delivered, the quiet connections closed) and exits 0, well before the drain
+/// timeout. The new workers drain too, so no moved connection has a place there: the old worker
+/// drains each one that comes back, instead of sending it round again (which it did, millions of
+/// times, until the drain timeout cut it short with exit 1).
+#[test]
+fn a_sigterm_during_a_hand_over_drains_and_exits() {
+    raise_nofile();
+    let mut s = start(&[]);
+    let addr = s.tcp();
+    let mut held = hold(addr, 4000);
+    let owed = owed(addr, 20, 2 << 20, 17);
+    thread::sleep(Duration::from_millis(500));
+    s.signal(libc::SIGHUP);
+    assert!(logged_now(&s, "handing over"), "{}", s.stderr());
+    let signalled = Instant::now();
+    s.signal(libc::SIGTERM);
+    let owed = collect(owed);
+    all_closed(&mut held, "held connection");
+    drop(owed);
+    assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let log = s.stderr();
+    let total = total_line(&log);
+    assert_eq!(counter_in(&total, "accepted"), Some(4020), "{total}");
+    // Each connection moves out at most once (to a new worker, or out and back).
+    let out = counter_in(&total, "moved_out").unwrap_or(u64::MAX);
+    assert!(out <= 4020, "{total}");
+    assert!(!log.contains("drain timeout"), "{log}");
 }

@@ -1,7 +1,7 @@
 //! Held and owed clients for the upgrade tests: idle connections checked by a round trip, and
 //! clients owed megabytes of output that they read only after the upgrade, every byte compared.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -111,6 +111,32 @@ pub fn logged_times(s: &ServerProc, needle: &str, n: usize) -> bool {
         thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Waits (bounded) until `needle` is in the log, looking every millisecond: for a test that
+/// must act in the short moment after a line (a hand-over that lasts tens of milliseconds).
+pub fn logged_now(s: &ServerProc, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if s.stderr().contains(needle) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// Each of `conns` is closed by the server: its next read ends (EOF or a reset) within [`WAIT`]
+/// without a byte; `what` names them in the failure.
+pub fn all_closed(conns: &mut [TcpStream], what: &str) {
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        match c.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what} {i}: not closed by the server: {other:?}"),
+        }
+    }
 }
 
 pub fn total_line(log: &str) -> String {
