@@ -15,7 +15,10 @@ use util::held::{
     all_answer, all_closed, collect, hold, logged_now, logged_times, owed, raise_nofile,
     slow_reader, total_line,
 };
-use util::{ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, upper};
+use util::{
+    ServerProc, WAIT, bin, connect, counter_in, random_bytes, read_n, roundtrip, sample, samples,
+    upper,
+};
 
 fn start(extra: &[&str]) -> ServerProc {
     let mut args = vec!["--workers", "2", "--drain-timeout", "30"];
@@ -384,4 +387,53 @@ fn a_sigterm_during_a_hand_over_drains_and_exits() {
     let out = counter_in(&total, "moved_out").unwrap_or(u64::MAX);
     assert!(out <= 4020, "{total}");
     assert!(!log.contains("drain timeout"), "{log}");
+}
+
+/// The supervisor's `/metrics` after a reload: each new worker's series counts what moved in to
+/// it (and none out), the supervisor counts what its reloads moved (the old workers' series,
+/// which counted them out, are gone with them), and the exposition passes promtool.
+#[test]
+fn metrics_count_the_connections_a_reload_moved() {
+    raise_nofile();
+    let s = start(&["--metrics", "127.0.0.1:0"]);
+    let mut held = hold(s.tcp(), 300);
+    reload(&s, 1);
+    let body = s.scrape();
+    let moved_in = samples(&body, "upecho_connections_moved_in_total");
+    assert_eq!(moved_in.len(), 2, "{body}");
+    assert!(
+        moved_in.iter().all(|(n, _)| n.contains("generation=\"1\"")),
+        "{body}"
+    );
+    assert_eq!(
+        moved_in.iter().map(|(_, v)| v).sum::<f64>(),
+        300.0,
+        "{body}"
+    );
+    let moved_out = samples(&body, "upecho_connections_moved_out_total");
+    assert_eq!(moved_out.len(), 2, "{body}");
+    assert!(moved_out.iter().all(|(_, v)| *v == 0.0), "{body}");
+    assert_eq!(
+        sample(&body, "upecho_reload_moved_connections_total"),
+        Some(300.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "upecho_reloads_total"), Some(1.0), "{body}");
+    for family in [
+        "upecho_connections_moved_in_total",
+        "upecho_connections_moved_out_total",
+        "upecho_reload_moved_connections_total",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {family} counter\n"))
+                && body.contains(&format!("# HELP {family} ")),
+            "{family}: {body}"
+        );
+    }
+    match util::promtool_check(&body) {
+        None => eprintln!("SKIP promtool check after a reload: promtool not installed"),
+        Some(Ok(says)) => assert!(says.trim().is_empty(), "promtool: {says}\n{body}"),
+        Some(Err(says)) => panic!("promtool: {says}\n{body}"),
+    }
+    all_answer(&mut held, "after the reload");
 }
