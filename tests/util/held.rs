@@ -74,8 +74,11 @@ pub fn owed(addr: SocketAddr, n: usize, size: usize, seed: u64) -> Vec<Owed> {
             let data = random_bytes(size, seed + i as u64);
             let mut w = stream.try_clone().unwrap();
             let d = data.clone();
+            // A write error is no panic here: a test that kills a worker expects some of these
+            // connections to close; [`collect`] compares every byte, which only a writer that
+            // finished can have been echoed.
             let writer = thread::spawn(move || {
-                w.write_all(&d).unwrap();
+                let _ = w.write_all(&d);
                 w
             });
             Owed {
@@ -99,6 +102,56 @@ pub fn collect(clients: Vec<Owed>) -> Vec<TcpStream> {
             o.stream
         })
         .collect()
+}
+
+/// What a connection whose worker may have been killed did: answered a round trip correctly, or
+/// was closed (EOF or reset) before any byte of an answer. A wrong or partial answer, or none
+/// within [`WAIT`], panics.
+pub fn answers_or_closed(c: &mut TcpStream, msg: &[u8], what: &str) -> bool {
+    // A write to a connection the server closed may fail (reset) or succeed (its FIN came
+    // first); either way the read says what happened.
+    let _ = c.write_all(msg);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < msg.len() {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{what}: neither answered nor closed: {e}"),
+        }
+    }
+    if got.is_empty() {
+        return false;
+    }
+    assert!(got == upper(msg), "{what}: a wrong answer {got:?}");
+    true
+}
+
+/// Reads an owed client's output until the server closes it or all has come, and checks that
+/// what came is a prefix of what it is owed (no wrong byte, none twice); whether all came.
+pub fn owed_prefix(mut o: Owed, what: &str) -> bool {
+    let want = upper(&o.data);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while got < want.len() {
+        match o.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert!(
+                    got + n <= want.len() && buf[..n] == want[got..got + n],
+                    "{what}: wrong bytes at offset {got}"
+                );
+                got += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{what}: neither served nor closed after {got} bytes: {e}"),
+        }
+    }
+    // The writer ends either way: done, or failed on the closed connection.
+    let _ = o.stream.shutdown(std::net::Shutdown::Both);
+    let _ = o.writer.join();
+    got == want.len()
 }
 
 /// Waits (bounded) until `needle` is in the log `n` times.
