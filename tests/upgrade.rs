@@ -316,6 +316,32 @@ fn probes_say_ready_while_serving_and_503_while_draining() {
     }
 }
 
+/// Waits (bounded) until every reload started has completed and each of its old workers is
+/// gone.
+fn settled(s: &ServerProc) {
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let log = s.stderr();
+        let started = log.matches("SIGHUP: reloading").count();
+        let done = log.matches("reload complete: generation").count();
+        let gone = log.matches("drained, exited with status 0").count();
+        if started > 0 && done == started && gone == 2 * done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sleeps 0 to `max_ms` milliseconds, a different time from run to run (the clock's
+/// nanoseconds), so that repeated runs act at different moments of what is under way.
+fn jitter(max_ms: u64) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    thread::sleep(Duration::from_millis(u64::from(nanos) % (max_ms + 1)));
+}
+
 /// Reloads as fast as signals come (one during another's hand-over is refused or starts the
 /// next generation while the last one still moves in): once they settle, every held connection
 /// answers and every owed byte arrives.
@@ -330,19 +356,7 @@ fn reloads_in_quick_succession_lose_nothing() {
         s.signal(libc::SIGHUP);
         thread::sleep(Duration::from_millis(i * 7 % 40));
     }
-    // Settled: each reload started has completed, and each of its old workers is gone.
-    let deadline = Instant::now() + WAIT * 2;
-    loop {
-        let log = s.stderr();
-        let started = log.matches("SIGHUP: reloading").count();
-        let done = log.matches("reload complete: generation").count();
-        let gone = log.matches("drained, exited with status 0").count();
-        if started > 0 && done == started && gone == 2 * done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{log}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    settled(&s);
     all_answer(&mut held, "after quick reloads");
     let owed = collect(owed);
     drop((held, owed));
@@ -491,12 +505,8 @@ fn a_worker_killed_mid_hand_over_loses_only_what_it_had_not_sent() {
     );
     s.signal(libc::SIGHUP);
     assert!(logged_now(&s, "worker 0: handing over"), "{}", s.stderr());
-    // A moment of 0 to 40 ms, different from run to run, so that runs kill it at different
-    // points of its hand-over.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    thread::sleep(Duration::from_millis(u64::from(nanos % 41)));
+    // Runs kill it at different points of its hand-over.
+    jitter(40);
     // SAFETY: kill(2) on a worker of our own server.
     unsafe { libc::kill(victim, libc::SIGKILL) };
     assert!(
@@ -536,4 +546,75 @@ fn a_worker_killed_mid_hand_over_loses_only_what_it_had_not_sent() {
     drop((c, spared, doomed));
     s.signal(libc::SIGTERM);
     assert_eq!(s.wait_exit(WAIT), Some(0), "{}", s.stderr());
+}
+
+/// A signal at a random moment of a hand-over changes nothing it should not: a SIGHUP reloads
+/// once this one is done, a SIGUSR1 logs the counters, and both lose nothing; a SIGTERM drains
+/// (every owed byte delivered, the quiet connections closed, exit 0); a second one cuts the
+/// drain short (exit 1), each owed client getting a prefix of what it is owed. Two SIGTERMs
+/// close together may arrive as one (signals do not queue): then it is a drain.
+#[test]
+fn signals_at_random_moments_of_a_hand_over() {
+    raise_nofile();
+    let cases: [&[i32]; 4] = [
+        &[libc::SIGHUP],
+        &[libc::SIGUSR1],
+        &[libc::SIGTERM],
+        &[libc::SIGTERM, libc::SIGTERM],
+    ];
+    for (case, sigs) in cases.into_iter().enumerate() {
+        let mut s = start(&["--max-pending", "32MiB"]);
+        let addr = s.tcp();
+        let mut owed = owed(addr, 3, 8 << 20, 40 + case as u64);
+        let mut held = hold(addr, 2000);
+        owed.extend(util::held::owed(addr, 3, 8 << 20, 50 + case as u64));
+        thread::sleep(Duration::from_millis(300));
+        s.signal(libc::SIGHUP);
+        assert!(
+            logged_now(&s, "reload complete: generation 1"),
+            "{}",
+            s.stderr()
+        );
+        jitter(40);
+        for &sig in sigs {
+            s.signal(sig);
+            jitter(10);
+        }
+        let what = format!("case {sigs:?}");
+        match sigs {
+            [libc::SIGHUP] | [libc::SIGUSR1] => {
+                if sigs == [libc::SIGUSR1] {
+                    assert!(s.logged("SIGUSR1: counters: total"), "{}", s.stderr());
+                } else {
+                    assert!(s.logged("reload complete: generation 2"), "{}", s.stderr());
+                }
+                settled(&s);
+                all_answer(&mut held, &what);
+                let owed = collect(owed);
+                drop(owed);
+                s.signal(libc::SIGTERM);
+                assert_eq!(s.wait_exit(WAIT), Some(0), "{what}: {}", s.stderr());
+            }
+            _ => {
+                let whole: Vec<bool> = owed
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, o)| owed_prefix(o, &format!("{what}: owed {i}")))
+                    .collect();
+                all_closed(&mut held, &what);
+                let code = s.wait_exit(WAIT);
+                let forced = s.stderr().contains("SIGTERM again: the workers exit now");
+                assert_eq!(code, Some(i32::from(forced)), "{what}: {}", s.stderr());
+                if !forced {
+                    assert!(
+                        whole.iter().all(|&w| w),
+                        "{what}: a drain owes all: {whole:?}"
+                    );
+                }
+            }
+        }
+        let log = s.stderr();
+        assert!(!log.contains("drain timeout"), "{what}: {log}");
+        assert!(!log.contains("panicked"), "{what}: {log}");
+    }
 }
