@@ -111,7 +111,7 @@ pub(crate) fn render_labelled(
             family_of(out, name, kind, help, &samples);
         };
     type Counter = (&'static str, &'static str, fn(&Stats) -> u64);
-    let counters: [Counter; 18] = [
+    let counters: [Counter; 20] = [
         (
             "upecho_connections_accepted_total",
             "TCP connections accepted and served.",
@@ -126,6 +126,16 @@ pub(crate) fn render_labelled(
             "upecho_connections_handed_off_total",
             "TCP connections accepted at --max-connections and passed to a worker with room.",
             |s| s.handed_off,
+        ),
+        (
+            "upecho_connections_moved_out_total",
+            "TCP connections moved to a worker of the new generation by a reload (--workers).",
+            |s| s.moved_out,
+        ),
+        (
+            "upecho_connections_moved_in_total",
+            "TCP connections moved in by a reload: from the previous generation, or back when the new one had no room (--workers).",
+            |s| s.moved_in,
         ),
         (
             "upecho_connections_reset_total",
@@ -624,6 +634,8 @@ mod tests {
                 accepted: 7,
                 active: 2,
                 bytes_in: 100,
+                moved_out: 3,
+                moved_in: 4,
                 ..Stats::default()
             },
             limits: Limits {
@@ -656,6 +668,9 @@ mod tests {
         for line in [
             "upecho_connections_accepted_total 7",
             "upecho_connections_active 2",
+            "upecho_connections_moved_out_total 3",
+            "upecho_connections_moved_in_total 4",
+            "# TYPE upecho_connections_moved_in_total counter",
             "upecho_received_bytes_total 100",
             "upecho_max_connections 1000",
             "upecho_max_pending_total_bytes 268435456",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::Supervisor;
 use super::pool::{Worker, WorkerState};
+use super::reload::Reloads;
 use crate::serve::control::ToWorker;
 use crate::serve::logs::Count;
 use crate::serve::metrics::{self, Extra, Snapshot};
@@ -188,12 +189,7 @@ impl Supervisor {
         if r.purposes.scrape
             && let Some(m) = &mut self.metrics
         {
-            let body = exposition(
-                &live,
-                &self.counters,
-                self.pool.restarts,
-                self.reloads.completed,
-            );
+            let body = exposition(&live, &self.counters, self.pool.restarts, &self.reloads);
             m.answer_waiting(&body);
         }
         let c = &mut self.counters;
@@ -220,7 +216,7 @@ impl Supervisor {
 
 /// The one exposition of the whole server: each live worker's series with a `worker` and a
 /// `generation` label, and the supervisor's own gauges.
-fn exposition(live: &[&Worker], c: &Counters, restarts: u64, reloads: u64) -> String {
+fn exposition(live: &[&Worker], c: &Counters, restarts: u64, reloads: &Reloads) -> String {
     let snaps: Vec<(String, Snapshot)> = live
         .iter()
         .map(|w| {
@@ -259,7 +255,13 @@ fn exposition(live: &[&Worker], c: &Counters, restarts: u64, reloads: u64) -> St
             name: "upecho_reloads_total",
             kind: "counter",
             help: "Reloads (SIGHUP) completed.",
-            value: reloads as f64,
+            value: reloads.completed as f64,
+        },
+        Extra {
+            name: "upecho_reload_moved_connections_total",
+            kind: "counter",
+            help: "TCP connections reloads moved to a worker of the new generation.",
+            value: reloads.moved as f64,
         },
     ];
     metrics::render_labelled(&series, c.start_time, &extra)

@@ -89,6 +89,7 @@ impl Supervisor {
         }
         if target.is_some() {
             w.hand.moved_in += 1;
+            self.reloads.moved += 1;
         }
         if let Some(o) = self.pool.workers.get_mut(&from) {
             if target.is_some() {

@@ -405,7 +405,17 @@ impl Supervisor {
         }
         self.counters.retire(stats, None);
         if w.state == WorkerState::Draining {
-            info!("{name}: drained, {how}");
+            let clean = status.success() && w.last_final.is_some();
+            match w.hand.since {
+                // What it had not sent yet is lost, as at any other death; what it sent is
+                // placed (it was read off its channel before this).
+                Some(_) if !clean => warn!(
+                    "{name}: {how} during its hand-over, after {} had moved: the rest are closed",
+                    Count(w.hand.placed, "connection")
+                ),
+                _ if !clean => warn!("{name}: {how} while draining"),
+                _ => info!("{name}: drained, {how}"),
+            }
             return Ok(());
         }
         let lost_note = if lost > 0 {

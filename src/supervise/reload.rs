@@ -23,6 +23,9 @@ pub(super) struct Reloads {
     pub(super) generation: u32,
     /// Reloads completed.
     pub(super) completed: u64,
+    /// Connections the reloads' hand-overs placed on a new worker (the old workers that counted
+    /// them out are gone, so this is the figure that lasts).
+    pub(super) moved: u64,
     /// A SIGHUP came while the last reload's old workers still moved their connections: the
     /// reload starts once they are gone (a generation asked to hand over while connections
     /// still move in to it would drain those).

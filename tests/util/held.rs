@@ -2,7 +2,7 @@
 //! clients owed megabytes of output that they read only after the upgrade, every byte compared;
 //! and the binary on disk that an upgrade runs, in a directory of the test's own.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -75,8 +75,11 @@ pub fn owed(addr: SocketAddr, n: usize, size: usize, seed: u64) -> Vec<Owed> {
             let data = random_bytes(size, seed + i as u64);
             let mut w = stream.try_clone().unwrap();
             let d = data.clone();
+            // A write error is no panic here: a test that kills a worker expects some of these
+            // connections to close; [`collect`] compares every byte, which only a writer that
+            // finished can have been echoed.
             let writer = thread::spawn(move || {
-                w.write_all(&d).unwrap();
+                let _ = w.write_all(&d);
                 w
             });
             Owed {
@@ -135,6 +138,56 @@ pub fn collect_half_closed(clients: &mut [(TcpStream, Vec<u8>)]) {
     }
 }
 
+/// What a connection whose worker may have been killed did: answered a round trip correctly, or
+/// was closed (EOF or reset) before any byte of an answer. A wrong or partial answer, or none
+/// within [`WAIT`], panics.
+pub fn answers_or_closed(c: &mut TcpStream, msg: &[u8], what: &str) -> bool {
+    // A write to a connection the server closed may fail (reset) or succeed (its FIN came
+    // first); either way the read says what happened.
+    let _ = c.write_all(msg);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < msg.len() {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{what}: neither answered nor closed: {e}"),
+        }
+    }
+    if got.is_empty() {
+        return false;
+    }
+    assert!(got == upper(msg), "{what}: a wrong answer {got:?}");
+    true
+}
+
+/// Reads an owed client's output until the server closes it or all has come, and checks that
+/// what came is a prefix of what it is owed (no wrong byte, none twice); whether all came.
+pub fn owed_prefix(mut o: Owed, what: &str) -> bool {
+    let want = upper(&o.data);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while got < want.len() {
+        match o.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert!(
+                    got + n <= want.len() && buf[..n] == want[got..got + n],
+                    "{what}: wrong bytes at offset {got}"
+                );
+                got += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{what}: neither served nor closed after {got} bytes: {e}"),
+        }
+    }
+    // The writer ends either way: done, or failed on the closed connection.
+    let _ = o.stream.shutdown(std::net::Shutdown::Both);
+    let _ = o.writer.join();
+    got == want.len()
+}
+
 /// Waits (bounded) until `needle` is in the log `n` times.
 pub fn logged_times(s: &ServerProc, needle: &str, n: usize) -> bool {
     let deadline = Instant::now() + WAIT * 2;
@@ -145,6 +198,32 @@ pub fn logged_times(s: &ServerProc, needle: &str, n: usize) -> bool {
         thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Waits (bounded) until `needle` is in the log, looking every millisecond: for a test that
+/// must act in the short moment after a line (a hand-over that lasts tens of milliseconds).
+pub fn logged_now(s: &ServerProc, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if s.stderr().contains(needle) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// Each of `conns` is closed by the server: its next read ends (EOF or a reset) within [`WAIT`]
+/// without a byte; `what` names them in the failure.
+pub fn all_closed(conns: &mut [TcpStream], what: &str) {
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        match c.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what} {i}: not closed by the server: {other:?}"),
+        }
+    }
 }
 
 pub fn total_line(log: &str) -> String {

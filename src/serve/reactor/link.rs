@@ -136,13 +136,9 @@ impl Server {
                     idle_left: m.idle_left(),
                     header_left: m.header_left(),
                 };
-                let l = match &mut self.outgoing {
-                    Some(o) => match o.forward(l) {
-                        Ok(()) => return,
-                        Err(l) => *l,
-                    },
-                    None => l,
-                };
+                // One that comes while this worker hands over is one of its own coming back
+                // (no new worker had room, or they drain): it drains here. Sent on again, it
+                // would come back again, round and round until the drain timeout.
                 self.resume(l, now);
             }
             Err(e) => warn!("a moved connection that cannot be taken over ({e}): closed"),
@@ -291,16 +287,6 @@ impl Outgoing {
             }
         }
         true
-    }
-
-    /// Sends `l` on too (it was moved here while this worker hands over: a reload during a
-    /// reload), unless the last message has gone; then it is given back.
-    pub(super) fn forward(&mut self, l: Leaving) -> Result<(), Box<Leaving>> {
-        if self.announced {
-            return Err(Box::new(l));
-        }
-        self.leaving.push_back(l);
-        Ok(())
     }
 
     /// Everything sent and placed.
