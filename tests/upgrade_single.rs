@@ -69,17 +69,49 @@ impl Successors {
 
 impl Drop for Successors {
     fn drop(&mut self) {
-        for &pid in &self.pids {
-            if let Reaped::Running = reap(pid) {
-                // SAFETY: kill(2) on a child of this test that it has not reaped: its pid is
-                // still its own.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                let mut status = 0;
-                // SAFETY: waitpid on that same child.
-                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        // Those named by the pid file, and any other process of this test's server (a
+        // successor started by a failed upgrade, orphaned when a test panics): once its parent
+        // is gone it is a child of this test (the subreaper), found by its --pid-file argument.
+        // Killing one orphans its own successor, found in the next round.
+        let mut pids = self.pids.clone();
+        for _ in 0..8 {
+            pids.extend(own_children_with(self.pid_file()));
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids.drain(..) {
+                if let Reaped::Running = reap(pid) {
+                    // SAFETY: kill(2) on a child of this test that it has not reaped: its pid
+                    // is still its own.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    let mut status = 0;
+                    // SAFETY: waitpid on that same child.
+                    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+                }
             }
         }
     }
+}
+
+/// This test process's children whose command line has `arg` (its servers have their
+/// --pid-file's path there).
+fn own_children_with(arg: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .collect()
 }
 
 enum Reaped {
