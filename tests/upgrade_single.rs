@@ -395,6 +395,8 @@ fn a_stop_while_the_successor_starts_abandons_the_upgrade() {
 fn sigusr2_reloads_under_workers_and_a_worker_refuses_it() {
     let mut s = ServerProc::start(&["--workers", "2", "--drain-timeout", "30"]);
     let mut held = hold(s.tcp(), 20);
+    // The log is read in the background: wait for the line, not just the listening lines.
+    assert!(s.logged("worker 0 (pid "), "{}", s.stderr());
     let log = s.stderr();
     let worker: u32 = log
         .lines()
