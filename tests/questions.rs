@@ -195,42 +195,56 @@ fn search_converges_on_the_knee_of_a_server_of_known_capacity() {
     let _turn = turn();
     let server = PacedServer::start(Some(CAPACITY), Duration::ZERO, 64);
     let addr = server.addr.to_string();
-    let out = run(
-        &[
-            "load",
-            &addr,
-            "-c",
-            "8",
-            // The median: a shared machine's stalls of a few hundred milliseconds move a p99
-            // anywhere, but not the median, which a growing queue moves as surely.
-            "--search",
-            "p50<20ms",
-            "--search-start",
-            "100",
-            "--precision",
-            "10%",
-            "--step-time",
-            "3s",
-            "--settle",
-            "0.5s",
-            "--confirm-time",
-            "2s",
-            "--json",
-        ],
-        Duration::from_secs(240),
-    );
+    // A stall of the shared machine for a second or more inside a step (seen: a p50 of 179 ms
+    // at 70% of the capacity) fails that step and sends the search below the knee; a second
+    // search then finds it. Two searches that both miss it fail the test.
+    let mut attempts = Vec::new();
+    let (out, v, answer) = loop {
+        let out = run(
+            &[
+                "load",
+                &addr,
+                "-c",
+                "8",
+                // The median: a shared machine's stalls of a few hundred milliseconds move a
+                // p99 anywhere, but not the median, which a growing queue moves as surely.
+                "--search",
+                "p50<20ms",
+                "--search-start",
+                "100",
+                "--precision",
+                "10%",
+                "--step-time",
+                "3s",
+                "--settle",
+                "0.5s",
+                "--confirm-time",
+                "2s",
+                "--json",
+            ],
+            Duration::from_secs(240),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(code(&out), 0, "{stderr}");
+        let v = json(&out);
+        let answer = v["search"]["answer"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{stderr}"));
+        // Below the capacity nothing queues; above it a 3.5 s step at +2% builds a median
+        // wait of over 20 ms. The bisection ends within 10% below the knee, and a failed
+        // confirmation steps down 10%.
+        if (CAPACITY * 0.8..=CAPACITY * 1.1).contains(&answer) {
+            break (out, v, answer);
+        }
+        attempts.push(format!("answer {answer}/s:\n{stderr}"));
+        assert!(
+            attempts.len() < 2,
+            "two searches missed the capacity of {CAPACITY}/s:\n{}",
+            attempts.join("\n")
+        );
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(code(&out), 0, "{stderr}");
-    let v = json(&out);
     let s = &v["search"];
-    let answer = s["answer"].as_f64().unwrap_or_else(|| panic!("{stderr}"));
-    // Below the capacity nothing queues; above it a 3.5 s step at +2% builds a median wait of
-    // over 20 ms.
-    // The bisection ends within 10% below the knee, and a failed confirmation steps down 10%.
-    assert!(
-        (CAPACITY * 0.8..=CAPACITY * 1.1).contains(&answer),
-        "answer {answer}/s for a capacity of {CAPACITY}/s:\n{stderr}"
-    );
     let steps = s["steps"].as_array().unwrap();
     assert!(steps.len() >= 4, "{stderr}");
     // Every step is in the JSON with what decided it; the confirmation is last and passed.
